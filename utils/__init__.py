@@ -1,0 +1,1 @@
+"""Small generic helpers shared by the top-level scripts (CLI guard, logging, atomic I/O)."""
