@@ -1,0 +1,204 @@
+"""The `subbert.results` file: one block per (arch, task) written by the evaluator, read by Evolved.
+
+The block is byte-compatible with the original evaluator:
+
+    **************S*************
+    task_name = mnli
+    architecture = {'sample_layer_num': 5, ...}
+    parameter size = 29573882
+    best_acc = 0.8123456                      (GLUE: a fraction, str(float))
+    time_per_batch_infer = 12.345 ms
+    infer_cnt = 1234
+    **************E*************
+    <blank line>
+
+For SQuAD the score line is `best_acc = f1: 85.1234567; em: 77.0123` (0-100 scale); when no
+evaluation ran it is `best_acc = ` (empty). The reader accepts any number of tasks per arch, any
+key order in the arch repr, unknown `key = value` lines (derivatives add e.g. a training time),
+and puts every score on the 0-100 scale; fitness is the mean over the arch's tasks, which is the
+original's mean(MNLI acc x 100, SQuAD F1) when those two tasks were evaluated.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Iterable
+
+from .arch import Arch
+from .errors import UserError
+
+logger = logging.getLogger(__name__)
+
+BLOCK_START = "**************S*************"
+BLOCK_END = "**************E*************"
+_QA_SCORE = re.compile(r"^f1:\s*(?P<f1>\S+?)\s*;\s*em:\s*(?P<em>\S+)\s*$")
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """One evaluated (arch, task): the content of one `subbert.results` block.
+
+    `best` is the best dev score as the original reports it: a fraction for GLUE tasks
+    (accuracy, MCC, correlation), the F1 (0-100) for SQuAD, where `em` is set too. None means
+    no evaluation ran.
+    """
+
+    task: str
+    arch: Arch
+    param_count: int
+    best: float | None
+    em: float | None
+    time_per_batch_infer_ms: float
+    infer_cnt: int
+
+    @property
+    def is_qa(self) -> bool:
+        return self.em is not None
+
+    @property
+    def score(self) -> float:
+        """The score on the 0-100 scale (the original's parse: GLUE x 100, SQuAD F1 as is)."""
+        if self.best is None:
+            return 0.0  # the original counts an empty `best_acc =` as 0
+        return float(self.best) if self.is_qa else 100.0 * float(self.best)
+
+
+def _num(x: float) -> str:
+    # str(float) is what the original wrote (Python floats); also strips numpy's repr.
+    return str(float(x))
+
+
+def format_results_block(r: TaskResult) -> str:
+    """The block exactly as the original evaluator appends it (including the trailing blank line)."""
+    if r.best is None:
+        best = ""
+    elif r.em is not None:
+        best = f"f1: {_num(r.best)}; em: {_num(r.em)}"
+    else:
+        best = _num(r.best)
+    return (f"{BLOCK_START}\n"
+            f"task_name = {r.task}\n"
+            f"architecture = {r.arch}\n"
+            f"parameter size = {int(r.param_count)}\n"
+            f"best_acc = {best}\n"
+            f"time_per_batch_infer = {float(r.time_per_batch_infer_ms):.3f} ms\n"
+            f"infer_cnt = {int(r.infer_cnt)}\n"
+            f"{BLOCK_END}\n"
+            "\n")
+
+
+def _parse_best(value: str, where: str) -> tuple[float | None, float | None]:
+    value = value.strip()
+    if not value:
+        return None, None
+    m = _QA_SCORE.match(value)
+    try:
+        if m:
+            return float(m["f1"]), float(m["em"])
+        return float(value), None
+    except ValueError:
+        raise UserError(f"{where}: cannot read the score {value!r}: expected a number or "
+                        f"'f1: <F1>; em: <EM>'") from None
+
+
+def read_results(path: str) -> list[TaskResult]:
+    """Every block of a `subbert.results` file, in file order."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except FileNotFoundError:
+        raise UserError(f"results file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read results file {path}: {err}") from None
+
+    out: list[TaskResult] = []
+    block: dict[str, tuple[int, str]] | None = None
+    start = 0
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if line != BLOCK_START and BLOCK_START in line:
+            # a write cut short, then the next block appended straight after it
+            raise UserError(f"{path}:{number}: results block is truncated (a block start "
+                            f"marker follows other text on this line)")
+        if line == BLOCK_START:
+            if block is not None:
+                raise UserError(f"{path}:{start}: results block is truncated (a new block "
+                                f"starts at line {number} before its end marker)")
+            block, start = {}, number
+        elif line == BLOCK_END:
+            if block is None:
+                raise UserError(f"{path}:{number}: end marker without a block start")
+            out.append(_block_to_result(block, path, start))
+            block = None
+        elif block is not None and line:
+            key, sep, value = raw.partition("=")
+            if not sep:
+                raise UserError(f"{path}:{number}: expected 'key = value' inside a results "
+                                f"block, got {line[:80]!r}")
+            key = key.strip()
+            if key in block:
+                raise UserError(f"{path}:{number}: '{key}' appears twice in the results block "
+                                f"starting at line {start} (a truncated block?)")
+            block[key] = (number, value.strip())
+        # text outside blocks (logging noise) is ignored, as the original did
+    if block is not None:
+        raise UserError(f"{path}:{start}: results block is truncated (no "
+                        f"'{BLOCK_END}' line before the end of the file)")
+    return out
+
+
+def _block_to_result(block: dict[str, tuple[int, str]], path: str, start: int) -> TaskResult:
+    for key in ("task_name", "architecture", "best_acc"):
+        if key not in block:
+            raise UserError(f"{path}:{start}: results block has no '{key} = ' line")
+    number, arch_text = block["architecture"]
+    try:
+        arch = Arch.parse(arch_text)
+    except UserError as err:
+        raise UserError(f"{path}:{number}: {err}") from None
+    number, best_text = block["best_acc"]
+    best, em = _parse_best(best_text, f"{path}:{number}")
+
+    def field(key: str, conv, default):
+        if key not in block:
+            return default
+        n, text = block[key]
+        try:
+            return conv(text)
+        except ValueError:
+            raise UserError(f"{path}:{n}: cannot read {key} {text!r}") from None
+
+    return TaskResult(
+        task=block["task_name"][1].lower(),
+        arch=arch,
+        param_count=field("parameter size", int, arch.param_count()),
+        best=best, em=em,
+        time_per_batch_infer_ms=field("time_per_batch_infer",
+                                      lambda s: float(s.removesuffix("ms").strip()), 0.0),
+        infer_cnt=field("infer_cnt", int, 0))
+
+
+def aggregate(results: Iterable[TaskResult]) -> dict[Arch, dict[str, float]]:
+    """Scores per arch and task (0-100). Repeats of one (arch, task), e.g. several seeds or a
+    re-evaluation, are averaged."""
+    acc: dict[Arch, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in results:
+        if r.best is None:
+            logger.warning("%s on %s has no score (no evaluation ran); counted as 0",
+                           r.task, r.arch.short())
+        acc[r.arch][r.task].append(r.score)
+    return {a: {t: sum(v) / len(v) for t, v in tasks.items()} for a, tasks in acc.items()}
+
+
+def parse_results(path: str) -> dict[Arch, dict[str, float]]:
+    """`subbert.results` -> {arch: {task: score on 0-100}}, archs in first-seen order."""
+    return aggregate(read_results(path))
+
+
+def fitness(scores: dict[str, float]) -> float:
+    """Mean of the task scores (0-100): the original's mean(MNLI acc x 100, SQuAD F1)."""
+    if not scores:
+        raise UserError("an arch has no task scores, so it has no fitness")
+    return sum(scores.values()) / len(scores)
