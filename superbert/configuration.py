@@ -30,8 +30,11 @@ class AutoTinyBertConfig(PretrainedConfig):
                  initializer_range: float = 0.02, layer_norm_eps: float = 1e-12,
                  pad_token_id: int = 0, qkv_size: int | None = None,
                  attention_scheme: str = "mlm", fit_size: int | None = None,
-                 classifier_dropout: float | None = None, **kwargs):
+                 classifier_dropout: float | None = None, tie_word_embeddings: bool = True,
+                 **kwargs):
         super().__init__(pad_token_id=pad_token_id, **kwargs)
+        # The MLM decoder is the word embedding matrix (transformers 5 reads this to tie them).
+        self.tie_word_embeddings = tie_word_embeddings
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers

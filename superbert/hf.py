@@ -1,0 +1,522 @@
+"""Model directories: resolve names, read configs and weights in every layout we meet, save
+complete directories that Hugging Face transformers loads, and load the tokenizer.
+
+Layouts read (config.json + model.safetensors or pytorch_model.bin):
+- ours: model_type "autotinybert" (or "bert" when qkv_size == hidden_size), HF BERT key names;
+- Hugging Face BERT / ELECTRA checkpoints (no `qkv_size`: qkv = hidden);
+- the released AutoTinyBERT checkpoints (HF BERT names + `qkv_size` in config.json);
+- the original code's supernet and extractor files (`encoder.layers.`, `.embedding.weight`,
+  no `bert.` prefix, `gamma`/`beta`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .configuration import AutoTinyBertConfig
+from .errors import UserError
+from .modeling import (AutoTinyBertForMaskedLM, AutoTinyBertForQuestionAnswering,
+                       AutoTinyBertForSequenceClassification, AutoTinyBertModel,
+                       AutoTinyBertPreTrainedModel)
+from utils.io import atomic_path
+
+logger = logging.getLogger(__name__)
+
+RESOURCES = Path(__file__).resolve().parent / "resources"
+VOCAB_MD5 = "64800d5d8528ce344256daf115d4965e"  # bert-base-uncased vocab.txt
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+# Names whose vocab and config the project can build offline (they all use the
+# bert-base-uncased vocab); their weights still need the hub or a local copy.
+BUILTIN_CONFIGS: dict[str, dict[str, Any]] = {
+    "bert-base-uncased": dict(model_type="bert", hidden_size=768, num_hidden_layers=12,
+                              num_attention_heads=12, intermediate_size=3072),
+    "bert-large-uncased": dict(model_type="bert", hidden_size=1024, num_hidden_layers=24,
+                               num_attention_heads=16, intermediate_size=4096),
+    "google/electra-base-discriminator": dict(model_type="electra", hidden_size=768,
+                                              embedding_size=768, num_hidden_layers=12,
+                                              num_attention_heads=12, intermediate_size=3072),
+}
+BUILTIN_CONFIGS["google-bert/bert-base-uncased"] = BUILTIN_CONFIGS["bert-base-uncased"]
+BUILTIN_CONFIGS["google-bert/bert-large-uncased"] = BUILTIN_CONFIGS["bert-large-uncased"]
+
+AUTO_CLASSES = {
+    "AutoModel": AutoTinyBertModel,
+    "AutoModelForMaskedLM": AutoTinyBertForMaskedLM,
+    "AutoModelForSequenceClassification": AutoTinyBertForSequenceClassification,
+    "AutoModelForQuestionAnswering": AutoTinyBertForQuestionAnswering,
+}
+REMOTE_CODE_FILES = ("configuration.py", "layers.py", "modeling.py")
+
+
+def register_auto_classes() -> None:
+    """Make transformers' Auto classes build our models for model_type "autotinybert"."""
+    import transformers
+
+    try:
+        transformers.AutoConfig.register("autotinybert", AutoTinyBertConfig)
+    except ValueError:
+        return  # already registered
+    for auto_name, cls in AUTO_CLASSES.items():
+        getattr(transformers, auto_name).register(AutoTinyBertConfig, cls)
+
+
+register_auto_classes()
+
+
+# ---- names and directories ---------------------------------------------------------------------
+def bundled_vocab_path() -> Path:
+    return RESOURCES / "vocab.txt"
+
+
+def file_md5(path: str | os.PathLike) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def has_weights(model_dir: str | os.PathLike) -> bool:
+    return any((Path(model_dir) / f).is_file() for f in WEIGHT_FILES)
+
+
+def resolve_model_dir(name_or_path: str, need_weights: bool = False) -> Path:
+    """A local directory for `name_or_path`: the path itself, the Hugging Face cache, a
+    directory the project builds offline (vocab + config of known uncased models), or a hub
+    download when online. Anything else is one clear UserError."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if need_weights and not has_weights(path):
+            raise UserError(f"{path} holds no weights ({' or '.join(WEIGHT_FILES)})")
+        return path
+    if path.exists():
+        raise UserError(f"{path} is a file; expected a model directory "
+                        f"(config.json, vocab.txt{', weights' if need_weights else ''})")
+    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    if looks_local:
+        raise UserError(f"model directory not found: {name_or_path}")
+    cached = _from_hf_cache(name_or_path, need_weights)
+    if cached is not None:
+        return cached
+    if not need_weights and name_or_path in BUILTIN_CONFIGS:
+        return _builtin_dir(name_or_path)
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("1", "true", "True", "YES", "yes"):
+        downloaded = _from_hub(name_or_path)
+        if downloaded is not None:
+            return downloaded
+    hint = (" (only its vocab and config can be built offline)"
+            if name_or_path in BUILTIN_CONFIGS else "")
+    raise UserError(f"cannot find model {name_or_path!r} locally, in the Hugging Face cache or "
+                    f"on the hub{hint}; pass a local directory with config.json, vocab.txt and "
+                    f"weights")
+
+
+def _from_hf_cache(repo_id: str, need_weights: bool) -> Path | None:
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # not cached, or not a valid repo id: the caller tries the next source
+        return None
+    if not (path / "config.json").is_file() or (need_weights and not has_weights(path)):
+        return None
+    return path
+
+
+def _from_hub(repo_id: str) -> Path | None:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, allow_patterns=[
+            "config.json", "vocab.txt", "tokenizer*", "special_tokens_map.json",
+            "model.safetensors", "pytorch_model.bin"]))
+    except Exception as err:  # offline or unknown name: reported by the caller
+        logger.debug("hub download of %s failed: %s", repo_id, err)
+        return None
+
+
+def _builtin_dir(name: str) -> Path:
+    """Write (once) a config + vocab directory for a known uncased model name."""
+    root = Path(os.environ.get("SUPERBERT_CACHE", Path.home() / ".cache" / "superbert"))
+    target = root / "builtin" / name.replace("/", "--")
+    if not (target / "config.json").is_file():
+        fields = dict(BUILTIN_CONFIGS[name])
+        model_type = fields.pop("model_type")
+        config = dict(vocab_size=30522, hidden_act="gelu", hidden_dropout_prob=0.1,
+                      attention_probs_dropout_prob=0.1, max_position_embeddings=512,
+                      type_vocab_size=2, initializer_range=0.02, layer_norm_eps=1e-12,
+                      pad_token_id=0, model_type=model_type, **fields)
+        with atomic_path(target) as tmp:
+            tmp.mkdir()
+            shutil.copyfile(bundled_vocab_path(), tmp / "vocab.txt")
+            (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            (tmp / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True}) + "\n")
+    return target
+
+
+# ---- configs -----------------------------------------------------------------------------------
+CONFIG_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                 "intermediate_size", "hidden_act", "hidden_dropout_prob",
+                 "attention_probs_dropout_prob", "max_position_embeddings", "type_vocab_size",
+                 "initializer_range", "layer_norm_eps", "pad_token_id", "qkv_size",
+                 "attention_scheme", "fit_size", "classifier_dropout", "num_labels",
+                 "id2label", "label2id")
+
+
+def read_config_json(model_dir: str | os.PathLike) -> dict[str, Any]:
+    path = Path(model_dir) / "config.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"no config.json in {model_dir} (run setup_superbert_model.sh to make "
+                        f"a supernet directory)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} does not hold a JSON object")
+    return data
+
+
+def config_from_dict(data: dict[str, Any], scheme: str | None = None,
+                     source: str = "config") -> AutoTinyBertConfig:
+    """An AutoTinyBertConfig from any BERT-like config dict, checked for consistency."""
+    model_type = data.get("model_type", "bert")
+    if model_type not in ("bert", "autotinybert", "electra"):
+        raise UserError(f"{source}: model_type {model_type!r} is not a BERT-style encoder")
+    if model_type == "electra" and data.get("embedding_size", data.get("hidden_size")) != data.get("hidden_size"):
+        raise UserError(f"{source}: ELECTRA models with embedding_size != hidden_size cannot be "
+                        f"sliced as a SuperBERT (use it only as a KD teacher)")
+    for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                "intermediate_size"):
+        value = data.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"{source}: {key} must be a positive integer, got {value!r}")
+    fields = {k: data[k] for k in CONFIG_FIELDS if k in data and data[k] is not None}
+    if "id2label" in fields:
+        fields["id2label"] = {int(k): v for k, v in fields["id2label"].items()}
+    saved = str(data.get("attention_scheme", "")).lower() or None
+    if scheme is not None:
+        scheme = scheme.lower()
+        if saved and saved != scheme:
+            raise UserError(f"{source}: the model was trained with the {saved.upper()} attention "
+                            f"scheme, but {scheme.upper()} was requested (--kd / --super_model)")
+        fields["attention_scheme"] = scheme
+    elif saved:
+        fields["attention_scheme"] = saved
+    if fields.get("attention_scheme", "mlm") not in ("mlm", "kd"):
+        raise UserError(f"{source}: attention_scheme must be mlm or kd, "
+                        f"got {fields['attention_scheme']!r}")
+    if fields.get("hidden_act", "gelu") not in ("gelu", "relu", "swish", "silu", "gelu_new"):
+        raise UserError(f"{source}: unsupported hidden_act {fields['hidden_act']!r}")
+    config = AutoTinyBertConfig(**fields)
+    if config.qkv_size % config.num_attention_heads:
+        raise UserError(f"{source}: qkv_size {config.qkv_size} is not divisible by "
+                        f"num_attention_heads {config.num_attention_heads}")
+    return config
+
+
+def load_config(model_dir: str | os.PathLike, scheme: str | None = None) -> AutoTinyBertConfig:
+    """The config of a model directory; checks it against the directory's vocab.txt."""
+    config = config_from_dict(read_config_json(model_dir), scheme, f"{model_dir}/config.json")
+    vocab = Path(model_dir) / "vocab.txt"
+    if vocab.is_file():
+        n = count_vocab(vocab)
+        if n != config.vocab_size:
+            raise UserError(f"{vocab} has {n} tokens but config.json says vocab_size "
+                            f"{config.vocab_size}")
+    return config
+
+
+def count_vocab(vocab_file: str | os.PathLike) -> int:
+    with open(vocab_file, "rb") as fh:
+        return sum(1 for _ in fh)
+
+
+# ---- weights -----------------------------------------------------------------------------------
+def read_state_dict(model_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
+    model_dir = Path(model_dir)
+    path = next((model_dir / f for f in WEIGHT_FILES if (model_dir / f).is_file()), None)
+    if path is None:
+        raise UserError(f"no weights in {model_dir}: expected {' or '.join(WEIGHT_FILES)}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt or truncated file: any reader error means "unreadable"
+        raise UserError(f"cannot read weights {path}: {type(err).__name__}: "
+                        f"{str(err).splitlines()[0] if str(err) else 'corrupt file'}") from None
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]  # a training checkpoint
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path} does not hold a state dict of tensors")
+    return state
+
+
+_HEAD_PREFIXES = ("bert.", "cls.", "classifier.", "qa_outputs.")
+
+
+def normalize_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map every known layout onto our (= Hugging Face BERT) parameter names."""
+    out = {}
+    for key, tensor in state.items():
+        k = key
+        if k.startswith("module."):
+            k = k[len("module."):]
+        if k.startswith("electra."):
+            k = "bert." + k[len("electra."):]
+        k = k.replace(".gamma", ".weight").replace(".beta", ".bias")
+        k = k.replace("encoder.layers.", "encoder.layer.").replace(".embedding.weight", ".weight")
+        if k.startswith("bert.cls."):  # the original loader's renaming of the MLM head
+            k = k[len("bert."):]
+        if not k.startswith(_HEAD_PREFIXES):
+            k = "bert." + k
+        out[k] = tensor
+    # The decoder is tied to the word embeddings and its bias to cls.predictions.bias.
+    out.pop("cls.predictions.decoder.weight", None)
+    if "cls.predictions.decoder.bias" in out:
+        out.setdefault("cls.predictions.bias", out["cls.predictions.decoder.bias"])
+        del out["cls.predictions.decoder.bias"]
+    return out
+
+
+# Parameters a model may lack in its checkpoint and initialise fresh (task heads, pooler,
+# the MLM head of an encoder-only checkpoint, dense_fit for a new teacher).
+_NEW_OK = ("cls.", "classifier.", "qa_outputs.", "bert.pooler.", "bert.dense_fit.")
+
+
+def load_model(model_dir: str | os.PathLike, cls: type[AutoTinyBertPreTrainedModel] = AutoTinyBertForMaskedLM,
+               scheme: str | None = None, **config_overrides: Any) -> AutoTinyBertPreTrainedModel:
+    """Build `cls` from a model directory's config and load its weights by name."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise UserError(f"model directory not found: {model_dir}")
+    config = load_config(model_dir, scheme)
+    for key, value in config_overrides.items():
+        setattr(config, key, value)
+    state = normalize_keys(read_state_dict(model_dir))
+    if config.fit_size is None and "bert.dense_fit.weight" in state:
+        config.fit_size = int(state["bert.dense_fit.weight"].shape[0])
+    model = cls(config)
+    load_weights(model, state, str(model_dir))
+    return model.eval()
+
+
+def load_weights(model: AutoTinyBertPreTrainedModel, state: dict[str, torch.Tensor],
+                 source: str) -> None:
+    own = model.state_dict()
+    own.pop("cls.predictions.decoder.weight", None)
+    own.pop("cls.predictions.decoder.bias", None)
+    usable = {}
+    for key, tensor in state.items():
+        if key not in own:
+            continue
+        if tuple(tensor.shape) != tuple(own[key].shape):
+            raise UserError(f"{source}: weight {key} has shape {tuple(tensor.shape)} but the "
+                            f"config implies {tuple(own[key].shape)}")
+        usable[key] = tensor
+    missing = [k for k in own if k not in usable]
+    fatal = [k for k in missing if not k.startswith(_NEW_OK)]
+    if fatal:
+        raise UserError(f"{source}: the checkpoint lacks {len(fatal)} weights the model needs, "
+                        f"e.g. {fatal[0]} (is it a BERT-style checkpoint?)")
+    if missing:
+        logger.info("%s: initialised fresh: %s", source, ", ".join(sorted({k.rsplit('.', 1)[0] for k in missing})))
+    skipped = sorted(k for k in state if k not in own)
+    if skipped:
+        logger.info("%s: ignored %d checkpoint entries not used by %s (e.g. %s)", source,
+                    len(skipped), type(model).__name__, skipped[0])
+    with torch.no_grad():
+        for key, tensor in usable.items():
+            own[key].copy_(tensor)
+    if isinstance(model, AutoTinyBertForMaskedLM):
+        model.tie_mlm_decoder()
+
+
+# ---- saving ------------------------------------------------------------------------------------
+def config_to_json_dict(config: AutoTinyBertConfig) -> dict[str, Any]:
+    """The BERT fields (what the original's tools and transformers read), nothing else."""
+    data = {k: getattr(config, k) for k in CONFIG_FIELDS
+            if k not in ("num_labels", "id2label", "label2id")}
+    labels = config.id2label
+    if labels and any(v != f"LABEL_{k}" for k, v in labels.items()) or config.num_labels != 2:
+        data["id2label"] = {str(k): v for k, v in labels.items()}
+        data["label2id"] = {v: int(k) for k, v in labels.items()}
+    data["model_type"] = "autotinybert"
+    return data
+
+
+def _config_json(config: AutoTinyBertConfig, model: AutoTinyBertPreTrainedModel) -> dict[str, Any]:
+    data = config_to_json_dict(config)
+    data["architectures"] = [type(model).__name__]
+    if config.qkv_size == config.hidden_size:
+        # Identical maths to transformers' own BERT: a plain `bert` checkpoint.
+        data["model_type"] = "bert"
+        data["architectures"] = [type(model).__name__.replace("AutoTinyBert", "Bert")]
+    else:
+        data["model_type"] = "autotinybert"
+        data["auto_map"] = {"AutoConfig": "configuration.AutoTinyBertConfig",
+                            **{auto: f"modeling.{c.__name__}" for auto, c in AUTO_CLASSES.items()}}
+    return data
+
+
+def save_model(model: AutoTinyBertPreTrainedModel, out_dir: str | os.PathLike,
+               vocab_source: str | os.PathLike | None = None, do_lower_case: bool = True,
+               extra_files: dict[str, bytes] | None = None) -> Path:
+    """Write a complete model directory atomically (staged beside it, then moved in).
+
+    config.json, model.safetensors, pytorch_model.bin (what the original's tools read),
+    vocab.txt + tokenizer files, and, when qkv_size != hidden_size, the model code for
+    `trust_remote_code=True`.
+    """
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    vocab = _vocab_file(vocab_source)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    config = model.config
+    with atomic_path(out_dir.parent / f".{out_dir.name}.staging") as tmp:
+        tmp.mkdir()
+        # Tied entries are written once (safetensors refuses shared storage).
+        unique = {k: v for k, v in state.items() if not k.startswith("cls.predictions.decoder.")}
+        save_file(unique, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        torch.save(state, tmp / "pytorch_model.bin")
+        tokenizer = load_tokenizer(vocab, do_lower_case)
+        tokenizer.save_pretrained(str(tmp))
+        shutil.copyfile(vocab, tmp / "vocab.txt")
+        data = _config_json(config, model)
+        if "auto_map" in data:
+            here = Path(__file__).resolve().parent
+            for name in REMOTE_CODE_FILES:
+                shutil.copyfile(here / name, tmp / name)
+        for name, payload in (extra_files or {}).items():
+            (tmp / name).write_bytes(payload)
+        (tmp / "config.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        _move_into(tmp, out_dir)
+    return out_dir
+
+
+def _move_into(staged: Path, out_dir: Path) -> None:
+    """Move staged files into `out_dir` (config.json last, so a reader never sees a config
+    whose weights are not there yet)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = sorted(p.name for p in staged.iterdir())
+    names.sort(key=lambda n: n == "config.json")
+    for name in names:
+        target = out_dir / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(staged / name, target)
+
+
+def _vocab_file(source: str | os.PathLike | None) -> Path:
+    if source is None:
+        return bundled_vocab_path()
+    path = Path(source)
+    if path.is_dir():
+        path = path / "vocab.txt"
+    if not path.is_file():
+        raise UserError(f"vocab file not found: {path}")
+    return path
+
+
+# ---- tokenizer ---------------------------------------------------------------------------------
+def load_tokenizer(model_dir_or_vocab: str | os.PathLike | None = None, do_lower_case: bool = True):
+    """The fast (Rust) WordPiece tokenizer of a model directory or vocab.txt.
+
+    Built from vocab.txt directly (transformers' `BertTokenizerFast(vocab_file=...)` silently
+    builds a 5-token vocab in 5.x), and checked to hold every line of the vocab.
+    """
+    vocab = _vocab_file(model_dir_or_vocab)
+    try:
+        from transformers import BertTokenizer
+
+        if getattr(BertTokenizer, "__module__", "").endswith("tokenization_bert") and \
+                "TokenizersBackend" in [c.__name__ for c in BertTokenizer.__mro__]:
+            tokenizer = BertTokenizer(vocab=str(vocab), do_lower_case=do_lower_case)
+        else:  # transformers 4.x
+            from transformers import BertTokenizerFast
+
+            tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=do_lower_case)
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot build a tokenizer from {vocab}: {err}") from None
+    expected = count_vocab(vocab)
+    if len(tokenizer) != expected:
+        raise UserError(f"tokenizer built from {vocab} has {len(tokenizer)} tokens, the file "
+                        f"has {expected} lines (duplicate or malformed entries?)")
+    if tokenizer.mask_token_id is None or tokenizer.pad_token_id is None:
+        raise UserError(f"{vocab} lacks the BERT special tokens ([PAD], [MASK], ...)")
+    return tokenizer
+
+
+# ---- a fresh supernet directory ----------------------------------------------------------------
+def make_supernet_dir(out_dir: str | os.PathLike, config: AutoTinyBertConfig,
+                      vocab_source: str | os.PathLike | None = None, force: bool = False) -> Path:
+    """Write config.json + vocab.txt (+ tokenizer files) for a supernet trained from scratch.
+
+    An existing directory with a different config is left alone unless `force`.
+    """
+    out_dir = Path(out_dir)
+    vocab = _vocab_file(vocab_source)
+    if vocab_source is None and file_md5(vocab) != VOCAB_MD5:
+        raise UserError(f"the bundled vocab {vocab} is damaged (md5 mismatch); reinstall")
+    n = count_vocab(vocab)
+    if n != config.vocab_size:
+        raise UserError(f"{vocab} has {n} tokens but the config asks for vocab_size "
+                        f"{config.vocab_size}")
+    data = config_to_json_dict(config)
+    existing = out_dir / "config.json"
+    if existing.is_file() and not force:
+        if read_config_json(out_dir) != data:
+            raise UserError(f"{existing} exists with a different config; pass --force to "
+                            f"overwrite it")
+    with atomic_path(out_dir.parent / f".{out_dir.name}.staging") as tmp:
+        tmp.mkdir()
+        load_tokenizer(vocab).save_pretrained(str(tmp))
+        shutil.copyfile(vocab, tmp / "vocab.txt")
+        (tmp / "config.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        _move_into(tmp, out_dir)
+    return out_dir
+
+
+# ---- extraction to a directory -----------------------------------------------------------------
+def extract_to_dir(model_dir: str | os.PathLike, arch: Any, output: str | os.PathLike,
+                   scheme: str | None = None) -> tuple[AutoTinyBertPreTrainedModel, Path]:
+    """Slice `arch` out of the supernet in `model_dir` and save it as a complete directory
+    (MLM head and dense_fit kept, so further training continues from them)."""
+    from .arch import Arch, validate_arch
+    from .modeling import extract_submodel
+
+    arch = Arch.coerce(arch)
+    model_dir, output = Path(model_dir), Path(output)
+    if output.resolve() == model_dir.resolve():
+        raise UserError("--output is the supernet directory itself; choose another directory")
+    config = load_config(model_dir, scheme)  # fails early, before reading the weights
+    validate_arch(arch, config)
+    supernet = load_model(model_dir, AutoTinyBertForMaskedLM, scheme)
+    sub = extract_submodel(supernet, arch)
+    vocab = model_dir / "vocab.txt" if (model_dir / "vocab.txt").is_file() else None
+    if vocab is None:
+        if sub.config.vocab_size != count_vocab(bundled_vocab_path()):
+            raise UserError(f"{model_dir} has no vocab.txt and its vocab_size "
+                            f"{sub.config.vocab_size} is not the bundled vocab's")
+        logger.warning("%s has no vocab.txt; writing the bundled bert-base-uncased vocab", model_dir)
+    lower = _do_lower_case(model_dir)
+    return sub, save_model(sub, output, vocab, do_lower_case=lower)
+
+
+def _do_lower_case(model_dir: Path) -> bool:
+    path = model_dir / "tokenizer_config.json"
+    try:
+        return bool(json.loads(path.read_text()).get("do_lower_case", True))
+    except (OSError, json.JSONDecodeError):
+        return True
