@@ -1,0 +1,159 @@
+"""Knowledge distillation for the SuperPLM: the teacher and the two KD losses.
+
+As the original (task-agnostic, last layer only): the student's last hidden state, projected
+to the teacher's width by `bert.dense_fit`, is matched to the teacher's last hidden state
+(MSE), and the student's last-layer pre-softmax attention scores to the teacher's (MSE), with
+unit weights. The teacher is any Hugging Face BERT or ELECTRA encoder, run in eval mode under
+`no_grad` (the original computed and threw away teacher gradients).
+
+Padding: with a correct attention mask (the default) the losses are means over real tokens
+only, i.e. padded positions are excluded from the hidden-state MSE and padded queries *and*
+keys from the attention MSE (the original divided by every position, padding included; its
+`torch.where(att <= -100)` masking was a no-op because no mask was applied). Under
+`--original_input_order` the models see no padding mask, padding is then ordinary input, and
+every position counts, as in the original.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import UserError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TeacherOutput:
+    hidden: torch.Tensor  # [B, T, D_teacher], the last hidden state
+    scores: torch.Tensor  # [B, H, T, T], last-layer Q.K^T / sqrt(d_head), no mask term
+
+
+def _resolve_teacher_dir(name_or_path: str) -> Path:
+    """A local directory, or a name resolved like transformers does (cache; offline)."""
+    try:
+        from .hf import resolve_model_dir
+    except ImportError:  # pragma: no cover - hf.py not present
+        resolve_model_dir = None
+    if resolve_model_dir is not None:
+        return Path(resolve_model_dir(name_or_path, need_weights=True))
+    path = Path(name_or_path)
+    if not path.is_dir():
+        raise UserError(f"teacher model not found: {name_or_path}")
+    return path
+
+
+class Teacher:
+    """A frozen HF BERT/ELECTRA encoder giving last hidden states and last-layer scores."""
+
+    def __init__(self, encoder: nn.Module):
+        self.encoder = encoder.eval().requires_grad_(False)
+        cfg = encoder.config
+        self.hidden_size = int(cfg.hidden_size)
+        self.num_heads = int(cfg.num_attention_heads)
+        layers = getattr(getattr(encoder, "encoder", None), "layer", None)
+        if layers is None or len(layers) == 0:
+            raise UserError(f"teacher of type {cfg.model_type!r} is not a BERT-like encoder "
+                            f"(no encoder.layer); use a BERT or ELECTRA model")
+        attn = layers[-1].attention.self
+        if not all(hasattr(attn, k) for k in ("query", "key")):
+            raise UserError(f"teacher of type {cfg.model_type!r} has no query/key projections "
+                            f"in its last layer; use a BERT or ELECTRA model")
+        kind = getattr(cfg, "position_embedding_type", "absolute")
+        if kind not in (None, "absolute"):
+            raise UserError(f"teacher uses position_embedding_type={kind!r}; only absolute "
+                            f"positions (BERT, ELECTRA) are supported")
+        self.last_attention = attn
+        self.head_dim = self.hidden_size // self.num_heads
+
+    def to(self, device: torch.device) -> "Teacher":
+        self.encoder.to(device)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                 token_type_ids: torch.Tensor | None) -> TeacherOutput:
+        kwargs = {}
+        if attention_mask is not None:
+            kwargs["attention_mask"] = attention_mask
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        out = self.encoder(input_ids=input_ids, output_hidden_states=True, return_dict=True,
+                           **kwargs)
+        # The scores are not returned pre-softmax by HF; recompute them from the last layer's
+        # own query/key applied to its input (hidden_states[-2]): exactly the layer's logits.
+        x = out.hidden_states[-2]
+        B, T, _ = x.shape
+        shape = (B, T, self.num_heads, self.head_dim)
+        q = self.last_attention.query(x).view(shape).transpose(1, 2)
+        k = self.last_attention.key(x).view(shape).transpose(1, 2)
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+        return TeacherOutput(hidden=out.last_hidden_state, scores=scores)
+
+
+def load_teacher(name_or_path: str, device: torch.device | str = "cpu") -> Teacher:
+    """Load a HF BERT/ELECTRA encoder (directory or name) as a frozen teacher."""
+    from transformers import AutoConfig, AutoModel
+
+    path = _resolve_teacher_dir(name_or_path)
+    if not (path / "config.json").is_file():
+        raise UserError(f"teacher directory {path} has no config.json")
+    if not any((path / f).is_file() for f in ("model.safetensors", "pytorch_model.bin",
+                                               "model.safetensors.index.json",
+                                               "pytorch_model.bin.index.json")):
+        raise UserError(f"teacher directory {path} holds no weights "
+                        f"(model.safetensors or pytorch_model.bin)")
+    try:
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(f"cannot read the teacher config in {path}: {err}") from None
+    if config.model_type not in ("bert", "electra"):
+        raise UserError(f"teacher {name_or_path} is a {config.model_type!r} model; expected a "
+                        f"BERT or ELECTRA encoder")
+    try:
+        # ELECTRA discriminator checkpoints (ElectraForPreTraining) load their `electra.` body.
+        model = AutoModel.from_pretrained(str(path), local_files_only=True,
+                                          attn_implementation="eager")
+    except (OSError, ValueError, RuntimeError) as err:
+        raise UserError(f"cannot load teacher weights from {path}: {err}") from None
+    teacher = Teacher(model)
+    logger.info("teacher %s: %s, %d layers, hidden %d, %d heads", name_or_path,
+                config.model_type, config.num_hidden_layers, teacher.hidden_size,
+                teacher.num_heads)
+    return teacher.to(torch.device(device))
+
+
+def kd_counts(attention_mask: torch.Tensor | None, batch: int, seq_len: int, fit_size: int,
+              heads: int) -> tuple[int, int]:
+    """Element counts the two MSE means divide by: (hidden elements, score elements).
+
+    Padded tokens are excluded when there is a mask (see the module docstring).
+    """
+    if attention_mask is None:
+        return batch * seq_len * fit_size, batch * heads * seq_len * seq_len
+    per_seq = attention_mask.sum(dim=1).long()
+    return int(per_seq.sum()) * fit_size, int((per_seq * per_seq).sum()) * heads
+
+
+def kd_loss_sums(student_fit: torch.Tensor, student_scores: torch.Tensor,
+                 teacher: TeacherOutput, attention_mask: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed squared errors (rep, att) in fp32; divide by the global `kd_counts`."""
+    if student_scores.shape != teacher.scores.shape:
+        raise UserError(f"student attention scores {tuple(student_scores.shape)} do not match "
+                        f"the teacher's {tuple(teacher.scores.shape)}: the student must keep "
+                        f"as many heads as the teacher")
+    rep = (student_fit.float() - teacher.hidden.float()).pow(2)
+    att = (student_scores.float() - teacher.scores.float()).pow(2)
+    if attention_mask is None:
+        return rep.sum(), att.sum()
+    m = attention_mask.to(rep.dtype)
+    rep_sum = (rep.sum(dim=-1) * m).sum()
+    pairs = m[:, None, :, None] * m[:, None, None, :]
+    att_sum = (att * pairs).sum()
+    return rep_sum, att_sum
