@@ -1,10 +1,16 @@
 """The bash wrappers: valid bash, clean under shellcheck, and every flag they pass exists.
 
-Flags are checked against the real argument parsers: each top-level script's `--help` lists its
-options, and torchrun's options come from `torch.distributed.run`'s parser.
+Flags are checked against the real argument parsers twice: statically (every `--flag` written
+after a script's name is among the options its `--help` lists; torchrun's come from
+`torch.distributed.run`'s parser), and by running each cluster wrapper with stand-ins for
+python / torchrun / srun / scontrol that record their argv, which the scripts' own parsers must
+then accept (values, arity and types included).
 """
 from __future__ import annotations
 
+import importlib.util
+import json
+import os
 import re
 import shlex
 import shutil
@@ -134,3 +140,81 @@ def test_wrapper_flags_exist_in_the_scripts(path):
         problems += [f"{script} has no {f}" for f in flags if f not in known]
         problems += [f"torchrun has no {f}" for f in launcher if f not in torchrun_options()]
     assert not problems, f"{path.name}: " + "; ".join(sorted(set(problems)))
+
+
+# --- run the cluster wrappers with recording stand-ins -----------------------------------------
+
+CLUSTER_RUNS = [
+    ("single_gpu.sh", ["mlm"]), ("single_gpu.sh", ["kd"]), ("single_gpu.sh", ["further"]),
+    ("torchrun_8gpu.sh", ["mlm"]), ("torchrun_8gpu.sh", ["kd"]),
+    ("multinode.sh", ["mlm"]), ("slurm.sbatch", ["mlm"]), ("slurm.sbatch", ["further"]),
+    ("evolve_loop.sh", []),
+]
+
+
+def _stub(path: Path, body: str) -> None:
+    path.write_text("#!/usr/bin/env bash\n" + body)
+    path.chmod(0o755)
+
+
+def _record_calls(wrapper: str, args: list[str], tmp: Path) -> list[list[str]]:
+    bin_dir, log = tmp / "bin", tmp / "calls.jsonl"
+    bin_dir.mkdir()
+    record = (f'"{sys.executable}" -c "import json, sys; print(json.dumps(sys.argv[1:]))" '
+              f'"$(basename "$0")" "$@" >> "{log}"\n')
+    _stub(bin_dir / "python", record)
+    _stub(bin_dir / "torchrun", record)
+    _stub(bin_dir / "srun", 'exec "$@"\n')
+    _stub(bin_dir / "scontrol", "echo node001\necho node002\n")
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": "python",
+           "MASTER_ADDR": "node001", "SLURM_JOB_NODELIST": "node[001-002]",
+           "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_ID": "1234", "SLURM_SUBMIT_DIR": str(ROOT),
+           "CANDS_DIR": str(tmp / "cands"), "OUT_DIR": str(tmp / "search"), "GENERATIONS": "3"}
+    path = ROOT / "experiments" / "cluster" / wrapper
+    r = subprocess.run(["bash", str(path), *args], env=env, capture_output=True, text=True,
+                       cwd=tmp, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+@lru_cache(maxsize=None)
+def _parser(script: str):
+    spec = importlib.util.spec_from_file_location(f"_wrapped_{script[:-3]}", ROOT / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build_parser()
+
+
+def _check_script_argv(script: str, argv: list[str]) -> None:
+    try:
+        _parser(script).parse_args(argv)
+    except SystemExit:
+        pytest.fail(f"{script} rejects the wrapper's arguments: {shlex.join(argv)}")
+
+
+@pytest.mark.parametrize("wrapper, args", CLUSTER_RUNS, ids=lambda x: x if isinstance(x, str) else " ".join(x))
+def test_cluster_wrapper_arguments_parse(tmp_path, wrapper, args):
+    calls = _record_calls(wrapper, args, tmp_path)
+    assert calls, f"{wrapper} ran nothing"
+    from torch.distributed.run import get_args_parser
+    seen = []
+    for call in calls:
+        tool, argv = call[0], call[1:]
+        if tool == "torchrun":
+            ns = get_args_parser().parse_args(argv)
+            script, argv = Path(ns.training_script).name, ns.training_script_args
+            if wrapper == "multinode.sh" or wrapper == "slurm.sbatch":
+                assert ns.rdzv_backend == "c10d" and ns.rdzv_endpoint.startswith("node001:")
+        else:
+            script, argv = Path(argv[0]).name, argv[1:]
+        assert script in SCRIPTS
+        _check_script_argv(script, argv)
+        seen.append(script)
+    if wrapper == "evolve_loop.sh":
+        # Candidate, Random, then evaluate/evolve for 3 generations (no evolve after the last)
+        assert seen == ["searcher.py"] * 2 + ["superbert_run_en_classifier.py", "searcher.py"] * 2 \
+            + ["superbert_run_en_classifier.py"]
+        ev = [c for c in calls if Path(c[1]).name == "searcher.py" and "Evolved" in c]
+        assert len(ev) == 2
+    else:
+        assert seen == ["pre_training.py"]

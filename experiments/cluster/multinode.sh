@@ -61,5 +61,5 @@ torchrun \
     --seed "$SEED" \
     --do_lower_case \
     --fp16 \
-    --resume \
+    --resume auto \
     "${mode_args[@]}"

@@ -54,5 +54,5 @@ export CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES:-0}"
     --seed "$SEED" \
     --do_lower_case \
     --fp16 \
-    --resume \
+    --resume auto \
     "${mode_args[@]}"

@@ -54,5 +54,5 @@ torchrun --standalone --nproc_per_node="$NPROC_PER_NODE" pre_training.py \
     --seed "$SEED" \
     --do_lower_case \
     --fp16 \
-    --resume \
+    --resume auto \
     "${mode_args[@]}"
