@@ -989,6 +989,9 @@ def run_pretraining(cfg: PretrainConfig, env: DistEnv) -> TrainState:
         logger.warning("--teacher_model is not used with --mlm_loss")
     set_seed(cfg.seed)
     model, fixed, space = build_student(cfg, student_dir, teacher.hidden_size if teacher else None)
+    if cfg.max_seq_length > model.config.max_position_embeddings:
+        raise UserError(f"--max_seq_length {cfg.max_seq_length} exceeds the model's "
+                        f"{model.config.max_position_embeddings} position embeddings")
     if model.config.vocab_size < len(vocab):
         raise UserError(f"{vocab_file} has {len(vocab)} tokens, more than the model's "
                         f"vocab_size {model.config.vocab_size}")
@@ -1002,6 +1005,11 @@ def run_pretraining(cfg: PretrainConfig, env: DistEnv) -> TrainState:
                                           debug_limit=cfg.debug_limit if cfg.debug else None)
     if len(dataset) == 0:
         raise UserError(f"{cfg.pregenerated_data} holds no training sequences")
+    lower = (getattr(dataset, "metadata", None) or {}).get("do_lower_case")
+    if lower is not None and bool(lower) != cfg.do_lower_case:
+        raise UserError(f"{cfg.pregenerated_data} was tokenised with do_lower_case={bool(lower)}; "
+                        f"{'pass' if lower else 'drop'} --do_lower_case so the saved tokenizer "
+                        f"matches the data")
     collator = data_mod.MaskingCollator(
         vocab_size=len(vocab), mask_token_id=specials["[MASK]"], pad_token_id=specials["[PAD]"],
         special_token_ids=sorted(specials.values()), max_seq_length=cfg.max_seq_length,

@@ -1,0 +1,344 @@
+"""pre_training.py: objectives, optimiser, schedule, checkpoints, resume, further training, errors.
+
+Tiny supernets (hidden 64, 3 layers, real 30522 vocab) on a tiny corpus written in the
+original's JSON shard format; runs are in-process except where the exit status is the point.
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from superbert.errors import UserError
+from superbert.hf import bundled_vocab_path, read_state_dict
+from superbert.training import (BertAdam, find_checkpoints, resolve_warmup, verify_checkpoint,
+                                warmup_linear)
+from tests.helpers import make_tiny_supernet
+
+import pre_training
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = ("the cat sat on mat dog ran to park a big small red blue house tree bird sang in "
+         "morning sun rose over hill and river flowed past old mill").split()
+SEQ = 32
+
+
+def write_corpus(out: Path, n: int = 64, seed: int = 0, extra: str | None = None) -> Path:
+    """The original's shards: train_doc_tokens_ngrams_{i}.json, {"tokens": [...]} lines."""
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    shards = [[] for _ in range(4)]
+    for i in range(n):
+        start = rng.randrange(len(WORDS))
+        length = rng.randint(6, SEQ)
+        tokens = [WORDS[(start + k) % len(WORDS)] for k in range(length)]  # learnable order
+        if extra and i == n // 2:
+            tokens[0] = extra
+        shards[i % 4].append(json.dumps({"tokens": tokens}))
+    for i, lines in enumerate(shards):
+        (out / f"train_doc_tokens_ngrams_{i}.json").write_text("\n".join(lines) + "\n")
+    return out
+
+
+def no_dropout(model_dir: Path) -> Path:
+    cfg = json.loads((model_dir / "config.json").read_text())
+    cfg["hidden_dropout_prob"] = cfg["attention_probs_dropout_prob"] = 0.0
+    (model_dir / "config.json").write_text(json.dumps(cfg))
+    return model_dir
+
+
+def save_teacher(out: Path, heads: int = 4, hidden: int = 32) -> Path:
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(1)
+    teacher = BertModel(BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=2,
+                                   num_attention_heads=heads, intermediate_size=64,
+                                   max_position_embeddings=64))
+    teacher.save_pretrained(out)
+    shutil.copyfile(bundled_vocab_path(), out / "vocab.txt")
+    return out
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrain")
+    return {"root": root, "data": write_corpus(root / "data"),
+            "mlm": make_tiny_supernet(root / "mlm", "mlm"),
+            "kd": make_tiny_supernet(root / "kd", "kd"),
+            "teacher": save_teacher(root / "teacher")}
+
+
+def args(work, cache: Path, *extra: str, mlm: bool = True) -> list[str]:
+    base = ["--pregenerated_data", str(work["data"]), "--cache_dir", str(cache),
+            "--max_seq_length", str(SEQ), "--epochs", "2", "--train_batch_size", "8",
+            "--learning_rate", "2e-3", "--warmup_proportion", "0.1", "--logging_steps", "1",
+            "--num_workers", "0", "--no_progress", "--do_lower_case"]
+    if mlm:
+        base += ["--student_model", str(work["mlm"]), "--mlm_loss", "--masked_lm_prob", "0.15"]
+    else:
+        base += ["--student_model", str(work["kd"]), "--teacher_model", str(work["teacher"]),
+                 "--qkv_size_space", "32", "64"]
+    return base + list(extra)
+
+
+def run_dir(cache: Path) -> Path:
+    (d,) = (cache / "output" / "superbert" / "checkpoints").iterdir()
+    return d
+
+
+def log_of(cache: Path) -> list[dict]:
+    return [json.loads(l) for l in (run_dir(cache) / "train_log.jsonl").read_text().splitlines()]
+
+
+def mean(xs):
+    return sum(xs) / len(xs)
+
+
+# ---- optimiser and schedule ---------------------------------------------------------------------
+def test_bertadam_is_the_original_update():
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(5, 3))
+    skipped = torch.nn.Parameter(torch.randn(4))
+    opt = BertAdam([{"params": [p], "weight_decay": 0.01},
+                    {"params": [skipped], "weight_decay": 0.0}], lr=0.1, eps=1e-6,
+                   max_grad_norm=1.0)
+    ref = p.detach().clone()
+    m = torch.zeros_like(ref)
+    v = torch.zeros_like(ref)
+    before = skipped.detach().clone()
+    for _ in range(3):
+        g = torch.randn_like(ref) * 3
+        p.grad = g.clone()
+        opt.step()
+        g = g / max(1.0, float(g.norm()) / 1.0) if g.norm() > 1 else g  # per-tensor clip
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g * g
+        ref = ref - 0.1 * (m / (v.sqrt() + 1e-6) + 0.01 * ref)  # no bias correction
+    assert torch.allclose(p.detach(), ref, atol=1e-5)
+    assert torch.equal(skipped.detach(), before)  # grad None: untouched, no state
+    assert skipped not in opt.state
+
+
+def test_warmup_rule_and_schedule():
+    assert resolve_warmup(100, 10, None)[0] == 10
+    assert resolve_warmup(100, None, 0.2)[0] == 20
+    assert resolve_warmup(100, None, None)[0] == 10  # 10000 > 100 steps: switched to 0.1
+    assert resolve_warmup(100, 500, 0.3)[0] == 30
+    with pytest.raises(UserError):
+        resolve_warmup(100, None, 1.5)
+    lrs = [warmup_linear(s, 10, 2) for s in range(11)]
+    assert lrs[:3] == [0.0, 0.5, 1.0] and lrs[-1] == 0.0
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
+
+
+# ---- objectives -----------------------------------------------------------------------------------
+def test_mlm_run_lowers_loss_and_writes_the_original_layout(work, tmp_path):
+    cache = tmp_path / "c"
+    pre_training.main(args(work, cache))
+    log = log_of(cache)
+    assert len(log) == 16 and [r["step"] for r in log] == list(range(1, 17))
+    losses = [r["loss"] for r in log]
+    assert mean(losses[-3:]) < mean(losses[:3]) - 0.5, losses
+    assert len({r["arch"][0] for r in log}) > 3  # sub-archs are sampled per step
+    d = run_dir(cache)
+    assert d.name == "superbert_epoch_2_lr_0.002_bsz_8_grad_accu_1_32_gpu_1"
+    for e in (0, 1):
+        for f in ("pytorch_model.bin", "config.json", "vocab.txt", "optimizer.pt"):
+            assert (d / f"epoch_{e}" / f).is_file()
+        verify_checkpoint(d / f"epoch_{e}")
+    cfg = json.loads((d / "epoch_1" / "config.json").read_text())
+    assert cfg["attention_scheme"] == "mlm" and cfg.get("fit_size") is None
+    assert (cache / "output" / "superbert" / "tensorboard" / d.name).is_dir()
+
+
+def test_kd_run_lowers_loss(work, tmp_path):
+    cache = tmp_path / "c"
+    pre_training.main(args(work, cache, "--masked_lm_prob", "0", mlm=False))
+    log = log_of(cache)
+    losses = [r["loss"] for r in log]
+    assert all(abs(r["loss"] - r["rep_loss"] - r["att_loss"]) < 1e-5 for r in log)
+    assert mean(losses[-3:]) < 0.7 * mean(losses[:3]), losses
+    from superbert.arch import Arch
+
+    archs = {Arch.parse(r["arch"][0]) for r in log}
+    assert len(archs) > 3 and {a.heads for a in archs} == {4}  # KD: all heads, qkv varies
+    cfg = json.loads((run_dir(cache) / "epoch_1" / "config.json").read_text())
+    assert cfg["attention_scheme"] == "kd" and cfg["fit_size"] == 32
+    work["kd_trained"] = run_dir(cache) / "epoch_1"
+
+
+def test_kd_original_input_order_runs(work, tmp_path):
+    cache = tmp_path / "c"
+    pre_training.main(args(work, cache, "--masked_lm_prob", "0", "--original_input_order",
+                           "--max_steps", "2", "--epochs", "1", mlm=False))
+    assert len(log_of(cache)) == 2
+
+
+# ---- resume -----------------------------------------------------------------------------------------
+def _final(cache: Path) -> tuple[dict, dict]:
+    d = run_dir(cache) / "epoch_1"
+    return (torch.load(d / "pytorch_model.bin", weights_only=True),
+            torch.load(d / "optimizer.pt", weights_only=False))
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def test_resume_continues_exactly(work, tmp_path):
+    # Dropout on and 2-step accumulation: the RNG, data position and optimizer must all resume.
+    extra = ("--gradient_accumulation_steps", "2", "--save_steps", "3")
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    pre_training.main(args(work, full, *extra))
+    pre_training.main(args(work, cut, *extra, "--max_steps", "5"))
+    assert sorted(p.name for p in find_checkpoints(run_dir(cut))) == ["step_3"]
+    pre_training.main(args(work, cut, *extra, "--resume", "auto"))
+    (wa, oa), (wb, ob) = _final(full), _final(cut)
+    assert _same(wa, wb)
+    assert _same(oa, ob)
+    steps = [r["step"] for r in log_of(cut)]
+    assert steps == [1, 2, 3, 4, 5] + list(range(4, 17))  # resumed after step 3
+
+
+def test_damaged_checkpoints_are_not_loaded(work, tmp_path):
+    cache = tmp_path / "c"
+    pre_training.main(args(work, cache, "--save_steps", "2", "--max_steps", "4"))
+    d = run_dir(cache)
+    opt = d / "step_4" / "optimizer.pt"
+    opt.write_bytes(opt.read_bytes()[:-100])  # truncated on disk
+    with pytest.raises(UserError, match="truncated"):
+        pre_training.main(args(work, cache, "--resume", str(d / "step_4")))
+    (d / "step_2" / "checkpoint.json").unlink()  # killed before the manifest: incomplete
+    with pytest.raises(UserError, match="not a complete checkpoint"):
+        pre_training.main(args(work, cache, "--resume", str(d / "step_2")))
+    # auto skips both damaged ones and starts over from scratch
+    pre_training.main(args(work, cache, "--resume", "auto", "--max_steps", "1"))
+    assert log_of(cache)[-1]["step"] == 1
+
+
+def test_a_crash_while_saving_leaves_no_checkpoint(work, tmp_path, monkeypatch):
+    import superbert.training as training
+
+    cache = tmp_path / "c"
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(training, "write_manifest", boom)
+    with pytest.raises(OSError):
+        pre_training.main(args(work, cache, "--save_steps", "2", "--max_steps", "3"))
+    assert find_checkpoints(run_dir(cache)) == []
+    assert not [p for p in run_dir(cache).iterdir() if p.name.startswith(".")]
+
+
+# ---- further training ----------------------------------------------------------------------------
+def test_further_train_starts_from_the_extracted_weights(work, tmp_path, monkeypatch):
+    from superbert.arch import Arch
+    from superbert.hf import extract_to_dir
+    import superbert.training as training
+
+    supernet = work.get("kd_trained")
+    if supernet is None:
+        pytest.skip("needs the KD run")
+    arch = Arch(layers=2, hidden=64, heads=4, qkv=48, ffn=128)
+    _, sub = extract_to_dir(supernet, arch, tmp_path / "sub")
+    saved = read_state_dict(sub)
+    assert any(k.startswith("cls.") for k in saved) and "bert.dense_fit.weight" in saved
+    seen = {}
+    real_trainer = training.Trainer
+
+    class Spy(real_trainer):
+        def __post_init__(self):
+            seen["state"] = {k: v.clone() for k, v in self.model.state_dict().items()}
+            seen["fixed"] = self.fixed_arch
+            super().__post_init__()
+
+    monkeypatch.setattr(training, "Trainer", Spy)
+    cache = tmp_path / "c"
+    argv = args(work, cache, "--masked_lm_prob", "0", "--further_train", "--max_steps", "2",
+                mlm=False)
+    argv[argv.index("--student_model") + 1] = str(sub)
+    del argv[argv.index("--qkv_size_space"): argv.index("--qkv_size_space") + 3]
+    pre_training.main(argv)
+    assert seen["fixed"] == arch
+    for key, value in saved.items():
+        assert torch.equal(seen["state"][key], value), key
+    assert all(r["arch"] == [str(arch)] for r in log_of(cache))
+
+
+# ---- bad input ----------------------------------------------------------------------------------
+def _script(argv: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "pre_training.py"), *argv], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_bad_input_exits_2_with_one_line(work, tmp_path):
+    cache = tmp_path / "c"
+    r = _script(args(work, cache, "--train_batch_size", "6", "--gradient_accumulation_steps", "4"))
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()]
+    assert "not divisible" in r.stderr
+    argv = args(work, cache, "--masked_lm_prob", "0", mlm=False)
+    argv[argv.index("--teacher_model") + 1] = str(tmp_path / "missing")
+    r = _script(argv)
+    assert r.returncode == 2 and "missing" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not cache.exists()  # nothing written
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--hidden_size_space", "64", "128"), "exceeds the supernet"),
+    (("--layer_num_space", "1", "9"), "exceeds the supernet"),
+    (("--qkv_size_space", "32", "64"), "applies to the KD scheme"),
+    (("--continue_index", "2"), "--resume"),
+    (("--fp16_opt_level", "O2"), "torch.amp"),
+    (("--kd",), "contradict"),
+    (("--super_model", "kd"), "contradicts the objective"),
+    (("--masked_lm_prob", "0"), "masks nothing"),
+])
+def test_bad_flags(work, tmp_path, extra, message):
+    cache = tmp_path / "c"
+    with pytest.raises(UserError, match=message):
+        pre_training.main(args(work, cache, *extra))
+    assert not cache.exists()
+
+
+def test_bad_teacher_and_data(work, tmp_path):
+    cache = tmp_path / "c"
+    with pytest.raises(UserError, match="needs --teacher_model"):
+        argv = args(work, cache, mlm=False)
+        del argv[argv.index("--teacher_model"): argv.index("--teacher_model") + 2]
+        pre_training.main(argv)
+    other = save_teacher(tmp_path / "t2", heads=2)
+    argv = args(work, cache, mlm=False)
+    argv[argv.index("--teacher_model") + 1] = str(other)
+    with pytest.raises(UserError, match="heads"):
+        pre_training.main(argv)
+    bad = write_corpus(tmp_path / "bad", extra="notawordpiece")
+    argv = args(work, cache)
+    argv[argv.index("--pregenerated_data") + 1] = str(bad)
+    with pytest.raises(UserError, match="not in"):
+        pre_training.main(argv)
+    with pytest.raises(UserError, match="max_seq_length"):
+        pre_training.main(args(work, cache, "--max_seq_length", "16"))
+    assert not cache.exists()
+
+
+def test_existing_run_is_not_overwritten(work, tmp_path):
+    cache = tmp_path / "c"
+    pre_training.main(args(work, cache, "--max_steps", "2", "--save_steps", "2"))
+    before = {p.name: (p / "checkpoint.json").read_text() for p in find_checkpoints(run_dir(cache))}
+    with pytest.raises(UserError, match="already holds checkpoints"):
+        pre_training.main(args(work, cache, "--max_steps", "2", "--save_steps", "2"))
+    after = {p.name: (p / "checkpoint.json").read_text() for p in find_checkpoints(run_dir(cache))}
+    assert before == after
