@@ -25,7 +25,7 @@ from .errors import UserError
 from .modeling import (AutoTinyBertForMaskedLM, AutoTinyBertForQuestionAnswering,
                        AutoTinyBertForSequenceClassification, AutoTinyBertModel,
                        AutoTinyBertPreTrainedModel)
-from utils.io import atomic_path
+from utils.io import atomic_path, staging_dir
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +172,8 @@ CONFIG_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attentio
 
 
 def read_config_json(model_dir: str | os.PathLike) -> dict[str, Any]:
+    if not Path(model_dir).is_dir():
+        raise UserError(f"model directory not found: {model_dir}")
     path = Path(model_dir) / "config.json"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -291,7 +293,8 @@ def normalize_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 # Parameters a model may lack in its checkpoint and initialise fresh (task heads, pooler,
 # the MLM head of an encoder-only checkpoint, dense_fit for a new teacher).
-_NEW_OK = ("cls.", "classifier.", "qa_outputs.", "bert.pooler.", "bert.dense_fit.")
+_NEW_OK = ("cls.", "classifier.", "qa_outputs.", "bert.pooler.", "bert.dense_fit.", "pooler.",
+           "dense_fit.")
 
 
 def load_model(model_dir: str | os.PathLike, cls: type[AutoTinyBertPreTrainedModel] = AutoTinyBertForMaskedLM,
@@ -313,6 +316,8 @@ def load_model(model_dir: str | os.PathLike, cls: type[AutoTinyBertPreTrainedMod
 
 def load_weights(model: AutoTinyBertPreTrainedModel, state: dict[str, torch.Tensor],
                  source: str) -> None:
+    if model.base_model is model:  # a bare encoder: its own names carry no `bert.` prefix
+        state = {k[len("bert."):]: v for k, v in state.items() if k.startswith("bert.")}
     own = model.state_dict()
     own.pop("cls.predictions.decoder.weight", None)
     own.pop("cls.predictions.decoder.bias", None)
@@ -384,8 +389,7 @@ def save_model(model: AutoTinyBertPreTrainedModel, out_dir: str | os.PathLike,
     vocab = _vocab_file(vocab_source)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     config = model.config
-    with atomic_path(out_dir.parent / f".{out_dir.name}.staging") as tmp:
-        tmp.mkdir()
+    with staging_dir(out_dir) as tmp:
         # Tied entries are written once (safetensors refuses shared storage).
         unique = {k: v for k, v in state.items() if not k.startswith("cls.predictions.decoder.")}
         save_file(unique, str(tmp / "model.safetensors"), metadata={"format": "pt"})
@@ -479,8 +483,7 @@ def make_supernet_dir(out_dir: str | os.PathLike, config: AutoTinyBertConfig,
         if read_config_json(out_dir) != data:
             raise UserError(f"{existing} exists with a different config; pass --force to "
                             f"overwrite it")
-    with atomic_path(out_dir.parent / f".{out_dir.name}.staging") as tmp:
-        tmp.mkdir()
+    with staging_dir(out_dir) as tmp:
         load_tokenizer(vocab).save_pretrained(str(tmp))
         shutil.copyfile(vocab, tmp / "vocab.txt")
         (tmp / "config.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
