@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoding_errors", choices=("strict", "replace"), default="strict",
                    help="non-UTF-8 bytes: strict stops with the line number; replace "
                         "substitutes U+FFFD")
-    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument("--no_progress", action="store_true",
+                   help="no progress bar (it is shown only on a terminal anyway)")
     return p
 
 
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         args.train_corpus, args.output_dir, args.bert_model, do_lower_case=args.do_lower_case,
         max_seq_len=args.max_seq_len, reduce_memory=args.reduce_memory,
         num_workers=args.num_workers, fmt=args.format, num_shards=args.num_shards,
-        encoding_errors=args.encoding_errors, progress=not args.no_progress)
+        encoding_errors=args.encoding_errors, progress=False if args.no_progress else None)
     seconds = meta["seconds"]
     print(f"documents: {meta['documents']:,}, instances: {meta['instances']:,}, "
           f"tokens: {meta['tokens']:,}, {meta['tokens'] / max(seconds, 1e-9):,.0f} tokens/s "

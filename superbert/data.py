@@ -683,7 +683,7 @@ def generate_pretraining_data(train_corpus: str | os.PathLike, output_dir: str |
                               bert_model: str, do_lower_case: bool = False, max_seq_len: int = 128,
                               reduce_memory: bool = False, num_workers: int = 1,
                               fmt: str = "bin", num_shards: int | None = None,
-                              encoding_errors: str = "strict", progress: bool = True,
+                              encoding_errors: str = "strict", progress: bool | None = None,
                               block_bytes: int = BLOCK_BYTES) -> dict[str, Any]:
     """Tokenise a corpus (one sentence per line, blank line between documents; plain or gzip)
     and pack it into pre-training instances under `output_dir`. Returns the metadata.
@@ -746,7 +746,8 @@ def generate_pretraining_data(train_corpus: str | os.PathLike, output_dir: str |
         total_bytes = corpus.stat().st_size
         carry = np.zeros(0, dtype)  # tokens of the open instance, not yet written
         with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="generate_data",
-                  disable=not progress, mininterval=0.5) as bar:
+                  # None: shown only on a terminal, so logs and error output stay clean.
+                  disable=None if progress is None else not progress, mininterval=0.5) as bar:
             for ids, lengths, pos in _tokenized_blocks(_read_blocks(corpus, block_bytes), args,
                                                        num_workers, window):
                 stream_start = packer.pos - len(carry)
