@@ -1,0 +1,592 @@
+"""Candidate evaluation: fine-tune each sub-arch of a SuperBERT on GLUE / SQuAD and score it.
+
+For every seed x arch x task (the original's loop order, so a run cut short leaves whole archs
+behind): the task model is built and loaded from disk once per task; before each arch every
+weight is restored from an in-memory pristine copy, the task head is re-drawn from the seed,
+`set_sample_config(arch)` selects the inherited slice (in the attention scheme saved with the
+supernet), and the slice is fine-tuned with BertAdam (no bias correction, decoupled weight
+decay, per-tensor clipping; parameters outside the slice get no gradient and are skipped) under
+the original's warm-up-linear schedule. The dev set is scored every `eval_step` optimizer steps
+and once more after the last step; the best score is what `subbert.results` reports.
+
+Fixes over the original (reference 9.1): the QA head takes the last hidden state itself (no
+`[-1]`); a KD supernet is evaluated in its own slicing in training and eval alike;
+`--weight_decay` is used; evaluation has its own batch size; `t_total` counts optimizer steps
+over features (SQuAD windows), not examples; GAS divides the batch size once; the final step is
+evaluated too, so a short proxy run always has a score. Seeds reset everything an arch sees
+(head, dropout, data order), so an arch scores the same alone or after others.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from utils.io import append_text_durably, atomic_path, atomic_write_text
+
+from .arch import Arch, arch_of_config, read_arch_file, unique, validate_arch
+from .errors import UserError
+from .hf import file_md5, load_config, load_model, load_tokenizer, resolve_model_dir, save_model
+from .modeling import (AutoTinyBertForQuestionAnswering, AutoTinyBertForSequenceClassification,
+                       AutoTinyBertPreTrainedModel, extract_submodel)
+from .results import TaskResult, format_results_block
+from .tasks import TASK_DEFAULTS, canonical_task, is_squad
+from .tasks import glue, squad
+from .tasks.metrics import best_key, glue_metrics, squad_v1_evaluate, squad_v2_evaluate
+from .training import BertAdam, param_groups, warmup_linear
+
+logger = logging.getLogger(__name__)
+
+RESULTS_FILE = "subbert.results"
+EVAL_RESULTS_FILE = "eval_results.txt"
+BERT_ADAM_EPS = 1e-6  # BertAdam's own default, which the original evaluator used
+FEATURES_VERSION = 1  # bump when the feature layout changes (invalidates --cache_dir entries)
+
+
+# ---- configuration ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TaskConfig:
+    """The hyper-parameters of one task after the per-task defaults and the explicit flags."""
+
+    task: str
+    data_dir: str
+    num_train_epochs: float
+    max_seq_length: int
+    learning_rate: float
+    eval_step: int
+    train_batch_size: int
+    eval_batch_size: int = 32
+    weight_decay: float = 0.01
+    warmup_proportion: float = 0.1
+    gradient_accumulation_steps: int = 1
+    max_steps: int | None = None
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+    doc_stride: int = 128
+    max_query_length: int = 64
+    n_best_size: int = 20
+    max_answer_length: int = 30
+    null_score_diff_threshold: float = 0.0
+
+    @property
+    def version_2(self) -> bool:
+        return self.task == "squad2"
+
+
+TABLE_KEYS = ("num_train_epochs", "max_seq_length", "learning_rate", "eval_step",
+              "train_batch_size")
+FLAG_DEFAULTS = {"num_train_epochs": 3.0, "max_seq_length": 128, "learning_rate": 5e-5,
+                 "train_batch_size": 32}
+
+
+def resolve_task_config(task: str, data_dir: str, explicit: dict[str, Any],
+                        common: dict[str, Any]) -> TaskConfig:
+    """Per-task defaults (the original's table), overridden only by flags given explicitly
+    (`explicit` holds None for a flag not given)."""
+    row = asdict(TASK_DEFAULTS[task])
+    values = {}
+    for key in TABLE_KEYS:
+        value = explicit.get(key)
+        if value is None:
+            value = row[key] if row[key] is not None else FLAG_DEFAULTS[key]
+        values[key] = value
+    cfg = TaskConfig(task=task, data_dir=data_dir, **values, **common)
+    check_task_config(cfg)
+    return cfg
+
+
+def check_task_config(cfg: TaskConfig) -> None:
+    def positive(name: str, value: float | None, allow_none: bool = False) -> None:
+        if value is None and allow_none:
+            return
+        if value is None or value <= 0:
+            raise UserError(f"--{name} must be positive, got {value}")
+
+    for name in ("num_train_epochs", "max_seq_length", "learning_rate", "eval_step",
+                 "train_batch_size", "eval_batch_size", "gradient_accumulation_steps",
+                 "doc_stride", "max_query_length", "n_best_size", "max_answer_length"):
+        positive(name, getattr(cfg, name))
+    for name in ("max_steps", "max_train_examples", "max_eval_examples"):
+        positive(name, getattr(cfg, name), allow_none=True)
+    if cfg.train_batch_size < cfg.gradient_accumulation_steps:
+        raise UserError(f"--train_batch_size {cfg.train_batch_size} is smaller than "
+                        f"--gradient_accumulation_steps {cfg.gradient_accumulation_steps}")
+    if not 0 <= cfg.warmup_proportion < 1:
+        raise UserError(f"--warmup_proportion must be in [0, 1), got {cfg.warmup_proportion}")
+    if cfg.weight_decay < 0:
+        raise UserError(f"--weight_decay must be >= 0, got {cfg.weight_decay}")
+
+
+# ---- data ---------------------------------------------------------------------------------------
+@dataclass
+class TaskData:
+    """A task's tokenized train and dev sets (built once per run, shared by every arch)."""
+
+    cfg: TaskConfig
+    train: Any                   # glue.Features or squad.SquadFeatures
+    dev: Any
+    num_labels: int
+    dev_examples: list = field(default_factory=list)  # SQuAD: examples for decoding
+    dev_mm: Any = None           # MNLI: dev_mismatched, scored once after training
+
+    @property
+    def task(self) -> str:
+        return self.cfg.task
+
+
+def task_files(cfg: TaskConfig) -> list[Path]:
+    data_dir = Path(cfg.data_dir)
+    if is_squad(cfg.task):
+        return [data_dir / squad.TRAIN_FILES[cfg.task], data_dir / squad.DEV_FILES[cfg.task]]
+    spec = glue.GLUE[cfg.task]
+    files = [data_dir / spec.train_file, data_dir / spec.dev_file]
+    if cfg.task == "mnli":
+        files.append(data_dir / glue.GLUE["mnli-mm"].dev_file)
+    return files
+
+
+def _cache_key(cfg: TaskConfig, tokenizer_id: str) -> str:
+    """What the features depend on: the files (path, size, mtime), the tokenizer, the
+    tokenization settings and the example caps."""
+    stats = []
+    for f in task_files(cfg):
+        st = f.stat()
+        stats.append([str(f.resolve()), st.st_size, st.st_mtime_ns])
+    keys = ("task", "max_seq_length", "doc_stride", "max_query_length", "max_train_examples",
+            "max_eval_examples")
+    payload = json.dumps([FEATURES_VERSION, tokenizer_id, stats,
+                          {k: getattr(cfg, k) for k in keys}], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def load_task_data(cfg: TaskConfig, tokenizer, cache_dir: str | None = None,
+                   tokenizer_id: str = "") -> TaskData:
+    """Read and tokenize a task; with `cache_dir`, reuse the features of an earlier run on the
+    same files and settings (each search generation re-reads the same MNLI / SQuAD)."""
+    data_dir = Path(cfg.data_dir)
+    if not data_dir.is_dir():
+        raise UserError(f"data directory for {cfg.task} not found: {data_dir}")
+    path = None
+    if cache_dir:
+        for f in task_files(cfg):
+            if not f.is_file():
+                raise UserError(f"{cfg.task} file not found: {f}")
+        path = Path(cache_dir) / f"features-{cfg.task}-{_cache_key(cfg, tokenizer_id)}.pt"
+        if path.is_file():
+            try:
+                cached = torch.load(path, map_location="cpu", weights_only=False)
+                logger.info("%s: features from the cache %s", cfg.task, path)
+                return TaskData(cfg, **cached)
+            except Exception as err:  # a damaged cache entry is rebuilt, never trusted
+                logger.warning("ignoring unreadable feature cache %s (%s)", path, err)
+    data = _read_task_data(cfg, tokenizer)
+    if path is not None:
+        with atomic_path(path) as tmp:
+            torch.save({k: getattr(data, k) for k in ("train", "dev", "num_labels",
+                                                       "dev_examples", "dev_mm")}, tmp)
+    return data
+
+
+def _read_task_data(cfg: TaskConfig, tokenizer) -> TaskData:
+    data_dir = Path(cfg.data_dir)
+    if is_squad(cfg.task):
+        v2 = cfg.version_2
+        train_ex = squad.read_squad(data_dir / squad.TRAIN_FILES[cfg.task], True, v2,
+                                    cfg.max_train_examples)
+        dev_ex = squad.read_squad(data_dir / squad.DEV_FILES[cfg.task], False, v2,
+                                  cfg.max_eval_examples)
+        common = (tokenizer, cfg.max_seq_length, cfg.doc_stride, cfg.max_query_length)
+        train = squad.convert_examples_to_features(train_ex, *common, is_training=True)
+        dev = squad.convert_examples_to_features(dev_ex, *common, is_training=False)
+        return TaskData(cfg, train, dev, 2, dev_examples=dev_ex)
+    spec = glue.GLUE[cfg.task]
+    train_ex = glue.read_examples(spec, data_dir, "train", cfg.max_train_examples)
+    dev_ex = glue.read_examples(spec, data_dir, "dev", cfg.max_eval_examples)
+    convert = lambda ex: glue.convert_examples_to_features(ex, spec, tokenizer, cfg.max_seq_length)  # noqa: E731
+    data = TaskData(cfg, convert(train_ex), convert(dev_ex), spec.num_labels)
+    if cfg.task == "mnli":
+        mm = glue.read_examples(glue.GLUE["mnli-mm"], data_dir, "dev", cfg.max_eval_examples)
+        data.dev_mm = convert(mm)
+    return data
+
+
+def _batch(features: Any, index: torch.Tensor, device: torch.device, with_labels: bool) -> dict[str, torch.Tensor]:
+    """Rows `index` cut to their longest sequence, on `device`."""
+    T = int(features.lengths[index].max())
+    ids = features.input_ids[index, :T]
+    batch = {"input_ids": ids, "token_type_ids": features.token_type_ids[index, :T],
+             "attention_mask": (torch.arange(T)[None, :] < features.lengths[index][:, None]).long()}
+    if with_labels:
+        if isinstance(features, squad.SquadFeatures):
+            batch["start_positions"] = features.start_positions[index]
+            batch["end_positions"] = features.end_positions[index]
+        else:
+            batch["labels"] = features.labels[index]
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+# ---- models: built once per task, restored between archs ----------------------------------------
+class TaskModels:
+    """One task model per head kind (classification with n labels, QA), each loaded from the
+    model directory once, with a pristine copy of its weights kept in memory."""
+
+    def __init__(self, model_dir: Path, scheme: str | None, device: torch.device):
+        self.model_dir, self.scheme, self.device = model_dir, scheme, device
+        self._cache: dict[tuple, tuple[AutoTinyBertPreTrainedModel, dict[str, torch.Tensor]]] = {}
+
+    def get(self, data: TaskData) -> AutoTinyBertPreTrainedModel:
+        key = ("qa",) if is_squad(data.task) else ("cls", data.num_labels)
+        if key not in self._cache:
+            if key[0] == "qa":
+                model = load_model(self.model_dir, AutoTinyBertForQuestionAnswering, self.scheme)
+            else:
+                model = load_model(self.model_dir, AutoTinyBertForSequenceClassification,
+                                   self.scheme, num_labels=data.num_labels)
+            model.to(self.device)
+            pristine = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            self._cache[key] = (model, pristine)
+        model, pristine = self._cache[key]
+        restore(model, pristine)
+        return model
+
+
+@torch.no_grad()
+def restore(model: torch.nn.Module, pristine: dict[str, torch.Tensor]) -> None:
+    for name, tensor in model.state_dict().items():
+        tensor.copy_(pristine[name])
+
+
+@torch.no_grad()
+def init_head(model: AutoTinyBertPreTrainedModel, seed: int) -> None:
+    """Draw the task head from `seed` alone (the original drew it from the global RNG after
+    its per-seed reset), so an arch's start does not depend on the archs before it."""
+    head = model.qa_outputs if hasattr(model, "qa_outputs") else model.classifier
+    g = torch.Generator().manual_seed(seed)
+    w = torch.empty(head.weight.shape).normal_(0.0, model.config.initializer_range, generator=g)
+    head.weight.copy_(w)
+    head.bias.zero_()
+
+
+# ---- one arch on one task -----------------------------------------------------------------------
+@dataclass
+class EvalOutcome:
+    """The scores of one evaluation, plus what was timed."""
+
+    metrics: dict[str, float]
+    score: float            # what "best" ranks (GLUE: the task's metric; SQuAD: f1 + em)
+    infer_ms: float
+    infer_batches: int
+    predictions: tuple | None = None  # SQuAD: (predictions, nbest, null_odds)
+
+
+@dataclass
+class FinetuneResult:
+    best: float | None
+    em: float | None
+    infer_ms: float
+    infer_cnt: int
+    global_step: int
+    history: list[dict[str, float]]
+    best_predictions: tuple | None = None
+    best_model: AutoTinyBertPreTrainedModel | None = None
+    final_mm: dict[str, float] | None = None
+
+    @property
+    def time_per_batch_infer_ms(self) -> float:
+        return self.infer_ms / self.infer_cnt if self.infer_cnt else 0.0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autocast(device: torch.device, fp16: bool):
+    if fp16 and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model: AutoTinyBertPreTrainedModel, data: TaskData, features: Any, task: str,
+             device: torch.device, fp16: bool = False, examples: list | None = None) -> EvalOutcome:
+    """Score `features` (a dev set of `task`); timing covers the forward passes only."""
+    cfg = data.cfg
+    was_training = model.training
+    model.eval()
+    bs = cfg.eval_batch_size
+    n = len(features)
+    infer_s, batches = 0.0, 0
+    outputs: list[tuple[np.ndarray, ...]] = []
+    loss_sum = 0.0
+    qa = is_squad(task)
+    for start in range(0, n, bs):
+        index = torch.arange(start, min(start + bs, n))
+        batch = _batch(features, index, device, with_labels=not qa)
+        _sync(device)
+        t0 = time.perf_counter()
+        with autocast(device, fp16):
+            out = model(**batch)
+        _sync(device)
+        infer_s += time.perf_counter() - t0
+        batches += 1
+        if qa:
+            outputs.append((out.start_logits.float().cpu().numpy(),
+                            out.end_logits.float().cpu().numpy()))
+        else:
+            loss_sum += float(out.loss) * len(index)
+            outputs.append((out.logits.float().cpu().numpy(),))
+    model.train(was_training)
+    if qa:
+        # Windows of one batch share a length; pad every batch to the longest so rows align.
+        T = max(o[0].shape[1] for o in outputs)
+        pad = lambda a: np.pad(a, ((0, 0), (0, T - a.shape[1])), constant_values=-1e4)  # noqa: E731
+        starts = np.concatenate([pad(o[0]) for o in outputs])
+        ends = np.concatenate([pad(o[1]) for o in outputs])
+        preds, nbest, odds = squad.decode_predictions(
+            examples, features, starts, ends, cfg.n_best_size, cfg.max_answer_length,
+            cfg.version_2, cfg.null_score_diff_threshold)
+        gold = squad.gold_answers(examples)
+        if cfg.version_2:
+            raw = squad_v2_evaluate(gold, preds)
+            metrics = {"f1": raw["f1"], "em": raw["exact"],
+                       **{k: v for k, v in raw.items() if k not in ("f1", "exact", "total")}}
+        else:
+            raw = squad_v1_evaluate(gold, preds)
+            metrics = {"f1": raw["f1"], "em": raw["exact_match"]}
+        return EvalOutcome(metrics, metrics["f1"] + metrics["em"], 1000 * infer_s, batches,
+                           (preds, nbest, odds))
+    logits = np.concatenate([o[0] for o in outputs])
+    labels = features.labels.numpy()
+    if data.num_labels == 1:
+        preds = logits.reshape(-1)
+    else:
+        preds = logits.argmax(axis=1)
+    metrics = glue_metrics(task, preds, labels)
+    metrics["eval_loss"] = loss_sum / max(n, 1)
+    return EvalOutcome(metrics, metrics[best_key(task)], 1000 * infer_s, batches)
+
+
+def finetune(model: AutoTinyBertPreTrainedModel, arch: Arch, data: TaskData, seed: int,
+             device: torch.device, fp16: bool = False, keep_best_model: bool = False,
+             on_eval: Callable[[dict[str, Any], EvalOutcome], None] | None = None,
+             progress: bool = True) -> FinetuneResult:
+    """Fine-tune the slice `arch` of `model` (already restored) on `data`, evaluating every
+    `eval_step` optimizer steps and after the last one; returns the best dev score."""
+    cfg = data.cfg
+    task = data.task
+    model.set_sample_config(arch)
+    init_head(model, seed)
+    torch.manual_seed(seed)  # dropout
+    order = torch.Generator().manual_seed(seed)  # data order
+
+    gas = cfg.gradient_accumulation_steps
+    micro_bs = cfg.train_batch_size // gas
+    n = len(data.train)
+    micro_per_epoch = n // micro_bs  # partial last batches are skipped, as the original
+    steps_per_epoch = micro_per_epoch // gas
+    if steps_per_epoch == 0:
+        raise UserError(f"{task}: the {n} training {'windows' if is_squad(task) else 'examples'} "
+                        f"do not fill one batch of {cfg.train_batch_size}")
+    t_total = cfg.max_steps or max(1, int(steps_per_epoch * cfg.num_train_epochs))
+    warmup = int(cfg.warmup_proportion * t_total)
+    optimizer = BertAdam(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
+                         eps=BERT_ADAM_EPS, weight_decay=cfg.weight_decay, max_grad_norm=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_linear(s, t_total, warmup))
+    scaler = torch.amp.GradScaler("cuda", enabled=fp16 and device.type == "cuda")
+
+    result = FinetuneResult(None, None, 0.0, 0, 0, [])
+    best_score = -math.inf
+    loss_sum, loss_steps = 0.0, 0
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    bar = tqdm(total=t_total, desc=f"{task} {arch.short()}", disable=not progress or None,
+               leave=False)
+    step = micro = 0
+    while step < t_total:
+        perm = torch.randperm(n, generator=order)
+        for b in range(micro_per_epoch):
+            index = perm[b * micro_bs:(b + 1) * micro_bs]
+            batch = _batch(data.train, index, device, with_labels=True)
+            with autocast(device, fp16):
+                loss = model(**batch).loss
+            scaler.scale(loss / gas).backward()
+            loss_sum += float(loss.detach())
+            loss_steps += 1
+            micro += 1
+            if micro % gas:
+                continue
+            scaler.step(optimizer)  # unscales first; BertAdam clips each tensor itself
+            scaler.update()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            if step % cfg.eval_step == 0 or step == t_total:
+                outcome = evaluate(model, data, data.dev, task, device, fp16, data.dev_examples)
+                result.infer_ms += outcome.infer_ms
+                result.infer_cnt += outcome.infer_batches
+                record = {**outcome.metrics, "global_step": step,
+                          "loss": loss_sum / max(loss_steps, 1),
+                          "cls_loss": loss_sum / max(loss_steps, 1),
+                          "infer_cnt": result.infer_cnt, "infer_time": result.infer_ms}
+                result.history.append(record)
+                if outcome.score > best_score:
+                    best_score = outcome.score
+                    if is_squad(task):
+                        result.best, result.em = outcome.metrics["f1"], outcome.metrics["em"]
+                    else:
+                        result.best = outcome.metrics[best_key(task)]
+                    result.best_predictions = outcome.predictions
+                    if keep_best_model:
+                        result.best_model = extract_submodel(model, arch)
+                if on_eval is not None:
+                    on_eval(record, outcome)
+                bar.set_postfix(score=f"{outcome.score:.4g}")
+            if step >= t_total:
+                break
+    bar.close()
+    result.global_step = step
+    if data.dev_mm is not None:
+        # The original scores MNLI-mismatched once, with the final model.
+        result.final_mm = evaluate(model, data, data.dev_mm, "mnli-mm", device, fp16).metrics
+    return result
+
+
+# ---- the whole run ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunConfig:
+    model: str
+    output_dir: str
+    tasks: tuple[TaskConfig, ...]
+    seeds: tuple[int, ...] = (42,)
+    arches_file: str | None = None
+    super_model: str | None = None
+    do_lower_case: bool = False
+    no_cuda: bool = False
+    fp16: bool = False
+    save_best_model: bool = False
+    cache_dir: str | None = None
+    progress: bool = True
+
+
+def pick_device(no_cuda: bool) -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() and not no_cuda else "cpu")
+
+
+def _format_kv(record: dict[str, Any]) -> str:
+    return "".join(f"{k} = {record[k]}\n" for k in sorted(record))
+
+
+def _arch_tag(arch: Arch) -> str:
+    return arch.short().replace("/", "_")
+
+
+def run(cfg: RunConfig) -> list[TaskResult]:
+    """Evaluate every arch on every task for every seed; append one `subbert.results` block per
+    (seed, arch, task) as soon as it is known."""
+    model_dir = resolve_model_dir(cfg.model, need_weights=True)
+    config = load_config(model_dir, cfg.super_model)  # a --super_model contradiction fails here
+    if cfg.arches_file:
+        archs = read_arch_file(cfg.arches_file)
+        if not archs:
+            raise UserError(f"{cfg.arches_file} holds no architectures")
+        if len(unique(archs)) != len(archs):
+            logger.warning("%s lists %d duplicate archs; each is evaluated once",
+                           cfg.arches_file, len(archs) - len(unique(archs)))
+            archs = unique(archs)
+    else:
+        archs = [arch_of_config(config)]
+    for arch in archs:
+        try:
+            validate_arch(arch, config)
+        except UserError as err:
+            where = f"{cfg.arches_file}: " if cfg.arches_file else ""
+            raise UserError(f"{where}{err}") from None
+    for t in cfg.tasks:
+        if t.max_seq_length > config.max_position_embeddings:
+            raise UserError(f"{t.task}: max_seq_length {t.max_seq_length} exceeds the model's "
+                            f"max_position_embeddings {config.max_position_embeddings} (pass "
+                            f"--max_seq_length)")
+    device = pick_device(cfg.no_cuda)
+    fp16 = cfg.fp16
+    if fp16 and device.type != "cuda":
+        warnings.warn("--fp16 needs a GPU: running in float32 on the CPU")
+        logger.warning("--fp16 needs a GPU: running in float32 on the CPU")
+        fp16 = False
+
+    tokenizer = load_tokenizer(model_dir, cfg.do_lower_case)
+    # Every task's files are read and tokenized before any training: bad data fails fast.
+    vocab = model_dir / "vocab.txt"
+    tok_id = f"{file_md5(vocab) if vocab.is_file() else 'bundled'}-lower{int(cfg.do_lower_case)}"
+    datas = [load_task_data(t, tokenizer, cfg.cache_dir, tok_id) for t in cfg.tasks]
+    for data in datas:
+        logger.info("%s: %d train / %d dev %s", data.task, len(data.train), len(data.dev),
+                    "windows" if is_squad(data.task) else "examples")
+
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    models = TaskModels(model_dir, cfg.super_model, device)
+    results: list[TaskResult] = []
+    logger.info("evaluating %d arch(s) x %d task(s) x %d seed(s) on %s (%s scheme)", len(archs),
+                len(datas), len(cfg.seeds), device, config.attention_scheme.upper())
+    for seed in cfg.seeds:
+        for arch in archs:
+            for data in datas:
+                results.append(_run_one(cfg, models, arch, data, seed, device, fp16, config,
+                                        model_dir, out_dir, several=len(archs) > 1))
+    return results
+
+
+def _run_one(cfg: RunConfig, models: TaskModels, arch: Arch, data: TaskData, seed: int,
+             device: torch.device, fp16: bool, config, model_dir: Path, out_dir: Path,
+             several: bool) -> TaskResult:
+    task = data.task
+    model = models.get(data)
+    tag = {"task": task, "seed": seed, "arch": str(arch)}
+
+    def on_eval(record: dict[str, Any], outcome: EvalOutcome) -> None:
+        append_text_durably(out_dir / EVAL_RESULTS_FILE, _format_kv({**record, **tag}))
+
+    t0 = time.perf_counter()
+    res = finetune(model, arch, data, seed, device, fp16, keep_best_model=cfg.save_best_model,
+                   on_eval=on_eval, progress=cfg.progress)
+    if res.best_predictions is not None:
+        preds, nbest, odds = res.best_predictions
+        atomic_write_text(out_dir / "predictions.json", json.dumps(preds, indent=4) + "\n")
+        atomic_write_text(out_dir / "nbest_predictions.json", json.dumps(nbest, indent=4) + "\n")
+        if data.cfg.version_2:
+            atomic_write_text(out_dir / "null_odds.json", json.dumps(odds, indent=4) + "\n")
+    if res.final_mm is not None:
+        mm_dir = out_dir.parent / f"{out_dir.name}-MM"
+        append_text_durably(mm_dir / EVAL_RESULTS_FILE, _format_kv(
+            {**res.final_mm, "global_step": res.global_step, **tag, "task": "mnli-mm"}))
+    if cfg.save_best_model and res.best_model is not None:
+        name = f"{task}_seed{seed}" + (f"_{_arch_tag(arch)}" if several else "")
+        save_model(res.best_model, out_dir / name, model_dir, do_lower_case=cfg.do_lower_case)
+    result = TaskResult(task=task, arch=arch,
+                        param_count=arch.param_count(config.vocab_size,
+                                                     config.max_position_embeddings,
+                                                     config.type_vocab_size),
+                        best=res.best, em=res.em,
+                        time_per_batch_infer_ms=res.time_per_batch_infer_ms,
+                        infer_cnt=res.infer_cnt)
+    append_text_durably(out_dir / RESULTS_FILE, format_results_block(result))
+    shown = "none" if res.best is None else (
+        f"f1 {res.best:.2f} em {res.em:.2f}" if res.em is not None else f"{res.best:.4f}")
+    logger.info("seed %d %s %s: best %s (%d steps, %.1f s)", seed, arch.short(), task, shown,
+                res.global_step, time.perf_counter() - t0)
+    return result

@@ -1,0 +1,220 @@
+"""superbert_run_en_classifier.py end to end on a tiny supernet and tiny task files."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import make_tiny_supernet
+from superbert.arch import Arch, format_arch_lines
+from superbert.errors import UserError
+from superbert.results import parse_results, read_results
+from superbert.tasks import glue
+from test_tasks import write_glue_task, write_squad_task
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "superbert_run_en_classifier.py"
+SMALL = Arch(layers=1, hidden=24, heads=1, qkv=16, ffn=32)
+FULL = Arch(layers=2, hidden=32, heads=2, qkv=32, ffn=64)
+PROXY = ["--max_seq_length", "64", "--train_batch_size", "8", "--eval_batch_size", "5",
+         "--max_steps", "3", "--eval_step", "2", "--learning_rate", "1e-3",
+         "--doc_stride", "16", "--max_query_length", "12", "--do_lower_case"]
+
+
+@pytest.fixture(scope="module")
+def supernet(tmp_path_factory) -> Path:
+    return make_tiny_supernet(tmp_path_factory.mktemp("supernet") / "mlm", "mlm", layers=2,
+                              hidden=32, heads=2, ffn=64, max_positions=128)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    write_glue_task(root / "MNLI", "mnli", n_train=24, n_dev=10)
+    write_squad_task(root / "SQuAD", version_2=False, n_copies=4)
+    write_squad_task(root / "SQuAD2", version_2=True, n_copies=3)
+    return root
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (and a busy machine makes two threads crawl)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def cli(*argv: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(SCRIPT), *argv], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env=env)
+
+
+def run_inproc(argv: list[str]):
+    from superbert_run_en_classifier import build_parser, config_from_args
+    from superbert.finetune import run
+
+    cfg = config_from_args(build_parser().parse_args(argv))
+    return run(cfg)
+
+
+def test_readme_command_shape(tmp_path, supernet, data):
+    """mnli + squad over a .cands file: every arch on both tasks, blocks Evolved reads."""
+    cands = tmp_path / "gen.cands"
+    cands.write_text(format_arch_lines([SMALL, FULL]))
+    out = tmp_path / "output"
+    r = cli("--data_dir", f"{data / 'MNLI'} {data / 'SQuAD'}", "--model", str(supernet),
+            "--task_name", "mnli squad", "--output_dir", str(out), "--arches_file", str(cands),
+            "--save_best_model", *PROXY)
+    assert r.returncode == 0, r.stderr[-3000:]
+    blocks = read_results(str(out / "subbert.results"))
+    assert [(b.task, b.arch) for b in blocks] == [("mnli", SMALL), ("squad1", SMALL),
+                                                 ("mnli", FULL), ("squad1", FULL)]
+    for b in blocks:
+        assert b.best is not None and b.infer_cnt > 0 and b.time_per_batch_infer_ms > 0
+        assert b.param_count == b.arch.param_count(max_positions=128)
+        if b.task == "mnli":
+            assert 0 <= b.best <= 1 and b.em is None
+        else:
+            assert 0 <= b.best <= 100 and b.em is not None
+    scores = parse_results(str(out / "subbert.results"))
+    assert set(scores) == {SMALL, FULL} and all(set(v) == {"mnli", "squad1"} for v in scores.values())
+    text = (out / "subbert.results").read_text()
+    assert text.startswith("**************S*************\ntask_name = mnli\narchitecture = {'sample_layer_num': 1,")
+    # eval_results.txt: sorted `key = value` lines of every evaluation (2 per arch and task)
+    ev = (out / "eval_results.txt").read_text().splitlines()
+    assert sum(line.startswith("global_step = ") for line in ev) == 8
+    first = ev[: ev.index("task = mnli") + 1]
+    assert [line.split(" = ")[0] for line in first] == sorted(line.split(" = ")[0] for line in first)
+    assert "acc" in [line.split(" = ")[0] for line in first]
+    mm = (tmp_path / "output-MM" / "eval_results.txt").read_text()
+    assert mm.count("task = mnli-mm") == 2 and "acc = " in mm
+    preds = json.loads((out / "predictions.json").read_text())
+    nbest = json.loads((out / "nbest_predictions.json").read_text())
+    assert set(preds) == set(nbest) and len(preds) == 12
+    assert not (out / "null_odds.json").exists()
+    # best fine-tuned sub-models, loadable with transformers
+    from transformers import AutoModelForSequenceClassification
+
+    saved = out / f"mnli_seed42_{SMALL.short().replace('/', '_')}"
+    model = AutoModelForSequenceClassification.from_pretrained(saved, trust_remote_code=True)
+    assert model.config.hidden_size == 24 and model.config.num_labels == 3
+    assert (out / f"squad1_seed42_{FULL.short().replace('/', '_')}" / "config.json").is_file()
+
+
+def test_every_glue_task_end_to_end(tmp_path, supernet):
+    tasks = list(glue.GLUE)
+    dirs = [write_glue_task(tmp_path / t, t, n_train=16, n_dev=7, seed=i) for i, t in enumerate(tasks)]
+    out = tmp_path / "out"
+    results = run_inproc(["--data_dir", " ".join(map(str, dirs)), "--model", str(supernet),
+                          "--task_name", " ".join(tasks), "--output_dir", str(out), *PROXY,
+                          "--max_steps", "2", "--no_cuda"])
+    assert [r.task for r in results] == tasks
+    for r in results:
+        assert r.best is not None and r.em is None
+        bound = 1.0 + 1e-9
+        assert -bound <= r.best <= bound  # acc, MCC and correlations live in [-1, 1]
+    assert len(read_results(str(out / "subbert.results"))) == len(tasks)
+    ev = (out / "eval_results.txt").read_text()
+    assert "mcc = " in ev and "corr = " in ev and "pearson = " in ev and "f1 = " in ev
+
+
+def test_two_archs_score_as_each_alone(tmp_path, supernet, data):
+    """No fine-tuned weight leaks from one arch into the next (and squad2 runs)."""
+    def scores(archs: list[Arch], name: str) -> dict:
+        cands = tmp_path / f"{name}.cands"
+        cands.write_text(format_arch_lines(archs))
+        res = run_inproc(["--data_dir", f"{data / 'MNLI'} {data / 'SQuAD2'}", "--model",
+                          str(supernet), "--task_name", "mnli squad2", "--output_dir",
+                          str(tmp_path / name), "--arches_file", str(cands), *PROXY])
+        return {(r.arch, r.task): (r.best, r.em) for r in res}
+
+    together = scores([FULL, SMALL], "both")
+    alone = scores([SMALL], "alone")
+    assert together[(SMALL, "mnli")] == alone[(SMALL, "mnli")]
+    assert together[(SMALL, "squad2")] == alone[(SMALL, "squad2")]
+    assert (tmp_path / "both" / "null_odds.json").is_file()
+
+
+def test_kd_supernet_and_scheme_contradiction(tmp_path, data):
+    kd = make_tiny_supernet(tmp_path / "kd", "kd", layers=2, hidden=32, heads=4, qkv=32, ffn=64,
+                            max_positions=128)
+    arch = Arch(layers=1, hidden=32, heads=4, qkv=16, ffn=32)  # per-head slices of 4 dims
+    cands = tmp_path / "kd.cands"
+    cands.write_text(format_arch_lines([arch]))
+    common = ["--data_dir", str(data / "MNLI"), "--model", str(kd), "--task_name", "mnli",
+              "--arches_file", str(cands), *PROXY]
+    res = run_inproc([*common, "--output_dir", str(tmp_path / "o1"), "--super_model", "KD"])
+    assert res[0].best is not None
+    with pytest.raises(UserError, match="KD attention scheme, but MLM was requested"):
+        run_inproc([*common, "--output_dir", str(tmp_path / "o2"), "--super_model", "MLM"])
+
+
+def test_explicit_flags_override_task_defaults():
+    from superbert_run_en_classifier import build_parser, config_from_args
+
+    base = ["--model", "m", "--output_dir", "o"]
+    cfg = config_from_args(build_parser().parse_args(
+        [*base, "--data_dir", "a b c", "--task_name", "mnli squad cola"]))
+    mnli, sq, cola = cfg.tasks
+    assert (mnli.num_train_epochs, mnli.max_seq_length, mnli.learning_rate, mnli.eval_step,
+            mnli.train_batch_size) == (4, 128, 3e-5, 500, 32)
+    assert (sq.task, sq.max_seq_length, sq.train_batch_size) == ("squad1", 384, 16)
+    assert (cola.max_seq_length, cola.learning_rate, cola.train_batch_size) == (64, 1e-5, 32)
+    cfg = config_from_args(build_parser().parse_args(
+        [*base, "--data_dir", "a b", "--task_name", "mnli squad", "--learning_rate", "1e-4",
+         "--train_batch_size", "8", "--version_2_with_negative", "1", "--seed", "1 2"]))
+    assert [t.learning_rate for t in cfg.tasks] == [1e-4, 1e-4]
+    assert [t.train_batch_size for t in cfg.tasks] == [8, 8]
+    assert cfg.tasks[1].task == "squad2" and cfg.seeds == (1, 2)
+    assert cfg.tasks[0].num_train_epochs == 4  # not given: still the table's
+
+
+@pytest.mark.parametrize("case", ["mismatch", "unknown", "missing_tsv", "bad_json", "arch",
+                                  "short_tsv"])
+def test_bad_input_one_line_exit_2(tmp_path, supernet, data, case):
+    out = tmp_path / "out"
+    args = ["--model", str(supernet), "--output_dir", str(out), *PROXY]
+    if case == "mismatch":
+        args += ["--data_dir", f"{data / 'MNLI'} {data / 'SQuAD'}", "--task_name", "mnli"]
+        message = "--data_dir lists 2 directories but --task_name lists 1"
+    elif case == "unknown":
+        args += ["--data_dir", str(data / "MNLI"), "--task_name", "mnlii"]
+        message = "unknown task 'mnlii'"
+    elif case == "missing_tsv":
+        d = write_glue_task(tmp_path / "RTE", "rte")
+        (d / "dev.tsv").unlink()
+        args += ["--data_dir", f"{data / 'MNLI'} {d}", "--task_name", "mnli rte"]
+        message = "GLUE file not found"
+    elif case == "short_tsv":
+        d = write_glue_task(tmp_path / "MRPC", "mrpc")
+        (d / "train.tsv").write_text("Quality\t#1 ID\n1\t2\n")
+        args += ["--data_dir", str(d), "--task_name", "mrpc"]
+        message = "expected at least 5 tab-separated columns"
+    elif case == "bad_json":
+        d = write_squad_task(tmp_path / "SQ")
+        (d / "dev-v1.1.json").write_text('{"data": [')
+        args += ["--data_dir", str(d), "--task_name", "squad"]
+        message = "dev-v1.1.json is not valid JSON"
+    else:
+        cands = tmp_path / "c.cands"
+        cands.write_text(format_arch_lines([Arch(layers=3, hidden=32, heads=2, qkv=32, ffn=64)]))
+        args += ["--data_dir", str(data / "MNLI"), "--task_name", "mnli", "--arches_file",
+                 str(cands)]
+        message = "layers 3 exceeds the supernet's 2"
+    if case == "arch":  # through the real script: one stderr line, exit 2
+        r = cli(*args)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip().splitlines() == [r.stderr.strip()], r.stderr
+        assert r.stderr.startswith("error: ") and message in r.stderr
+    else:
+        with pytest.raises(UserError) as err:
+            run_inproc(args)
+        assert message in str(err.value)
+    assert not (out / "subbert.results").exists()
