@@ -457,6 +457,8 @@ class _BlockTokenizer:
         from tokenizers import Tokenizer
 
         self.tokenizer = Tokenizer.from_str(tokenizer_json)
+        # encode_batch_fast (tokenizers >= 0.20) skips the character offsets we do not use.
+        self.encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
         self.dtype = np.dtype(dtype)
         self.corpus = corpus
         self.encoding_errors = encoding_errors
@@ -476,7 +478,7 @@ class _BlockTokenizer:
             lines.pop()
         lines = [line.strip() for line in lines]
         sentences = [line for line in lines if line]
-        encodings = self.tokenizer.encode_batch(sentences, add_special_tokens=False)
+        encodings = self.encode(sentences, add_special_tokens=False)
         per_sentence = [e.ids for e in encodings]
         ids = np.fromiter(itertools.chain.from_iterable(per_sentence), dtype=self.dtype,
                           count=sum(map(len, per_sentence)))
