@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stream the packed ids to disk as they are made (flat memory for large "
                         "corpora) instead of holding them until the end")
     p.add_argument("--num_workers", type=int, default=1,
-                   help="tokenising processes (the output does not depend on it)")
+                   help="tokenising processes (the output does not depend on it); with 1, "
+                        "the Rust tokenizer's own thread pool still uses every core")
     p.add_argument("--format", choices=("bin", "json"), default="bin",
                    help="bin: token-id shards + metadata.json (fast, memory-mapped); json: the "
                         "original's train_doc_tokens_ngrams_{i}.json shards")

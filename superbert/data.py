@@ -735,7 +735,7 @@ def generate_pretraining_data(train_corpus: str | os.PathLike, output_dir: str |
     _warn_lower_case(vocab_file.parent, do_lower_case)
     dtype = token_dtype(len(vocab))
 
-    created = not out.exists()
+    created = next((d for d in [*reversed(out.parents), out] if not d.exists()), None)
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".generate_data-", suffix=".tmp", dir=out))
     writer = None
@@ -791,8 +791,8 @@ def generate_pretraining_data(train_corpus: str | os.PathLike, output_dir: str |
         if writer is not None:
             writer.abort()
         shutil.rmtree(staging, ignore_errors=True)
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
+        if created is not None:  # leave no directory behind that this run made
+            shutil.rmtree(created, ignore_errors=True)
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)

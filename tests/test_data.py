@@ -370,7 +370,7 @@ def script_runs(tmp_path_factory, corpus):
     for name, (_, data, extra, _) in CASES.items():
         (root / f"{name}.txt").write_bytes(data)
         args = {"--train_corpus": str(root / f"{name}.txt"),
-                "--output_dir": str(root / f"out_{name}"), "--bert_model": str(corpus[0] / "model")}
+                "--output_dir": str(root / f"out_{name}" / "data"), "--bert_model": str(corpus[0] / "model")}
         for flag, value in zip(extra[::2], extra[1::2]):
             args[flag] = value.format(empty_model=root / "empty_model", existing=existing)
         argvs[name] = (["generate_data.py", "--do_lower_case"]
@@ -401,7 +401,7 @@ def test_script_bad_input(script_runs, name):
         assert (existing / "metadata.json").read_text() == "precious"
         assert sorted(p.name for p in existing.iterdir()) == ["metadata.json"]
     else:
-        assert not Path(out_dir).exists()  # no partial output directory
+        assert not Path(out_dir).parent.exists()  # no partial output (nor parent it made)
 
 
 def test_script_replace_flag_and_summary(script_runs):
