@@ -1,12 +1,14 @@
 """Candidate evaluation: fine-tune each sub-arch of a SuperBERT on GLUE / SQuAD and score it.
 
 For every seed x arch x task (the original's loop order, so a run cut short leaves whole archs
-behind): the task model is built and loaded from disk once per task; before each arch every
-weight is restored from an in-memory pristine copy, the task head is re-drawn from the seed,
-`set_sample_config(arch)` selects the inherited slice (in the attention scheme saved with the
-supernet), and the slice is fine-tuned with BertAdam (no bias correction, decoupled weight
-decay, per-tensor clipping; parameters outside the slice get no gradient and are skipped) under
-the original's warm-up-linear schedule. The dev set is scored every `eval_step` optimizer steps
+behind): the supernet with the task's head is loaded from disk once per task and never
+trained; the task head is drawn from the seed, `set_sample_config(arch)` selects the inherited
+slice (in the attention scheme saved with the supernet) and `extract_submodel` copies it into a
+dense model, which is fine-tuned with BertAdam (no bias correction, decoupled weight decay,
+per-tensor clipping) under the original's warm-up-linear schedule. That is the original's
+in-place fine-tuning of the slice, computed densely: same forward, same gradients, same updates
+of every weight the sub-model reads; the supernet stays pristine, so nothing leaks between
+archs and nothing is re-read from disk. The dev set is scored every `eval_step` optimizer steps
 and once more after the last step; the best score is what `subbert.results` reports.
 
 Fixes over the original (reference 9.1): the QA head takes the last hidden state itself (no
@@ -225,8 +227,8 @@ def _read_task_data(cfg: TaskConfig, tokenizer) -> TaskData:
 def _batch(features: Any, index: torch.Tensor, device: torch.device, with_labels: bool) -> dict[str, torch.Tensor]:
     """Rows `index` cut to their longest sequence, on `device`."""
     T = int(features.lengths[index].max())
-    ids = features.input_ids[index, :T]
-    batch = {"input_ids": ids, "token_type_ids": features.token_type_ids[index, :T],
+    batch = {"input_ids": features.input_ids[index, :T].long(),
+             "token_type_ids": features.token_type_ids[index, :T].long(),
              "attention_mask": (torch.arange(T)[None, :] < features.lengths[index][:, None]).long()}
     if with_labels:
         if isinstance(features, squad.SquadFeatures):
@@ -237,14 +239,15 @@ def _batch(features: Any, index: torch.Tensor, device: torch.device, with_labels
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-# ---- models: built once per task, restored between archs ----------------------------------------
+# ---- models: the supernet loaded once per task head; each arch trains its own extracted copy ----
 class TaskModels:
-    """One task model per head kind (classification with n labels, QA), each loaded from the
-    model directory once, with a pristine copy of its weights kept in memory."""
+    """One supernet task model per head kind (classification with n labels, QA), each loaded
+    from the model directory once and kept on the CPU. It is never trained: every arch is
+    fine-tuned in a dense copy of its slice (`inherit`), so the supernet stays pristine."""
 
-    def __init__(self, model_dir: Path, scheme: str | None, device: torch.device):
-        self.model_dir, self.scheme, self.device = model_dir, scheme, device
-        self._cache: dict[tuple, tuple[AutoTinyBertPreTrainedModel, dict[str, torch.Tensor]]] = {}
+    def __init__(self, model_dir: Path, scheme: str | None):
+        self.model_dir, self.scheme = model_dir, scheme
+        self._cache: dict[tuple, AutoTinyBertPreTrainedModel] = {}
 
     def get(self, data: TaskData) -> AutoTinyBertPreTrainedModel:
         key = ("qa",) if is_squad(data.task) else ("cls", data.num_labels)
@@ -254,29 +257,38 @@ class TaskModels:
             else:
                 model = load_model(self.model_dir, AutoTinyBertForSequenceClassification,
                                    self.scheme, num_labels=data.num_labels)
-            model.to(self.device)
-            pristine = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            self._cache[key] = (model, pristine)
-        model, pristine = self._cache[key]
-        restore(model, pristine)
-        return model
-
-
-@torch.no_grad()
-def restore(model: torch.nn.Module, pristine: dict[str, torch.Tensor]) -> None:
-    for name, tensor in model.state_dict().items():
-        tensor.copy_(pristine[name])
+            for p in model.parameters():
+                p.requires_grad_(False)
+            self._cache[key] = model
+        return self._cache[key]
 
 
 @torch.no_grad()
 def init_head(model: AutoTinyBertPreTrainedModel, seed: int) -> None:
-    """Draw the task head from `seed` alone (the original drew it from the global RNG after
-    its per-seed reset), so an arch's start does not depend on the archs before it."""
+    """Draw the supernet's task head from `seed` alone (the original drew it from the global
+    RNG after its per-seed reset), so an arch's start does not depend on the archs before it."""
     head = model.qa_outputs if hasattr(model, "qa_outputs") else model.classifier
     g = torch.Generator().manual_seed(seed)
     w = torch.empty(head.weight.shape).normal_(0.0, model.config.initializer_range, generator=g)
-    head.weight.copy_(w)
+    head.weight.copy_(w.to(head.weight))
     head.bias.zero_()
+
+
+def inherit(supernet: AutoTinyBertPreTrainedModel, arch: Arch, seed: int,
+            device: torch.device) -> AutoTinyBertPreTrainedModel:
+    """The sub-model `arch` with the weights it inherits from the supernet (its slice, in the
+    supernet's attention scheme) and a head drawn from `seed`, ready to fine-tune.
+
+    Training this dense copy is the same computation as training the slice in place (the
+    original): forward and gradients equal by construction, and BertAdam moves entries outside
+    the slice only by weight decay, which no sub-model output reads. It runs at dense speed,
+    updates only the slice's parameters, and leaves nothing to restore between archs.
+    """
+    init_head(supernet, seed)
+    sub = extract_submodel(supernet, arch)  # set_sample_config(arch), then copy the slice
+    for p in sub.parameters():
+        p.requires_grad_(True)
+    return sub.to(device)
 
 
 # ---- one arch on one task -----------------------------------------------------------------------
@@ -379,16 +391,15 @@ def evaluate(model: AutoTinyBertPreTrainedModel, data: TaskData, features: Any, 
     return EvalOutcome(metrics, metrics[best_key(task)], 1000 * infer_s, batches)
 
 
-def finetune(model: AutoTinyBertPreTrainedModel, arch: Arch, data: TaskData, seed: int,
+def finetune(supernet: AutoTinyBertPreTrainedModel, arch: Arch, data: TaskData, seed: int,
              device: torch.device, fp16: bool = False, keep_best_model: bool = False,
              on_eval: Callable[[dict[str, Any], EvalOutcome], None] | None = None,
              progress: bool = True) -> FinetuneResult:
-    """Fine-tune the slice `arch` of `model` (already restored) on `data`, evaluating every
+    """Fine-tune the sub-model `arch` inherited from `supernet` on `data`, evaluating every
     `eval_step` optimizer steps and after the last one; returns the best dev score."""
     cfg = data.cfg
     task = data.task
-    model.set_sample_config(arch)
-    init_head(model, seed)
+    model = inherit(supernet, arch, seed, device)
     torch.manual_seed(seed)  # dropout
     order = torch.Generator().manual_seed(seed)  # data order
 
@@ -410,6 +421,7 @@ def finetune(model: AutoTinyBertPreTrainedModel, arch: Arch, data: TaskData, see
 
     result = FinetuneResult(None, None, 0.0, 0, 0, [])
     best_score = -math.inf
+    best_state = None
     loss_sum, loss_steps = 0.0, 0
     model.train()
     optimizer.zero_grad(set_to_none=True)
@@ -452,7 +464,8 @@ def finetune(model: AutoTinyBertPreTrainedModel, arch: Arch, data: TaskData, see
                         result.best = outcome.metrics[best_key(task)]
                     result.best_predictions = outcome.predictions
                     if keep_best_model:
-                        result.best_model = extract_submodel(model, arch)
+                        best_state = {k: v.detach().to("cpu", copy=True)
+                                      for k, v in model.state_dict().items()}
                 if on_eval is not None:
                     on_eval(record, outcome)
                 bar.set_postfix(score=f"{outcome.score:.4g}")
@@ -463,6 +476,9 @@ def finetune(model: AutoTinyBertPreTrainedModel, arch: Arch, data: TaskData, see
     if data.dev_mm is not None:
         # The original scores MNLI-mismatched once, with the final model.
         result.final_mm = evaluate(model, data, data.dev_mm, "mnli-mm", device, fp16).metrics
+    if keep_best_model and best_state is not None:
+        model.load_state_dict(best_state)
+        result.best_model = model.cpu()
     return result
 
 
@@ -539,7 +555,7 @@ def run(cfg: RunConfig) -> list[TaskResult]:
 
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    models = TaskModels(model_dir, cfg.super_model, device)
+    models = TaskModels(model_dir, cfg.super_model)
     results: list[TaskResult] = []
     logger.info("evaluating %d arch(s) x %d task(s) x %d seed(s) on %s (%s scheme)", len(archs),
                 len(datas), len(cfg.seeds), device, config.attention_scheme.upper())
@@ -576,7 +592,9 @@ def _run_one(cfg: RunConfig, models: TaskModels, arch: Arch, data: TaskData, see
             {**res.final_mm, "global_step": res.global_step, **tag, "task": "mnli-mm"}))
     if cfg.save_best_model and res.best_model is not None:
         name = f"{task}_seed{seed}" + (f"_{_arch_tag(arch)}" if several else "")
-        save_model(res.best_model, out_dir / name, model_dir, do_lower_case=cfg.do_lower_case)
+        vocab = model_dir / "vocab.txt"
+        save_model(res.best_model, out_dir / name, vocab if vocab.is_file() else None,
+                   do_lower_case=cfg.do_lower_case)
     result = TaskResult(task=task, arch=arch,
                         param_count=arch.param_count(config.vocab_size,
                                                      config.max_position_embeddings,

@@ -218,3 +218,39 @@ def test_bad_input_one_line_exit_2(tmp_path, supernet, data, case):
             run_inproc(args)
         assert message in str(err.value)
     assert not (out / "subbert.results").exists()
+
+
+@pytest.mark.parametrize("scheme", ["mlm", "kd"])
+def test_dense_copy_trains_like_the_slice_in_place(scheme):
+    """What the evaluator trains (a dense copy of the slice) follows exactly the original's
+    in-place fine-tuning of the slice: after BertAdam steps, the slice equals the copy."""
+    from helpers import tiny_config
+    from superbert.finetune import init_head, inherit
+    from superbert.modeling import AutoTinyBertForSequenceClassification, active_state_dict
+    from superbert.training import BertAdam, param_groups
+
+    torch.manual_seed(0)
+    cfg = tiny_config(scheme, layers=2, hidden=32, heads=4, qkv=32, ffn=64, vocab_size=50,
+                      max_positions=32)
+    cfg.num_labels, cfg.hidden_dropout_prob, cfg.attention_probs_dropout_prob = 3, 0.0, 0.0
+    supernet = AutoTinyBertForSequenceClassification(cfg).eval()
+    arch = (Arch(1, 24, 4, 16, 40) if scheme == "kd" else Arch(1, 24, 2, 16, 40))
+    dense = inherit(supernet, arch, seed=3, device=torch.device("cpu")).train()
+    inplace = AutoTinyBertForSequenceClassification(cfg)
+    inplace.load_state_dict(supernet.state_dict())
+    init_head(inplace, 3)
+    inplace.set_sample_config(arch)
+    inplace.train()
+    opts = [BertAdam(param_groups(m, 0.01), lr=1e-2, eps=1e-6, weight_decay=0.01)
+            for m in (dense, inplace)]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        ids = torch.randint(1, 50, (4, 10), generator=g)
+        labels = torch.randint(0, 3, (4,), generator=g)
+        for m, opt in zip((dense, inplace), opts):
+            m(input_ids=ids, labels=labels).loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    got = active_state_dict(inplace)
+    for name, tensor in dense.state_dict().items():
+        torch.testing.assert_close(got[name], tensor, rtol=1e-4, atol=1e-5, msg=name)

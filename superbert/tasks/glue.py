@@ -145,10 +145,14 @@ def read_examples(task: GlueTask, data_dir: str | os.PathLike, split: str,
 
 @dataclass
 class Features:
-    """Token ids padded to a common length; `lengths` lets a batch be cut to its longest row."""
+    """Token ids padded to a common length; `lengths` lets a batch be cut to its longest row.
 
-    input_ids: torch.Tensor       # [N, T] long
-    token_type_ids: torch.Tensor  # [N, T] long
+    Stored compactly (int32 ids, uint8 segments: MNLI's 393k rows take 250 MB, not 800 MB);
+    batches are widened to int64 when they are cut.
+    """
+
+    input_ids: torch.Tensor       # [N, T] int32
+    token_type_ids: torch.Tensor  # [N, T] uint8
     lengths: torch.Tensor         # [N] long
     labels: torch.Tensor          # [N] long, or float for regression
 
@@ -156,22 +160,34 @@ class Features:
         return int(self.input_ids.shape[0])
 
 
+CHUNK = 8192  # examples per tokenizer call: bounds the tokenizer's per-call memory
+
+
 def convert_examples_to_features(examples: list[InputExample], task: GlueTask, tokenizer,
                                  max_seq_length: int) -> Features:
     """[CLS] a [SEP] (b [SEP]), truncated longest-first to `max_seq_length` (the original's
     `_truncate_seq_pair`)."""
-    if max_seq_length < 3 + (1 if examples[0].text_b is not None else 0):
+    if max_seq_length < 3 + (1 if task.text_b is not None else 0):
         raise UserError(f"--max_seq_length {max_seq_length} is too short for {task.name}")
-    a = [e.text_a for e in examples]
-    b = [e.text_b for e in examples] if task.text_b is not None else None
-    enc = tokenizer(a, b, truncation="longest_first" if b is not None else True,
-                    max_length=max_seq_length, padding="max_length",
-                    return_token_type_ids=True, return_attention_mask=True, return_tensors="pt")
-    ids = enc["input_ids"]
-    lengths = enc["attention_mask"].sum(dim=1)
+    n = len(examples)
+    ids = torch.full((n, max_seq_length), tokenizer.pad_token_id, dtype=torch.int32)
+    types = torch.zeros((n, max_seq_length), dtype=torch.uint8)
+    lengths = torch.zeros(n, dtype=torch.long)
+    for start in range(0, n, CHUNK):
+        part = examples[start:start + CHUNK]
+        a = [e.text_a for e in part]
+        b = [e.text_b for e in part] if task.text_b is not None else None
+        enc = tokenizer(a, b, truncation="longest_first" if b is not None else True,
+                        max_length=max_seq_length, padding="max_length",
+                        return_token_type_ids=True, return_attention_mask=True,
+                        return_tensors="pt")
+        rows = slice(start, start + len(part))
+        ids[rows] = enc["input_ids"].to(torch.int32)
+        types[rows] = enc["token_type_ids"].to(torch.uint8)
+        lengths[rows] = enc["attention_mask"].sum(dim=1)
     if task.is_regression:
         labels = torch.tensor([float(e.label) for e in examples], dtype=torch.float32)
     else:
         index = {label: i for i, label in enumerate(task.labels)}
         labels = torch.tensor([index[e.label] for e in examples], dtype=torch.long)
-    return Features(ids, enc["token_type_ids"], lengths, labels)
+    return Features(ids, types, lengths, labels)

@@ -112,8 +112,8 @@ def read_squad(path: str | os.PathLike, is_training: bool, version_2: bool,
 class SquadFeatures:
     """One row per window. Eval-only fields are empty lists for training features."""
 
-    input_ids: torch.Tensor        # [N, T]
-    token_type_ids: torch.Tensor   # [N, T]
+    input_ids: torch.Tensor        # [N, T] int32
+    token_type_ids: torch.Tensor   # [N, T] uint8
     lengths: torch.Tensor          # [N]
     start_positions: torch.Tensor  # [N] (0 = [CLS]: no answer in this window)
     end_positions: torch.Tensor    # [N]
@@ -176,7 +176,7 @@ def convert_examples_to_features(examples: list[SquadExample], tokenizer, max_se
     by_context = {c: (ids, [tuple(o) for o in offs])
                   for c, ids, offs in zip(contexts, enc["input_ids"], enc["offset_mapping"])}
 
-    rows_ids, rows_types, lengths, starts, ends, ex_index = [], [], [], [], [], []
+    rows_ids, lengths, prefixes, starts, ends, ex_index = [], [], [], [], [], []
     all_offsets, all_max_ctx = [], []
     for i, example in enumerate(examples):
         q = questions[i][:max_query_length]
@@ -189,17 +189,15 @@ def convert_examples_to_features(examples: list[SquadExample], tokenizer, max_se
         spans = doc_windows(len(doc_ids), max_seq_length - len(q) - 3, doc_stride)
         for span_index, (start, length) in enumerate(spans):
             ids = [cls_id] + q + [sep_id] + doc_ids[start:start + length] + [sep_id]
-            types = [0] * (len(q) + 2) + [1] * (length + 1)
-            prefix = len(q) + 2
+            prefix = len(q) + 2  # [CLS] q [SEP]: segment 0; the window and [SEP]: segment 1
             sp = ep = 0
             if answer_tokens is not None:
                 a, b = answer_tokens
                 if a >= start and b <= start + length - 1:
                     sp, ep = a - start + prefix, b - start + prefix
             lengths.append(len(ids))
-            pad = max_seq_length - len(ids)
-            rows_ids.append(ids + [pad_id] * pad)
-            rows_types.append(types + [0] * pad)
+            prefixes.append(prefix)
+            rows_ids.append(np.asarray(ids, dtype=np.int32))
             starts.append(sp)
             ends.append(ep)
             ex_index.append(i)
@@ -207,8 +205,13 @@ def convert_examples_to_features(examples: list[SquadExample], tokenizer, max_se
                 all_offsets.append([None] * prefix + doc_offsets[start:start + length])
                 all_max_ctx.append([False] * prefix + [is_max_context(spans, span_index, start + k)
                                                        for k in range(length)])
-    return SquadFeatures(torch.tensor(rows_ids, dtype=torch.long),
-                         torch.tensor(rows_types, dtype=torch.long),
+    # Compact storage (int32 ids, uint8 segments); batches are widened when cut.
+    input_ids = np.full((len(rows_ids), max_seq_length), pad_id, dtype=np.int32)
+    token_types = np.zeros((len(rows_ids), max_seq_length), dtype=np.uint8)
+    for r, (row, prefix) in enumerate(zip(rows_ids, prefixes)):
+        input_ids[r, :len(row)] = row
+        token_types[r, prefix:len(row)] = 1
+    return SquadFeatures(torch.from_numpy(input_ids), torch.from_numpy(token_types),
                          torch.tensor(lengths, dtype=torch.long),
                          torch.tensor(starts, dtype=torch.long),
                          torch.tensor(ends, dtype=torch.long),
