@@ -144,7 +144,6 @@ class PretrainingDataset(torch.utils.data.Dataset):
     def _open_bin(self) -> None:
         meta = self.metadata
         dtype = np.dtype(meta.get("dtype", "uint16"))
-        self._shards: list[tuple[np.ndarray, np.ndarray]] = []
         token_parts, offset_parts, base = [], [np.zeros(1, np.int64)], 0
         for i, shard in enumerate(meta.get("shards", [])):
             tok_path = self.data_dir / shard["tokens_file"]
@@ -631,15 +630,20 @@ class _ShardWriter:
         for s in range(self.num_shards):
             if not per_shard_lengths[s]:
                 continue
+            # One array (or string) per shard and block: no per-instance objects are kept.
+            if self.fmt == "bin":
+                payload = np.concatenate(per_shard_parts[s])
+            else:
+                payload = "".join(per_shard_parts[s])
             if not self.stream:
-                self.parts[s].extend(per_shard_parts[s])
-                self.lengths[s].extend(per_shard_lengths[s])
+                self.parts[s].append(payload)
+                self.lengths[s].append(np.asarray(per_shard_lengths[s], dtype=np.int64))
             elif self.fmt == "bin":
-                self.files[s][0].write(np.concatenate(per_shard_parts[s]).tobytes())
+                self.files[s][0].write(payload.tobytes())
                 ends = self.tokens[s] - sum(per_shard_lengths[s]) + np.cumsum(per_shard_lengths[s])
                 self.files[s][1].write(ends.astype(np.int64).tobytes())
             else:
-                self.files[s][0].write("".join(per_shard_parts[s]).encode("utf-8"))
+                self.files[s][0].write(payload.encode("utf-8"))
 
     def close(self) -> list[dict[str, Any]]:
         """Finish the shard files; their descriptions for the metadata."""
@@ -652,12 +656,13 @@ class _ShardWriter:
                     os.fsync(f.fileno())
                     f.close()
             elif self.fmt == "bin":
-                tokens = np.concatenate(self.parts[s]) if self.parts[s] else np.zeros(0, self.dtype)
-                tokens.astype(self.dtype, copy=False).tofile(self.staging / names[0])
-                offsets = np.concatenate([[0], np.cumsum(self.lengths[s], dtype=np.int64)])
-                offsets.astype(np.int64).tofile(self.staging / names[1])
+                lengths = np.concatenate(self.lengths[s]) if self.lengths[s] else np.zeros(0, np.int64)
+                offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+                _write_durably(self.staging / names[0], (np.ascontiguousarray(p, self.dtype)
+                                                          for p in self.parts[s]))
+                _write_durably(self.staging / names[1], [offsets.astype(np.int64)])
             else:
-                (self.staging / names[0]).write_text("".join(self.parts[s]), encoding="utf-8")
+                _write_durably(self.staging / names[0], (p.encode("utf-8") for p in self.parts[s]))
             self.parts[s], self.lengths[s] = [], []
             if self.fmt == "bin":
                 shards.append({"tokens_file": names[0], "offsets_file": names[1],
@@ -671,6 +676,15 @@ class _ShardWriter:
         for files in self.files:
             for f in files:
                 f.close()
+
+
+def _write_durably(path: Path, chunks: Iterable[Any]) -> None:
+    """Write buffers (bytes, contiguous arrays) one after another, then fsync."""
+    with open(path, "wb") as fh:
+        for chunk in chunks:
+            fh.write(chunk)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def _output_files(out: Path) -> list[str]:
