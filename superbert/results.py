@@ -135,8 +135,8 @@ def read_results(path: str) -> list[TaskResult]:
         elif block is not None and line:
             key, sep, value = raw.partition("=")
             if not sep:
-                raise UserError(f"{path}:{number}: expected 'key = value' inside a results "
-                                f"block, got {line[:80]!r}")
+                raise UserError(f"{path}:{number}: results block starting at line {start} is "
+                                f"truncated or malformed: expected 'key = value', got {line[:80]!r}")
             key = key.strip()
             if key in block:
                 raise UserError(f"{path}:{number}: '{key}' appears twice in the results block "
