@@ -85,28 +85,38 @@ class BertAdam(Optimizer):
         loss = closure() if closure is not None else None
         for group in self.param_groups:
             b1, b2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                if grad.is_sparse:
-                    raise RuntimeError("BertAdam does not support sparse gradients")
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            if any(g.is_sparse for g in grads):
+                raise RuntimeError("BertAdam does not support sparse gradients")
+            ms, vs = [], []
+            for p in params:
                 state = self.state[p]
                 if not state:
                     state["step"] = 0
                     state["next_m"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["next_v"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                m, v = state["next_m"], state["next_v"]
-                if group["max_grad_norm"] > 0:
-                    norm = torch.linalg.vector_norm(grad.float())
-                    grad = grad * (group["max_grad_norm"] / (norm + 1e-6)).clamp(max=1.0).to(grad.dtype)
-                m.mul_(b1).add_(grad, alpha=1 - b1)
-                v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-                update = m / (v.sqrt() + group["eps"])
-                if group["weight_decay"] > 0:
-                    update.add_(p, alpha=group["weight_decay"])
-                p.add_(update, alpha=-group["lr"])
                 state["step"] += 1
+                ms.append(state["next_m"])
+                vs.append(state["next_v"])
+            # Multi-tensor (foreach) kernels: the same arithmetic as a per-tensor loop, a few
+            # launches per group instead of ~10 per parameter.
+            if group["max_grad_norm"] > 0:
+                norms = torch.stack(torch._foreach_norm(grads))
+                coef = (group["max_grad_norm"] / (norms + 1e-6)).clamp(max=1.0)
+                grads = torch._foreach_mul(grads, list(coef.unbind()))
+            torch._foreach_mul_(ms, b1)
+            torch._foreach_add_(ms, grads, alpha=1 - b1)
+            torch._foreach_mul_(vs, b2)
+            torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
+            denom = torch._foreach_sqrt(vs)
+            torch._foreach_add_(denom, group["eps"])
+            update = torch._foreach_div(ms, denom)
+            if group["weight_decay"] > 0:
+                torch._foreach_add_(update, params, alpha=group["weight_decay"])
+            torch._foreach_add_(params, update, alpha=-group["lr"])
         return loss
 
 

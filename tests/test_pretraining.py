@@ -342,3 +342,34 @@ def test_existing_run_is_not_overwritten(work, tmp_path):
         pre_training.main(args(work, cache, "--max_steps", "2", "--save_steps", "2"))
     after = {p.name: (p / "checkpoint.json").read_text() for p in find_checkpoints(run_dir(cache))}
     assert before == after
+
+
+def test_generated_bin_data_and_the_extension_flags(work, tmp_path, caplog):
+    """Shards from generate_data (bin format); --sandwich, --sample_times_per_batch, --fp16 on
+    CPU (bfloat16 with a warning), --optimizer adamw, and the lower-casing check."""
+    from superbert.arch import Arch
+    from superbert.data import generate_pretraining_data
+
+    corpus = tmp_path / "corpus.txt"
+    rng = random.Random(1)
+    docs = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))) + " .\n"
+            for _ in range(120)]
+    corpus.write_text("".join(d if i % 5 else d + "\n" for i, d in enumerate(docs)))
+    data = tmp_path / "bin"
+    generate_pretraining_data(corpus, data, str(work["mlm"]), do_lower_case=True,
+                              max_seq_len=SEQ, progress=False)
+    cache = tmp_path / "c"
+    argv = args(work, cache, "--sandwich", "--sample_times_per_batch", "2", "--fp16",
+                "--optimizer", "adamw", "--max_steps", "3", "--epochs", "1")
+    argv[argv.index("--pregenerated_data") + 1] = str(data)
+    with pytest.warns(UserWarning, match="fp16 on CPU"):
+        pre_training.main(argv)
+    log = log_of(cache)
+    assert [r["step"] for r in log] == [1, 2, 3]
+    for r in log:
+        archs = [Arch.parse(a) for a in r["arch"]]
+        assert len(archs) == 4  # largest, smallest, 2 random
+        assert archs[0] == Arch(3, 64, 4, 64, 128) and archs[1] == Arch(1, 64, 1, 16, 128)
+    with pytest.raises(UserError, match="do_lower_case"):
+        argv.remove("--do_lower_case")
+        pre_training.main(argv + ["--resume", "auto"])
