@@ -1,0 +1,151 @@
+"""Latency dataset (timing, resume, sidecar), predictor (training, time.pt, bare state dict), errors."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import inference_time_evaluation
+import latency_predictor
+from superbert.arch import Arch
+from superbert.errors import UserError
+from superbert.latency import (LatencyMLP, LatencyPredictor, TimingProtocol, Timer,
+                               dataset_arrays, read_latency_dataset, regression_metrics,
+                               split_indices)
+from tests.helpers import make_tiny_supernet
+from utils.cli import run_main
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = Arch(3, 64, 4, 64, 128)  # a tiny reference keeps the run short
+SPACE = ["--hidden_size_space", "16", "64", "--intermediate_size_space", "16", "128",
+         "--qkv_size_space", "16", "64"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    d = tmp_path_factory.mktemp("lat")
+    model = make_tiny_supernet(d / "supernet", scheme="kd", layers=3, hidden=64, heads=4, ffn=128)
+    out = d / "latency_dataset" / "lat.tmp"
+    argv = ["--bert_model", str(model), "--num_archs", "36", "--infer_cnt", "2",
+            "--clock", "cpu", "--output", str(out), "--base_arch", str(BASE), "--no_progress", *SPACE]
+    inference_time_evaluation.main(argv)
+    return d, model, out, argv
+
+
+def test_dataset_written_resumed_and_described(dataset):
+    d, model, out, argv = dataset
+    records = read_latency_dataset(out)
+    assert len(records) == 36 and len({a for a, _ in records}) == 36
+    assert {a.layers for a, _ in records} == {1, 2, 3}  # all layer counts of the space
+    assert all(a.heads == 4 and a.qkv % 4 == 0 for a, _ in records)  # KD scheme from config.json
+    side = json.loads(Path(str(out) + ".json").read_text())
+    assert side["scheme"] == "kd" and side["timing_subject"] == "extracted"
+    assert side["protocol"]["threads"] == 1 and side["protocol"]["infer_cnt"] == 2
+    assert side["base_latency_ms"] > 0 and Arch.parse(side["base_arch"]) == BASE
+    for key in ("hostname", "cpu_model", "threads", "backend", "torch_version"):
+        assert key in side["machine"]
+    before = out.read_text()
+    inference_time_evaluation.main(argv)  # nothing left to time: the file is unchanged
+    assert out.read_text() == before
+    inference_time_evaluation.main([a if a != "36" else "40" for a in argv])  # extends it
+    assert len(read_latency_dataset(out)) == 40
+    assert out.read_text().startswith(before)
+
+
+def test_supernet_timing_and_protocol_mismatch(dataset, tmp_path, capsys):
+    d, model, out, argv = dataset
+    with pytest.raises(SystemExit) as exc:
+        run_main(inference_time_evaluation.main, [a if a != "2" else "3" for a in argv])
+    assert exc.value.code == 2
+    assert "infer_cnt" in capsys.readouterr().err
+    sup = tmp_path / "sup.tmp"
+    inference_time_evaluation.main(["--bert_model", str(model), "--num_archs", "3", "--infer_cnt",
+                                    "1", "--time_supernet", "--output", str(sup), "--base_arch",
+                                    str(BASE), "--no_progress", *SPACE])
+    assert len(read_latency_dataset(sup)) == 3
+    assert json.loads(Path(str(sup) + ".json").read_text())["timing_subject"] == "supernet"
+
+
+def test_predictor_trains_reloads_and_keeps_its_reported_error(dataset, capsys):
+    d, model, out, argv = dataset
+    ckpt = d / "ckpts" / "time.pt"
+    latency_predictor.main(["--lat_dataset_path", str(out), "--ckpt_path", str(ckpt),
+                            "--hidden_dim", "32", "--train_steps", "400", "--lr", "3e-3",
+                            "--plot", str(d / "pred.png"), "--no_progress"])
+    printed = capsys.readouterr().out
+    assert "MLP predictor" in printed and "FLOPs baseline" in printed and "Kendall tau" in printed
+    assert (d / "pred.png").stat().st_size > 1000
+    pred = LatencyPredictor.load(ckpt)
+    assert pred.scheme == "kd" and pred.hidden_dim == 32 and pred.hidden_layer_num == 3
+    side = json.loads(Path(str(out) + ".json").read_text())
+    assert pred.base_latency_ms == pytest.approx(side["base_latency_ms"])
+    # the reloaded predictor reproduces the test error it reported
+    archs, ms = dataset_arrays(read_latency_dataset(out))
+    _, _, te = split_indices(len(archs), 0)
+    again = regression_metrics(pred.predict([archs[i] for i in te]), ms[te])
+    reported = pred.meta["metrics"]["test"]
+    assert again.mape == pytest.approx(reported["mape"], rel=1e-4)
+    assert again.rmse_ms == pytest.approx(reported["rmse_ms"], rel=1e-4)
+    # and its predictions are in the range of what was measured
+    p = pred.predict(archs)
+    assert np.all(p > 0.2 * ms.min()) and np.all(p < 5 * ms.max())
+    # the same seed gives the same predictor
+    latency_predictor.main(["--lat_dataset_path", str(out), "--ckpt_path", str(d / "again.pt"),
+                            "--hidden_dim", "32", "--train_steps", "400", "--lr", "3e-3",
+                            "--no_progress"])
+    assert np.allclose(LatencyPredictor.load(d / "again.pt").predict(archs), p)
+
+
+def test_bare_original_state_dict_loads(tmp_path, caplog):
+    torch.manual_seed(0)
+    mlp = LatencyMLP(4, 48, 3)
+    torch.save(mlp.state_dict(), tmp_path / "time.pt")
+    assert set(mlp.state_dict()) == {"first_layer.weight", "first_layer.bias", "predict.weight",
+                                     "predict.bias", *(f"layers.{i}.{k}" for i in range(3)
+                                                       for k in ("weight", "bias"))}
+    pred = LatencyPredictor.load(tmp_path / "time.pt", base_latency_ms=250.0, scheme="kd")
+    a = Arch(4, 312, 12, 312, 1200)
+    x = torch.tensor([[312 / 768, 4 / 12, 1200 / 3072, 312 / 768]])
+    assert pred.predict_one(a) == pytest.approx(200 * mlp(x).item(), rel=1e-5)
+    assert pred.base_latency_ms == 250.0 and pred.scheme == "kd"
+    with caplog.at_level("WARNING"):
+        assert LatencyPredictor.load(tmp_path / "time.pt").base_latency_ms == 886.0
+    assert "886" in caplog.text
+    with pytest.raises(UserError, match="hidden_dim 48"):
+        LatencyPredictor.load(tmp_path / "time.pt", hidden_dim=2000)
+
+
+def test_timer_subjects_agree_on_shapes():
+    from tests.helpers import tiny_config
+
+    cfg = tiny_config("kd", layers=2, hidden=64, heads=4, ffn=128)
+    for subject in ("extracted", "supernet"):
+        t = Timer(cfg, "kd", TimingProtocol(infer_cnt=1, warmup=0, seq_len=16, subject=subject))
+        r = t.time(Arch(2, 32, 4, 32, 64))
+        assert r.runs == 1 and r.median_ms > 0
+
+
+def test_bad_input_exits_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "lat.tmp"
+    bad.write_text("{'sample_layer_num': 1}\t3.0\n")
+    cases = ((latency_predictor.main, ["--lat_dataset_path", str(tmp_path / "nope")], "not found"),
+             (inference_time_evaluation.main, ["--output", str(bad), "--num_archs", "1"], "lat.tmp:1"),
+             (inference_time_evaluation.main, ["--clock", "cpu", "--threads", "2"], "--threads 1"))
+    for main, args, says in cases:
+        with pytest.raises(SystemExit) as exc:
+            run_main(main, args)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and says in err[0], err
+    # through a real interpreter as well
+    proc = subprocess.run([sys.executable, str(ROOT / "latency_predictor.py"), "--lat_dataset_path",
+                           str(bad)], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "lat.tmp:1" in lines[0], proc.stderr
+    assert bad.read_text() == "{'sample_layer_num': 1}\t3.0\n"
+    assert not (tmp_path / "latency_dataset").exists()
