@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--do_lower_case", action="store_true",
                    help="lower-cased vocab (recorded in the saved tokenizer files)")
     g.add_argument("--debug", action="store_true",
-                   help="use only the first 20000 sequences of each shard")
+                   help="use only the first 20000 sequences of the data")
 
     g = p.add_argument_group("objective")
     g.add_argument("--mlm_loss", action="store_true",
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("removed flags of the original (an error if given)")
     for name, why in REMOVED.items():
-        g.add_argument(f"--{name}", default=None, help=why)
+        g.add_argument(f"--{name}", nargs="?", const="", default=None, help=why)
     return p
 
 

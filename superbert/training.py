@@ -17,6 +17,18 @@ apex DDP did (`delay_allreduce=True`: only parameters that received a gradient, 
 backward), it is exact when one step runs several forwards (accumulation, several archs,
 `--sandwich`) without DDP's `find_unused_parameters` graph walk, and it keeps a parameter no
 rank used at `grad=None`, so the optimiser treats it exactly as a single process does.
+
+Where this differs from the original (each a fix, or a flag keeps the original's behaviour):
+- arch seeds depend on (seed, step, index), not on the world size (`arch_seed`);
+- losses are divided by the global element count of the step (MLM: masked tokens; KD: see
+  `distill.py`), so GAS and world size do not change the objective;
+- a trailing window of fewer than GAS micro-batches at the end of an epoch is dropped;
+- every checkpoint (epoch_<e> and step_<n>) carries optimizer, scheduler, scaler, RNG and data
+  position, and `--resume` continues exactly (`--continue_index` only skipped epochs);
+- `DistributedSampler.set_epoch` is called every epoch (the original reshuffled identically);
+- `--debug` keeps the first 20000 sequences of the data (the original: per shard);
+- the swapped mask/segment ids and the masking quirks are `--original_input_order` and
+  `--original_masking`.
 """
 from __future__ import annotations
 
@@ -995,8 +1007,9 @@ def run_pretraining(cfg: PretrainConfig, env: DistEnv) -> TrainState:
         if teacher.encoder.config.vocab_size != len(vocab):
             raise UserError(f"teacher vocab_size {teacher.encoder.config.vocab_size} differs "
                             f"from the student's {len(vocab)}-token vocab")
-    elif cfg.teacher_model and cfg.teacher_model != "electra_base":
-        logger.warning("--teacher_model is not used with --mlm_loss")
+    elif cfg.teacher_model:
+        logger.warning("--teacher_model %s is not used: --mlm_loss trains without a teacher",
+                       cfg.teacher_model)
     set_seed(cfg.seed)
     model, fixed, space = build_student(cfg, student_dir, teacher.hidden_size if teacher else None)
     if cfg.max_seq_length > model.config.max_position_embeddings:
@@ -1050,6 +1063,7 @@ def run_pretraining(cfg: PretrainConfig, env: DistEnv) -> TrainState:
     barrier(env)
     # A different seed per rank for dropout; the model itself was built identically.
     torch.manual_seed(cfg.seed + env.rank)
+    model.to(env.device)  # NCCL broadcasts device tensors
     broadcast_parameters(env, model)
     trainer = Trainer(cfg, env, model, dataset, collator, space, fixed, student_dir,
                       teacher=teacher, run_dir=run_dir, tb_dir=tb_dir)
