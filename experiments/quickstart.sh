@@ -52,21 +52,24 @@ arch_repr() {
 # KD: the teacher's 12 heads, qkv 192 (16 per head) sliced per head. Sub-archs: hidden 64..128.
 LAYERS=4; HIDDEN=128; FFN=512; HIDDEN_SPACE=(64 128)
 if [[ "$SCHEME" == kd ]]; then HEADS=12; QKV=192; else HEADS=4; QKV=128; fi
-SEQ=128
+SEQ=128                                                  # pre-training sequence length
 TRAIN_EXAMPLES=2000; DEV_EXAMPLES=200; BOOK_CHAPTERS=()  # task sizes (per task and split)
-PRETRAIN_EPOCHS=1; PRETRAIN_BATCH=32; PRETRAIN_LR=5e-4  # ~300 steps on the training chapters
-LAT_ARCHS=150; LAT_RUNS=5; PRED_STEPS=2000; PRED_HIDDEN=256
-SPEEDUP=2; GEN_SIZE=5                                    # vs the full supernet (the base arch)
-EVAL_STEPS=40; EVAL_TRAIN=1000                           # proxy fine-tuning per arch and task
-FURTHER_EPOCHS=1; FURTHER_LR=2e-4
+PRETRAIN_STEPS=200; PRETRAIN_BATCH=32; PRETRAIN_LR=5e-4  # ~60% of an epoch of the training chapters
+LAT_ARCHS=150; LAT_RUNS=10; PRED_STEPS=2000; PRED_HIDDEN=256
+SPEEDUP=2; LAT_WINDOW=(0.85 1.1); GEN_SIZE=4             # speedup vs the base arch (the full supernet)
+EVAL_STEPS=20; EVAL_BATCH=16; EVAL_TRAIN=1000            # proxy fine-tuning per arch and task
+FURTHER_STEPS=150; FURTHER_LR=2e-4
+HELDOUT_SEQS=512                                         # held-out sequences for the MLM loss
 if [[ "$SIZE" == smoke ]]; then
-  LAYERS=2; FFN=256; HIDDEN_SPACE=(96 128)
+  LAYERS=2; HIDDEN=64; FFN=256; HIDDEN_SPACE=(32 64)
+  if [[ "$SCHEME" == kd ]]; then QKV=96; else HEADS=2; QKV=64; fi
   SEQ=64
   TRAIN_EXAMPLES=48; DEV_EXAMPLES=24; BOOK_CHAPTERS=(--max_chapters_per_book 4)
-  PRETRAIN_BATCH=16
-  LAT_ARCHS=16; LAT_RUNS=2; PRED_STEPS=200; PRED_HIDDEN=64
-  GEN_SIZE=3
-  EVAL_STEPS=4; EVAL_TRAIN=48
+  PRETRAIN_STEPS=30; PRETRAIN_BATCH=8
+  LAT_ARCHS=40; LAT_RUNS=10; PRED_STEPS=500; PRED_HIDDEN=64
+  SPEEDUP=1.5; LAT_WINDOW=(0.5 1.5); GEN_SIZE=3            # a wide window: the grid is tiny
+  EVAL_STEPS=3; EVAL_BATCH=8; EVAL_TRAIN=48
+  FURTHER_STEPS=30; HELDOUT_SEQS=128
 elif [[ "$SIZE" != default ]]; then
   echo "error: QUICKSTART_SIZE must be default or smoke, not $SIZE" >&2; exit 2
 fi
@@ -94,7 +97,8 @@ if [[ -e "$STAMPS/size" && "$(cat "$STAMPS/size")" != "$SCHEME-$SIZE" ]]; then
 fi
 echo "$SCHEME-$SIZE" > "$STAMPS/size"
 
-# stage NAME CMD...: run CMD unless NAME finished before; log its wall time.
+# stage NAME CMD...: run CMD unless NAME finished before; log its wall and CPU seconds.
+cpu_seconds() { times | tail -n 1 | awk '{ gsub(/[ms]/, " "); print $1 * 60 + $2 + $3 * 60 + $4 }'; }
 stage() {
   local name="$1"; shift
   if [[ -e "$STAMPS/$name" ]]; then
@@ -102,17 +106,20 @@ stage() {
     return 0
   fi
   echo "== [$name] $*"
-  local start=$SECONDS
+  local start=$SECONDS cpu
+  cpu="$(cpu_seconds)"
   "$@"
-  printf '%s\t%d\n' "$name" $((SECONDS - start)) >> "$STAMPS/times.tsv"
+  printf '%s\t%d\t%.0f\n' "$name" $((SECONDS - start)) \
+      "$(awk -v a="$cpu" -v b="$(cpu_seconds)" 'BEGIN { print b - a }')" >> "$STAMPS/times.tsv"
   touch "$STAMPS/$name"
 }
 
-# newest_checkpoint CACHE_DIR: the last epoch checkpoint pre_training.py wrote under it.
+# newest_checkpoint CACHE_DIR: the checkpoint (epoch_* or step_*) pre_training.py wrote last.
 newest_checkpoint() {
   local found
-  found="$(find "$1/output/superbert/checkpoints" -mindepth 2 -maxdepth 2 -type d -name 'epoch_*' \
-           2>/dev/null | sort -V | tail -n 1)"
+  found="$(find "$1/output/superbert/checkpoints" -mindepth 2 -maxdepth 2 -type d \
+           \( -name 'epoch_*' -o -name 'step_*' \) -printf '%T@ %p\n' 2>/dev/null \
+           | sort -n | tail -n 1 | cut -d' ' -f2-)"
   [[ -n "$found" ]] || { echo "error: no checkpoint under $1" >&2; return 1; }
   echo "$found"
 }
@@ -150,7 +157,8 @@ stage generate_heldout "$PY" generate_data.py --train_corpus "$BOOKS/corpus/held
 
 # 3. The SuperPLM: one random sub-arch per step (MLM, or KD from the teacher).
 stage pretrain "$PY" pre_training.py --pregenerated_data "$PRETRAIN_DATA" \
-    --student_model "$MODEL_DIR" --cache_dir "$CACHE" --epochs "$PRETRAIN_EPOCHS" \
+    --student_model "$MODEL_DIR" --cache_dir "$CACHE" --epochs 1 \
+    --max_steps "$PRETRAIN_STEPS" --save_steps "$PRETRAIN_STEPS" \
     --train_batch_size "$PRETRAIN_BATCH" --learning_rate "$PRETRAIN_LR" \
     --warmup_proportion 0.1 --max_seq_length "$SEQ" --do_lower_case --scratch \
     --hidden_size_space "${HIDDEN_SPACE[@]}" --resume auto --no_progress "${OBJECTIVE[@]}"
@@ -167,9 +175,11 @@ stage latency_predictor "$PY" latency_predictor.py --lat_dataset_path "$LATENCY/
 # 5. Search: candidates in the latency window, a Random first generation, evaluate, and two
 #    Evolved generations (each evaluated: fine-tune the inherited slice on MNLI + SQuAD).
 SEARCH_FLAGS=(--ckpt_path "$LATENCY/time.pt" --latency_constraint "$SPEEDUP" --model "$MODEL_FLAG"
-              --candidate_file "$CANDS/candidates" "${SPACE[@]}")
+              --lat_min_ratio "${LAT_WINDOW[0]}" --lat_max_ratio "${LAT_WINDOW[1]}"
+              --candidate_file "$CANDS/candidates" --bert_model "$SUPERNET" "${SPACE[@]}")
 EVAL_FLAGS=(--data_dir "$BOOKS/MNLI $BOOKS/SQuAD" --task_name "mnli squad1" --model "$SUPERNET"
             --output_dir "$SEARCH" --do_lower_case --super_model "$MODEL_FLAG"
+            --cache_dir "$OUT/task_cache" --train_batch_size "$EVAL_BATCH"
             --max_train_examples "$EVAL_TRAIN" --max_steps "$EVAL_STEPS" --no_cuda)
 stage candidates "$PY" searcher.py --method Candidate "${SEARCH_FLAGS[@]}"
 stage gen_1 "$PY" searcher.py --method Random "${SEARCH_FLAGS[@]}" --gen_size "$GEN_SIZE" \
@@ -191,18 +201,22 @@ stage best best_arch
 stage extract "$PY" submodel_extractor.py --model "$SUPERNET" --arch "$(cat "$CANDS/best.arch")" \
     --output "$EXTRACTED"
 stage further_train "$PY" pre_training.py --pregenerated_data "$PRETRAIN_DATA" \
-    --student_model "$EXTRACTED" --cache_dir "$FURTHER_CACHE" --epochs "$FURTHER_EPOCHS" \
+    --student_model "$EXTRACTED" --cache_dir "$FURTHER_CACHE" --epochs 1 \
+    --max_steps "$FURTHER_STEPS" --save_steps "$FURTHER_STEPS" \
     --train_batch_size "$PRETRAIN_BATCH" --learning_rate "$FURTHER_LR" --warmup_proportion 0.1 \
     --max_seq_length "$SEQ" --do_lower_case --further_train --resume auto --no_progress \
     "${OBJECTIVE[@]}"
 FURTHER="$(newest_checkpoint "$FURTHER_CACHE")"
 
-# 7. The summary: loads the final model with transformers, times the chosen and the base arch,
-#    compares the held-out MLM loss before and after further training, plots the search.
+# 7. The summary (printed, and in $SUMMARY/summary.md): loads the final model with transformers,
+#    times the chosen and the base arch, compares the held-out MLM loss before and after further
+#    training, plots the search.
+if [[ -e "$STAMPS/summary" ]]; then cat "$SUMMARY/summary.md"; fi
 stage summary "$PY" experiments/summarize.py --results "$SEARCH/subbert.results" \
     --generations "${GENERATIONS[@]}" --supernet "$SUPERNET" --time_pt "$LATENCY/time.pt" \
     --base_arch "$BASE_ARCH" --inherited "$EXTRACTED" --further "$FURTHER" \
-    "${MLM_CHECK[@]}" --max_seq_length "$SEQ" --plots "$LATENCY/predictor_fit.png" \
-    --output_dir "$SUMMARY"
-if [[ -e "$SUMMARY/summary.md" ]]; then cat "$SUMMARY/summary.md"; fi
-echo "stage times (s):"; cat "$STAMPS/times.tsv"
+    "${MLM_CHECK[@]}" --max_seq_length "$SEQ" --heldout_sequences "$HELDOUT_SEQS" \
+    --plots "$LATENCY/predictor_fit.png" --output_dir "$SUMMARY"
+echo "stage times (stage, wall s, CPU s): $STAMPS/times.tsv"
+column -t "$STAMPS/times.tsv" 2>/dev/null || cat "$STAMPS/times.tsv"
+echo "summary: $SUMMARY/summary.md"

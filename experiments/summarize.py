@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--further", help="the further-trained model directory (loaded with transformers)")
     p.add_argument("--heldout_data", help="generate_data.py output of the held-out chapters")
     p.add_argument("--max_seq_length", type=int, default=128)
+    p.add_argument("--heldout_sequences", type=int, default=None,
+                   help="score only the first N held-out sequences (default: all)")
     p.add_argument("--threads", type=int, default=1, help="timing threads (protocol: 1)")
     p.add_argument("--infer_cnt", type=int, default=10, help="timed forwards per arch and round")
     p.add_argument("--plots", nargs="*", default=[], help="other plots to list (e.g. predictor fit)")
@@ -69,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     summary = build_summary(args.results, args.generations, args.supernet, args.time_pt, base,
                             further_dir=args.further, inherited_dir=args.inherited,
                             heldout_data=args.heldout_data, max_seq_length=args.max_seq_length,
+                            heldout_sequences=args.heldout_sequences,
                             threads=args.threads, infer_cnt=args.infer_cnt,
                             plot=out / "search_progress.png", extra_plots=args.plots)
     md, js = write_summary(summary, out)

@@ -242,7 +242,8 @@ def build_summary(results_file: str | os.PathLike, generation_files: Sequence[st
                   further_dir: str | os.PathLike | None = None,
                   inherited_dir: str | os.PathLike | None = None,
                   heldout_data: str | os.PathLike | None = None, max_seq_length: int = 128,
-                  threads: int = 1, infer_cnt: int = 10, plot: str | os.PathLike | None = None,
+                  heldout_sequences: int | None = None, threads: int = 1, infer_cnt: int = 10,
+                  plot: str | os.PathLike | None = None,
                   extra_plots: Sequence[str] = (), top: int = 5) -> Summary:
     """Gather everything the summary shows; see the module docstring."""
     from .hf import load_config, resolve_model_dir
@@ -259,8 +260,10 @@ def build_summary(results_file: str | os.PathLike, generation_files: Sequence[st
         cls_name, hf_params = load_with_transformers(further_dir)
     loss_inh = loss_fur = tokens = None
     if heldout_data is not None and further_dir is not None and inherited_dir is not None:
-        loss_inh, tokens = heldout_mlm_loss(inherited_dir, heldout_data, max_seq_length)
-        loss_fur, _ = heldout_mlm_loss(further_dir, heldout_data, max_seq_length)
+        loss_inh, tokens = heldout_mlm_loss(inherited_dir, heldout_data, max_seq_length,
+                                            max_sequences=heldout_sequences)
+        loss_fur, _ = heldout_mlm_loss(further_dir, heldout_data, max_seq_length,
+                                       max_sequences=heldout_sequences)
     plots = list(extra_plots)
     if plot is not None:
         plots.append(str(plot_search_progress(plot, evaluated)))
