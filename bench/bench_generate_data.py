@@ -90,6 +90,9 @@ MEMORY_CHILD = r"""
 import json, resource, sys
 sys.path.insert(0, sys.argv[1])
 from superbert.data import generate_pretraining_data
+from superbert.hf import load_tokenizer
+
+load_tokenizer(sys.argv[4])  # imports and tokenizer first: the pass's own memory is what follows
 
 
 def status(key):
