@@ -114,21 +114,21 @@ class BertAdam(Optimizer):
                 ms.append(state["next_m"])
                 vs.append(state["next_v"])
             # Multi-tensor (foreach) kernels: the same arithmetic as a per-tensor loop, a few
-            # launches per group instead of ~10 per parameter.
-            if group["max_grad_norm"] > 0:
+            # launches per group instead of ~10 per parameter, and no temporary update tensor:
+            # p - lr * (m / (sqrt(v) + eps) + wd * p) == p * (1 - lr * wd) - lr * m / (sqrt(v) + eps).
+            if group["max_grad_norm"] > 0:  # in place, as the original's clip_grad_norm_
                 norms = torch.stack(torch._foreach_norm(grads))
                 coef = (group["max_grad_norm"] / (norms + 1e-6)).clamp(max=1.0)
-                grads = torch._foreach_mul(grads, list(coef.unbind()))
+                torch._foreach_mul_(grads, list(coef.unbind()))
             torch._foreach_mul_(ms, b1)
             torch._foreach_add_(ms, grads, alpha=1 - b1)
             torch._foreach_mul_(vs, b2)
             torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
             denom = torch._foreach_sqrt(vs)
             torch._foreach_add_(denom, group["eps"])
-            update = torch._foreach_div(ms, denom)
             if group["weight_decay"] > 0:
-                torch._foreach_add_(update, params, alpha=group["weight_decay"])
-            torch._foreach_add_(params, update, alpha=-group["lr"])
+                torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
+            torch._foreach_addcdiv_(params, ms, denom, value=-group["lr"])
         return loss
 
 
