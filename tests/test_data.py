@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from superbert.data import (JSON_SHARD, MaskingCollator, PretrainingDataset, _Packer,
-                            generate_pretraining_data, vocab_md5)
+                            generate_pretraining_data, token_dtype, vocab_md5)
 from superbert.errors import UserError
 from superbert.hf import bundled_vocab_path, load_tokenizer
 
@@ -235,12 +235,16 @@ def test_dataset_rejects_bad_data(bin_dir, tmp_path):
         PretrainingDataset(orig, MAX, VOCAB)
 
 
-def test_dataset_pickles_and_works_in_dataloader_workers(bin_dir):
+def test_dataset_pickles_without_the_data_and_token_dtype(bin_dir):
     import pickle
 
     ds = PretrainingDataset(bin_dir, MAX, VOCAB)
-    clone = pickle.loads(pickle.dumps(ds))
+    blob = pickle.dumps(ds)  # what a spawned DataLoader worker receives: the maps re-open
+    assert ds.__getstate__()["_token_parts"] is None and isinstance(ds._token_parts[0], np.memmap)
+    clone = pickle.loads(blob)
     assert all((clone[i][1] == ds[i][1]).all() for i in range(len(ds)))
+    assert token_dtype(30522) == np.uint16 and token_dtype(65536) == np.uint16
+    assert token_dtype(65537) == np.uint32
 
 
 # ---- masking ---------------------------------------------------------------------------------
