@@ -323,7 +323,8 @@ def test_original_masking_quirks():
 CASES = {
     "empty": ("empty corpus", b"\n \n\n", [], "is empty"),
     "one_document": ("one document", b"One sentence.\nAnother one.\n\n", [], "only one document"),
-    "bad_utf8": ("non-UTF-8", b"Good line.\n\nA bad \xff\xfe byte.\n", [], ":3: invalid UTF-8"),
+    "bad_utf8": ("non-UTF-8", b"Good line.\n\nA bad \xff\xfe byte.\n", ["--num_workers", "2"],
+                 ":3: invalid UTF-8"),  # raised in a worker process
     "missing_vocab": ("no vocab.txt", b"A.\n\nB.\n", ["--bert_model", "{empty_model}"], "no vocab.txt"),
     "existing_output": ("output exists", b"A.\n\nB.\n", ["--output_dir", "{existing}"], "already holds"),
     "replace_ok": ("replace", b"Good line.\n\nA bad \xff\xfe byte.\n", ["--encoding_errors", "replace"], None),
