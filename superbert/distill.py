@@ -117,8 +117,8 @@ def load_teacher(name_or_path: str, device: torch.device | str = "cpu") -> Teach
                         f"BERT or ELECTRA encoder")
     try:
         # ELECTRA discriminator checkpoints (ElectraForPreTraining) load their `electra.` body.
-        model = AutoModel.from_pretrained(str(path), local_files_only=True,
-                                          attn_implementation="eager")
+        # Fast attention inside; the last layer's scores are recomputed from its query/key.
+        model = AutoModel.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError, RuntimeError) as err:
         raise UserError(f"cannot load teacher weights from {path}: {err}") from None
     teacher = Teacher(model)

@@ -373,3 +373,45 @@ def test_generated_bin_data_and_the_extension_flags(work, tmp_path, caplog):
     with pytest.raises(UserError, match="do_lower_case"):
         argv.remove("--do_lower_case")
         pre_training.main(argv + ["--resume", "auto"])
+
+
+@pytest.mark.parametrize("kind", ["bert", "electra"])
+def test_teacher_scores_are_its_last_layer_attention_logits(tmp_path, kind):
+    """The recomputed pre-softmax scores give exactly the teacher's own attention probs;
+    an ELECTRA discriminator checkpoint (electra.* keys) loads as a teacher too."""
+    from transformers import (BertConfig, BertModel, ElectraConfig, ElectraForPreTraining,
+                              ElectraModel)
+
+    from superbert.distill import kd_counts, kd_loss_sums, load_teacher
+
+    torch.manual_seed(0)
+    if kind == "bert":
+        BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                             num_attention_heads=4, intermediate_size=64)).save_pretrained(tmp_path)
+        ref = BertModel.from_pretrained(tmp_path, attn_implementation="eager")
+    else:
+        ElectraForPreTraining(ElectraConfig(vocab_size=30522, embedding_size=16, hidden_size=32,
+                                            num_hidden_layers=2, num_attention_heads=4,
+                                            intermediate_size=64)).save_pretrained(tmp_path)
+        ref = ElectraModel.from_pretrained(tmp_path, attn_implementation="eager")
+    teacher = load_teacher(str(tmp_path))
+    ids = torch.randint(1000, 2000, (2, 10))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    out = teacher(ids, mask, None)
+    with torch.no_grad():
+        want = ref.eval()(ids, attention_mask=mask, output_attentions=True)
+    probs = out.scores.masked_fill(~mask[:, None, None, :].bool(), -1e9).softmax(-1)
+    assert torch.allclose(probs, want.attentions[-1], atol=1e-6)
+    assert torch.allclose(out.hidden, want.last_hidden_state, atol=1e-5)
+    # Padded queries/keys do not count: changing the student there changes nothing.
+    student_h, student_s = out.hidden + 0.1, out.scores + 0.2
+    rep, att = kd_loss_sums(student_h, student_s, out, mask)
+    student_h[1, 7:] += 5.0
+    student_s[1, :, 7:, :] += 5.0
+    student_s[1, :, :, 8:] -= 5.0
+    rep2, att2 = kd_loss_sums(student_h, student_s, out, mask)
+    assert torch.allclose(rep, rep2) and torch.allclose(att, att2)
+    n_rep, n_att = kd_counts(mask, 2, 10, 32, 4)
+    assert n_rep == 16 * 32 and n_att == (100 + 36) * 4
+    assert abs(float(rep / n_rep) - 0.01) < 1e-6 and abs(float(att / n_att) - 0.04) < 1e-6
