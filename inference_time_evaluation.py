@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                    help="wall: elapsed time; cpu: the process's CPU time (1 thread only), robust "
                         "when other processes share the CPU")
+    p.add_argument("--drift_ref", action="store_true",
+                   help="time a fixed reference arch after each arch and scale out slow drifts "
+                        "of machine load (for shared machines)")
     p.add_argument("--time_supernet", action="store_true",
                    help="time the sliced supernet (the original's subject) instead of the "
                         "extracted dense sub-model")
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         overrides["qkv_step"] = args.qkv_step
     protocol = TimingProtocol(threads=args.threads, batch_size=args.batch_size,
                               seq_len=args.max_seq_length, warmup=args.warmup,
-                              infer_cnt=args.infer_cnt, clock=args.clock,
+                              infer_cnt=args.infer_cnt, clock=args.clock, drift_ref=args.drift_ref,
                               subject="supernet" if args.time_supernet else "extracted")
     base = Arch.parse(args.base_arch) if args.base_arch else BERT_BASE
     path, sidecar, n = collect_latency_dataset(

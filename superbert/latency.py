@@ -61,6 +61,10 @@ class TimingProtocol:
     # CPU time, which with 1 thread equals wall time on an idle machine but ignores time the
     # scheduler gives to other processes: the robust choice on a shared machine.
     clock: str = "wall"
+    # Drift correction for shared machines: a fixed reference arch is timed after every arch and
+    # each latency is scaled by (reference at the start / reference now, averaged over the last
+    # few), so slow changes in machine load do not leak into the dataset.
+    drift_ref: bool = False
 
     def __post_init__(self) -> None:
         for name in ("threads", "batch_size", "seq_len", "infer_cnt"):
@@ -153,18 +157,20 @@ class Timer:
             model.dense_fit(out.last_hidden_state)
 
     def time(self, arch: Arch) -> Timing:
-        model = self.build(arch)
+        return self.time_model(self.build(arch), arch)
+
+    def time_model(self, model: nn.Module, arch: Arch, runs: int | None = None,
+                   warmup: int | None = None) -> Timing:
         clock = time.perf_counter if self.protocol.clock == "wall" else time.process_time
-        runs = []
+        times = []
         with torch.inference_mode():
-            for _ in range(self.protocol.warmup):
+            for _ in range(self.protocol.warmup if warmup is None else warmup):
                 self.forward(model)
-            for _ in range(self.protocol.infer_cnt):
+            for _ in range(runs or self.protocol.infer_cnt):
                 start = clock()
                 self.forward(model)
-                runs.append((clock() - start) * 1000.0)
-        del model
-        return Timing(arch, float(np.median(runs)), float(np.mean(runs)), len(runs))
+                times.append((clock() - start) * 1000.0)
+        return Timing(arch, float(np.median(times)), float(np.mean(times)), len(times))
 
 
 def cpu_model() -> str:
@@ -336,6 +342,9 @@ class DatasetRun:
         todo = [a for a in archs if a not in done]
         timer = Timer(self.config, self.scheme, self.protocol)
         sidecar = existing or self.expected_sidecar()
+        drift = _Drift(timer) if self.protocol.drift_ref else None
+        if drift is not None and "drift_ref_ms" not in sidecar:
+            sidecar.update(drift_ref_arch=str(drift.arch), drift_ref_ms=drift.now())
         if "base_latency_ms" not in sidecar:
             logger.info("timing the reference %s first", self.base_arch.short())
             base = timer.time(self.base_arch)
@@ -349,9 +358,38 @@ class DatasetRun:
         bar = tqdm(todo, desc="timing", unit="arch", disable=not progress)
         for arch in bar:
             t = timer.time(arch)
-            append_text_durably(self.output, format_latency_line(arch, round(t.median_ms, 4)))
-            bar.set_postfix_str(f"{arch.short()} {t.median_ms:.1f} ms (mean {t.mean_ms:.1f})")
+            ms = t.median_ms
+            if drift is not None:
+                ms *= sidecar["drift_ref_ms"] / drift.update()
+            append_text_durably(self.output, format_latency_line(arch, round(ms, 4)))
+            bar.set_postfix_str(f"{arch.short()} {ms:.1f} ms (mean {t.mean_ms:.1f})")
         return sidecar
+
+
+# A mid-size arch (about a tenth of BERT-base) timed between archs for drift correction.
+DRIFT_REF = Arch(layers=4, hidden=384, heads=12, qkv=384, ffn=1536)
+
+
+class _Drift:
+    """Running reference latency: the mean of the last `window` reference timings."""
+
+    def __init__(self, timer: "Timer", window: int = 8, runs: int = 3):
+        from .arch import arch_of_config
+
+        self.timer, self.window, self.runs, self.recent = timer, window, runs, []
+        # The sliced supernet is one shared model: its reference is its own full arch.
+        self.arch = (arch_of_config(timer.config) if timer.protocol.subject == "supernet"
+                     else DRIFT_REF)
+        self.model = timer.build(self.arch)  # built once: only its timing is repeated
+        timer.time_model(self.model, self.arch, runs=1, warmup=1)
+
+    def now(self) -> float:
+        model = self.timer.build(self.arch) if self.timer.protocol.subject == "supernet" else self.model
+        return self.timer.time_model(model, self.arch, runs=self.runs, warmup=0).median_ms
+
+    def update(self) -> float:
+        self.recent = (self.recent + [self.now()])[-self.window:]
+        return float(np.mean(self.recent))
 
 
 # ---- the predictor -----------------------------------------------------------------------------

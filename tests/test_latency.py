@@ -63,10 +63,11 @@ def test_supernet_timing_and_protocol_mismatch(dataset, tmp_path, capsys):
     assert "infer_cnt" in capsys.readouterr().err
     sup = tmp_path / "sup.tmp"
     inference_time_evaluation.main(["--bert_model", str(model), "--num_archs", "3", "--infer_cnt",
-                                    "1", "--time_supernet", "--output", str(sup), "--base_arch",
+                                    "1", "--time_supernet", "--drift_ref", "--output", str(sup), "--base_arch",
                                     str(BASE), "--no_progress", *SPACE])
     assert len(read_latency_dataset(sup)) == 3
-    assert json.loads(Path(str(sup) + ".json").read_text())["timing_subject"] == "supernet"
+    side = json.loads(Path(str(sup) + ".json").read_text())
+    assert side["timing_subject"] == "supernet" and side["drift_ref_ms"] > 0
 
 
 def test_predictor_trains_reloads_and_keeps_its_reported_error(dataset, capsys):

@@ -1,0 +1,122 @@
+"""Benchmark: latency predictor accuracy on this machine, and measured speedup of searched archs.
+
+1. Time >= 500 archs sampled over the whole space (all layer counts; extracted dense models,
+   1 thread; resumable, so a second run only trains and searches).
+2. Re-time a random subset: the measurement noise floor (MAPE between two timings of the same
+   arch), which no predictor can beat.
+3. Train the predictor (80/10/10 split) and print test RMSE / MAPE / Kendall tau beside the
+   FLOPs-proportional baseline fitted on the same training split (targets: MAPE <= 3%,
+   tau >= 0.95, better than the baseline).
+4. Enumerate candidates for a speedup, draw 10 archs (Fast), time them and BERT-base for real,
+   and report how far the measured speedup lands from the target window.
+
+    python bench/bench_latency_predictor.py                       # the original predictor
+    python bench/bench_latency_predictor.py --hidden_dim 256 --lr 3e-4 --train_steps 5000
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from superbert.arch import FEATURE_NORM, LATENCY_NORM  # noqa: E402
+from superbert.latency import (BERT_BASE, Timer, TimingProtocol, TrainConfig,  # noqa: E402
+                               collect_latency_dataset, dataset_arrays, load_supernet_config,
+                               read_latency_dataset, read_sidecar, regression_metrics,
+                               train_from_dataset)
+from superbert.search import (ORIGINAL_STEPS, LatencyWindow, enumerate_candidates,  # noqa: E402
+                              sample_generation)
+from superbert.arch import SearchSpace  # noqa: E402
+from utils.cli import run_main, setup_logging  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out_dir", default="experiments/bench/latency")
+    p.add_argument("--num_archs", type=int, default=800)
+    p.add_argument("--infer_cnt", type=int, default=10)
+    p.add_argument("--clock", default="cpu", choices=["wall", "cpu"],
+                   help="cpu (default here): robust to other processes sharing the 2 cores")
+    p.add_argument("--no_drift_ref", action="store_true",
+                   help="record raw timings (default here: drift-corrected, see --drift_ref)")
+    p.add_argument("--repeat", type=int, default=40, help="archs re-timed for the noise floor")
+    p.add_argument("--hidden_dim", type=int, default=2000)
+    p.add_argument("--hidden_layer_num", type=int, default=3)
+    p.add_argument("--train_steps", type=int, default=5000)
+    p.add_argument("--bsz", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--latency_constraint", type=float, default=7)
+    p.add_argument("--n_searched", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    setup_logging()
+    out = Path(args.out_dir)
+    data = out / "lat.tmp"
+    protocol = TimingProtocol(infer_cnt=args.infer_cnt, clock=args.clock,
+                              drift_ref=not args.no_drift_ref)
+
+    # 1. the dataset (the whole space on the training grid, every layer count)
+    t0 = time.perf_counter()
+    _, side, _ = collect_latency_dataset(data, None, dict(hidden_step=4, ffn_step=4), protocol,
+                                         args.num_archs, False, args.seed)
+    archs, ms = dataset_arrays(read_latency_dataset(data))
+    print(f"dataset: {len(archs)} archs, {ms.min():.2f}..{ms.max():.2f} ms; BERT-base "
+          f"{side['base_latency_ms']:.2f} ms ({side['machine']['cpu_model']}, "
+          f"{side['protocol']['threads']} thread, clock {side['protocol']['clock']}, "
+          f"{side['timing_subject']}); {time.perf_counter() - t0:.0f} s")
+
+    # 2. the noise floor: time some archs again
+    config, scheme, _ = load_supernet_config(None)
+    timer = Timer(config, side["scheme"], protocol)
+    rng = random.Random(args.seed)
+    idx = rng.sample(range(len(archs)), min(args.repeat, len(archs)))
+    again = np.asarray([timer.time(archs[i]).median_ms for i in idx])
+    noise = regression_metrics(again, ms[idx])
+    print(f"noise floor, {len(idx)} archs timed twice: MAPE {noise.mape:.2f}%, Kendall tau "
+          f"{noise.kendall_tau:.4f}")
+
+    # 3. the predictor against the FLOPs baseline
+    cfg = TrainConfig(hidden_dim=args.hidden_dim, hidden_layer_num=args.hidden_layer_num,
+                      train_steps=args.train_steps, bsz=args.bsz, lr=args.lr,
+                      feature_norm=FEATURE_NORM, lat_norm=LATENCY_NORM, seed=args.seed)
+    pred, rep = train_from_dataset(data, out / "time.pt", cfg, plot=out / "predictor.png")
+    print(f"predictor 4-{cfg.hidden_dim}x{cfg.hidden_layer_num + 1}-1, {cfg.train_steps} steps, "
+          f"lr {cfg.lr:g}, trained in {rep.seconds:.0f} s; split {rep.train.n}/{rep.valid.n}/{rep.test.n}")
+    print(f"  test MLP predictor : {rep.test.line()}")
+    print(f"  test FLOPs baseline: {rep.flops_test.line()}")
+    ok = rep.test.mape <= 3 and rep.test.kendall_tau >= 0.95
+    better = rep.test.mape < rep.flops_test.mape and rep.test.kendall_tau > rep.flops_test.kendall_tau
+    print(f"  targets MAPE <= 3% and tau >= 0.95: {'met' if ok else 'MISSED'}; better than the "
+          f"FLOPs baseline on both: {'yes' if better else 'NO'}; plot {out / 'predictor.png'}")
+
+    # 4. searched archs, timed for real
+    window = LatencyWindow(pred.base_latency_ms, args.latency_constraint)
+    space = SearchSpace(scheme=side["scheme"], **ORIGINAL_STEPS)
+    cands = enumerate_candidates(pred, space, window, progress=False)
+    picked = sample_generation(cands.archs(), pred, window, args.n_searched,
+                               random.Random(args.seed), fast=True)
+    base_now = timer.time(BERT_BASE).median_ms
+    lo_x, hi_x = base_now / window.hi, base_now / window.lo
+    print(f"{len(cands):,} candidates for {args.latency_constraint:g}x; BERT-base now "
+          f"{base_now:.2f} ms; target speedup window {lo_x:.2f}x..{hi_x:.2f}x")
+    devs = []
+    for a in picked:
+        m = timer.time(a).median_ms
+        x = base_now / m
+        dev = 0.0 if lo_x <= x <= hi_x else (x - hi_x) / hi_x if x > hi_x else (x - lo_x) / lo_x
+        devs.append(dev)
+        print(f"  {a.short():<26} predicted {pred.predict_one(a):7.2f} ms  measured {m:7.2f} ms  "
+              f"speedup {x:5.2f}x  {'in window' if dev == 0 else f'{100 * dev:+.1f}% outside'}")
+    devs = np.asarray(devs)
+    print(f"measured speedup in the window for {int(np.sum(devs == 0))}/{len(devs)} archs; "
+          f"largest miss {100 * np.max(np.abs(devs)):.1f}% beyond the window edge")
+
+
+if __name__ == "__main__":
+    run_main(main)
