@@ -218,9 +218,11 @@ class PretrainingDataset(torch.utils.data.Dataset):
                         try:
                             ids.extend(index[t] for t in tokens)
                         except (KeyError, TypeError):
-                            bad = next(t for t in tokens if not isinstance(t, str) or t not in index)
+                            bad = next(t for t in tokens
+                                       if not isinstance(t, str) or t not in index)
                             raise UserError(f"{path}:{lineno}: wordpiece {bad!r} is not in "
-                                            f"{self.vocab_file} (data made with another vocab?)") from None
+                                            f"{self.vocab_file} (data made with another "
+                                            f"vocab?)") from None
                         lengths.append(len(tokens))
                         n_here += 1
                 except UnicodeDecodeError as err:
@@ -317,7 +319,8 @@ class MaskingCollator:
         if not 0.0 <= masked_lm_prob <= 1.0:
             raise UserError(f"--masked_lm_prob must be in [0, 1], got {masked_lm_prob}")
         if max_predictions_per_seq < 0:
-            raise UserError(f"--max_predictions_per_seq must be >= 0, got {max_predictions_per_seq}")
+            raise UserError(f"--max_predictions_per_seq must be >= 0, "
+                            f"got {max_predictions_per_seq}")
         self.vocab_size = int(vocab_size)
         self.mask_token_id = int(mask_token_id)
         self.pad_token_id = int(pad_token_id)
@@ -371,7 +374,8 @@ class MaskingCollator:
     def __call__(self, batch: list[tuple[int, np.ndarray]]) -> dict[str, torch.Tensor]:
         longest = max(len(ids) for _, ids in batch)
         if longest > self.max_seq_length:
-            raise ValueError(f"an example has {longest} tokens > max_seq_length {self.max_seq_length}")
+            raise ValueError(f"an example has {longest} tokens > max_seq_length "
+                             f"{self.max_seq_length}")
         width = max(longest, 1)
         input_ids = np.full((len(batch), width), self.pad_token_id, dtype=np.int64)
         labels = np.full((len(batch), width), -100, dtype=np.int64)
@@ -656,7 +660,7 @@ class _ShardWriter:
                     os.fsync(f.fileno())
                     f.close()
             elif self.fmt == "bin":
-                lengths = np.concatenate(self.lengths[s]) if self.lengths[s] else np.zeros(0, np.int64)
+                lengths = np.concatenate([np.zeros(0, np.int64), *self.lengths[s]])
                 offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
                 _write_durably(self.staging / names[0], (np.ascontiguousarray(p, self.dtype)
                                                           for p in self.parts[s]))
@@ -729,7 +733,8 @@ def generate_pretraining_data(train_corpus: str | os.PathLike, output_dir: str |
         raise UserError(f"--max_seq_len must be >= 1, got {max_seq_len}")
     if num_workers < 1:
         raise UserError(f"--num_workers must be >= 1, got {num_workers}")
-    num_shards = num_shards if num_shards is not None else (ORIGINAL_NUM_SHARDS if fmt == "json" else 1)
+    if num_shards is None:
+        num_shards = ORIGINAL_NUM_SHARDS if fmt == "json" else 1
     if num_shards < 1:
         raise UserError(f"--num_shards must be >= 1, got {num_shards}")
     if not corpus.is_file():
@@ -745,7 +750,8 @@ def generate_pretraining_data(train_corpus: str | os.PathLike, output_dir: str |
     tokenizer = load_tokenizer(vocab_file, do_lower_case=do_lower_case)
     vocab = read_vocab(vocab_file)
     if len(vocab) != len(tokenizer):
-        raise UserError(f"{vocab_file}: {len(vocab)} lines but the tokenizer has {len(tokenizer)} tokens")
+        raise UserError(f"{vocab_file}: {len(vocab)} lines but the tokenizer has "
+                        f"{len(tokenizer)} tokens")
     _warn_lower_case(vocab_file.parent, do_lower_case)
     dtype = token_dtype(len(vocab))
 
