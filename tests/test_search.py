@@ -273,3 +273,15 @@ def test_bad_input_exits_2(files, tmp_path, capsys):
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: ")
+
+
+def test_latency_predictor_get_candidates(files, tmp_path):
+    import latency_predictor
+
+    out = tmp_path / "c"
+    latency_predictor.main(["--get_candidates", "--ckpt_path", str(files / "time.pt"),
+                            "--candidate_file", str(out), "--latency_constraint", str(SPEEDUP),
+                            "--no_progress", *[str(a) for a in SMALL_FLAGS]])
+    coarse = SearchSpace(scheme="kd", layers=(1, 4), hidden=(128, 384), ffn=(128, 1024),
+                         qkv=(180, 384), hidden_step=32, ffn_step=64, qkv_step=12)
+    assert read_candidates(out) == feasible_grid(LatencyPredictor.load(files / "time.pt"), coarse)
