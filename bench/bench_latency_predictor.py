@@ -85,7 +85,8 @@ def main(argv=None):
     cfg = TrainConfig(hidden_dim=args.hidden_dim, hidden_layer_num=args.hidden_layer_num,
                       train_steps=args.train_steps, bsz=args.bsz, lr=args.lr,
                       feature_norm=FEATURE_NORM, lat_norm=LATENCY_NORM, seed=args.seed)
-    pred, rep = train_from_dataset(data, out / "time.pt", cfg, plot=out / "predictor.png")
+    pred, rep = train_from_dataset(data, out / "time.pt", cfg, plot=out / "predictor.png",
+                                   progress=False)
     print(f"predictor 4-{cfg.hidden_dim}x{cfg.hidden_layer_num + 1}-1, {cfg.train_steps} steps, "
           f"lr {cfg.lr:g}, trained in {rep.seconds:.0f} s; split {rep.train.n}/{rep.valid.n}/{rep.test.n}")
     print(f"  test MLP predictor : {rep.test.line()}")
