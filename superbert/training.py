@@ -358,7 +358,7 @@ class ResumableDistributedSampler(DistributedSampler):
         return iter(list(super().__iter__())[self.start:])
 
     def __len__(self) -> int:
-        return self.num_samples - self.start
+        return max(0, self.num_samples - self.start)
 
 
 # ---- checkpoints -------------------------------------------------------------------------------
