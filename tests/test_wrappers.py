@@ -25,9 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 WRAPPERS = sorted([*(ROOT / "experiments" / "cluster").glob("*.sh"),
                    *(ROOT / "experiments" / "cluster").glob("*.sbatch"),
                    *(ROOT / "experiments").glob("*.sh"), ROOT / "setup_superbert_model.sh"])
-SCRIPTS = ("generate_data.py", "pre_training.py", "inference_time_evaluation.py",
-           "latency_predictor.py", "searcher.py", "superbert_run_en_classifier.py",
-           "submodel_extractor.py", "make_book_tasks.py")
+SCRIPTS = {name: name for name in (
+    "generate_data.py", "pre_training.py", "inference_time_evaluation.py", "latency_predictor.py",
+    "searcher.py", "superbert_run_en_classifier.py", "submodel_extractor.py", "make_book_tasks.py")}
+SCRIPTS["summarize.py"] = "experiments/summarize.py"
 _FLAG = re.compile(r"^--[A-Za-z0-9][A-Za-z0-9_-]*")
 _ARRAY = re.compile(r"\b([A-Za-z_]\w*)\+?=\(([^()]*)\)")
 
@@ -86,8 +87,8 @@ def script_calls(path: Path) -> list[tuple[str, list[str], list[str]]]:
 
 @lru_cache(maxsize=None)
 def script_options(script: str) -> frozenset[str]:
-    assert (ROOT / script).exists(), f"{script} is missing"
-    r = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True,
+    assert (ROOT / SCRIPTS[script]).exists(), f"{SCRIPTS[script]} is missing"
+    r = subprocess.run([sys.executable, SCRIPTS[script], "--help"], cwd=ROOT, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0, f"{script} --help failed: {r.stderr[-500:]}"
     return frozenset(re.findall(r"(?<![\w-])--[A-Za-z0-9][A-Za-z0-9_-]*", r.stdout))
@@ -179,7 +180,7 @@ def _record_calls(wrapper: str, args: list[str], tmp: Path) -> list[list[str]]:
 
 @lru_cache(maxsize=None)
 def _parser(script: str):
-    spec = importlib.util.spec_from_file_location(f"_wrapped_{script[:-3]}", ROOT / script)
+    spec = importlib.util.spec_from_file_location(f"_wrapped_{script[:-3]}", ROOT / SCRIPTS[script])
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.build_parser()
@@ -213,7 +214,7 @@ def test_cluster_wrapper_arguments_parse(tmp_path, wrapper, args):
     if wrapper == "evolve_loop.sh":
         # Candidate, Random, then evaluate/evolve for 3 generations (no evolve after the last)
         assert seen == ["searcher.py"] * 2 + ["superbert_run_en_classifier.py", "searcher.py"] * 2 \
-            + ["superbert_run_en_classifier.py"]
+            + ["superbert_run_en_classifier.py", "summarize.py"]
         ev = [c for c in calls if Path(c[1]).name == "searcher.py" and "Evolved" in c]
         assert len(ev) == 2
     else:

@@ -54,6 +54,7 @@ for ((gen = 1; gen <= GENERATIONS; gen++)); do
         --model "$SUPERNET" \
         --super_model "$MODEL" \
         --output_dir "$OUT_DIR" \
+        --cache_dir "$OUT_DIR/task_cache" \
         --do_lower_case \
         --seed "$SEED" \
         --arches_file "$CANDS_DIR/gen_${gen}.cands"
@@ -68,3 +69,5 @@ for ((gen = 1; gen <= GENERATIONS; gen++)); do
   fi
 done
 echo "done: $GENERATIONS generations evaluated; results in $OUT_DIR/subbert.results"
+echo "best arch so far (extract it with submodel_extractor.py --arch ...):"
+"$PY" experiments/summarize.py --results "$OUT_DIR/subbert.results" --print_best
