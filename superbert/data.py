@@ -293,17 +293,34 @@ class PretrainingDataset(torch.utils.data.Dataset):
 
 
 # ---- masking ---------------------------------------------------------------------------------
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: a bijective 64-bit hash with full avalanche (uint64, wrapping)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _uniforms(keys: np.ndarray, stream: int, width: int) -> np.ndarray:
+    """[B, width] uniforms in [0, 1), a pure function of (key of the row, stream, column)."""
+    cols = np.arange(width, dtype=np.uint64) + np.uint64(stream << 32)
+    bits = _mix64(keys[:, None] ^ _mix64(cols * np.uint64(0x9E3779B97F4A7C15))[None, :])
+    return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
 class MaskingCollator:
     """Dynamic BERT masking and padding, a pure function of (seed, epoch, example index).
 
-    Each example draws from its own `np.random.default_rng([seed, epoch, index])`, so the
-    masks do not depend on batch composition, rank count or DataLoader workers: a 2-rank run
-    masks exactly as a 1-rank run with twice the batch, and an epoch re-run after `--resume`
-    masks as before. Call `set_epoch` at every epoch (dynamic masking).
+    Every random number of an example is a hash of (seed, epoch, index, position, purpose)
+    (a counter-based generator: SplitMix64's finaliser), so the masks do not depend on batch
+    composition, padding width, rank count or DataLoader workers: a 2-rank run masks exactly
+    as a 1-rank run with twice the batch, and an epoch re-run after `--resume` masks as
+    before. The whole batch is masked in a few vectorised numpy operations. Call `set_epoch`
+    at every epoch (dynamic masking).
 
     Per example of n tokens: k = min(max_predictions_per_seq, round(n * masked_lm_prob))
-    positions are chosen without replacement; 80% become [MASK], 10% keep their token, 10%
-    become a random token (`labels` hold the original id there, -100 elsewhere).
+    positions are chosen uniformly without replacement (the k smallest of n uniforms); 80%
+    become [MASK], 10% keep their token, 10% become a random token (`labels` hold the original
+    id there, -100 elsewhere).
     Default (fixed) behaviour: positions over the whole sequence (the data holds no [CLS]/[SEP]),
     random tokens drawn from the non-special ids, and masked_lm_prob == 0 masks nothing (KD).
     `original_masking=True` reproduces the original: k is at least 1, positions exclude the first
@@ -340,52 +357,61 @@ class MaskingCollator:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def num_to_mask(self, n: int) -> int:
-        # Python's round (half to even), as the original.
-        k = round(n * self.masked_lm_prob)
+    def num_to_mask(self, lengths: np.ndarray) -> np.ndarray:
+        """Masked positions per example of these lengths."""
+        lengths = np.asarray(lengths, dtype=np.int64)
+        k = np.rint(lengths * self.masked_lm_prob).astype(np.int64)  # half to even, as round()
         if self.original_masking:
-            k = max(1, k)
-        return max(0, min(self.max_predictions_per_seq, k, self._num_candidates(n)))
+            k = np.maximum(k, 1)
+        k = np.minimum(np.minimum(k, self.max_predictions_per_seq), self._num_candidates(lengths))
+        return np.maximum(k, 0)
 
-    def _num_candidates(self, n: int) -> int:
-        return max(0, n - 2) if self.original_masking else n
+    def _num_candidates(self, lengths: np.ndarray) -> np.ndarray:
+        return np.maximum(lengths - 2, 0) if self.original_masking else lengths
 
-    def mask(self, index: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(input_ids, labels) of one example; labels are -100 where nothing is predicted."""
-        ids = np.asarray(ids, dtype=np.int64)
-        n = len(ids)
-        inputs = ids.copy()
-        labels = np.full(n, -100, dtype=np.int64)
-        k = self.num_to_mask(n)
-        if k == 0:
-            return inputs, labels
-        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+    def _keys(self, indices: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            key = _mix64(np.full(len(indices), self.seed & (2**64 - 1), dtype=np.uint64))
+            key = _mix64(key ^ np.uint64(self.epoch & (2**64 - 1)))
+            return _mix64(key ^ indices.astype(np.uint64))
+
+    def mask_batch(self, indices: np.ndarray, ids: np.ndarray,
+                   lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(input_ids, labels) of a padded [B, T] batch; labels are -100 where nothing is
+        predicted. Row b holds example `indices[b]`, whose first `lengths[b]` ids are real."""
+        batch, width = ids.shape
+        k = self.num_to_mask(lengths)
+        pos = np.arange(width)[None, :]
         first = 1 if self.original_masking else 0
-        positions = first + rng.choice(self._num_candidates(n), size=k, replace=False)
-        draw = rng.random(k)
-        random_tokens = self._random_ids[rng.integers(0, len(self._random_ids), size=k)]
-        labels[positions] = ids[positions]
-        to_mask = draw < 0.8
-        to_random = draw >= 0.9
-        inputs[positions[to_mask]] = self.mask_token_id
-        inputs[positions[to_random]] = random_tokens[to_random]
+        candidate = (pos >= first) & (pos < first + self._num_candidates(lengths)[:, None])
+        with np.errstate(over="ignore"):
+            keys = self._keys(np.asarray(indices))
+            u_pos, u_kind, u_token = (_uniforms(keys, s, width) for s in range(3))
+        u_pos[~candidate] = 2.0  # never among the k smallest
+        order = np.argsort(u_pos, axis=1)
+        rank = np.empty_like(order)
+        np.put_along_axis(rank, order, np.broadcast_to(pos, order.shape), axis=1)
+        chosen = rank < k[:, None]
+        labels = np.where(chosen, ids, -100)
+        pick = np.minimum((u_token * len(self._random_ids)).astype(np.int64),
+                          len(self._random_ids) - 1)
+        inputs = np.where(chosen & (u_kind < 0.8), self.mask_token_id, ids)
+        inputs = np.where(chosen & (u_kind >= 0.9), self._random_ids[pick], inputs)
         return inputs, labels
 
     def __call__(self, batch: list[tuple[int, np.ndarray]]) -> dict[str, torch.Tensor]:
-        longest = max(len(ids) for _, ids in batch)
+        lengths = np.array([len(ids) for _, ids in batch], dtype=np.int64)
+        longest = int(lengths.max())
         if longest > self.max_seq_length:
             raise ValueError(f"an example has {longest} tokens > max_seq_length "
                              f"{self.max_seq_length}")
         width = max(longest, 1)
-        input_ids = np.full((len(batch), width), self.pad_token_id, dtype=np.int64)
-        labels = np.full((len(batch), width), -100, dtype=np.int64)
-        attention_mask = np.zeros((len(batch), width), dtype=np.int64)
-        for row, (index, ids) in enumerate(batch):
-            inputs, lab = self.mask(index, ids)
-            n = len(inputs)
-            input_ids[row, :n] = inputs
-            labels[row, :n] = lab
-            attention_mask[row, :n] = 1
+        ids = np.full((len(batch), width), self.pad_token_id, dtype=np.int64)
+        for row, (_, x) in enumerate(batch):
+            ids[row, :len(x)] = x
+        attention_mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
+        indices = np.array([int(i) for i, _ in batch], dtype=np.int64)
+        input_ids, labels = self.mask_batch(indices, ids, lengths)
         return {"input_ids": torch.from_numpy(input_ids),
                 "attention_mask": torch.from_numpy(attention_mask),
                 "labels": torch.from_numpy(labels)}

@@ -277,6 +277,9 @@ def test_masking_80_10_10_counts_and_padding():
     assert abs(masked - 0.8) < 0.02 and abs(kept - 0.1) < 0.02 and abs(1 - masked - kept - 0.1) < 0.02
     rand = ids[sel][(ids[sel] != 103) & (ids[sel] != labels[sel])]
     assert not np.isin(rand.numpy(), SPECIAL).any()
+    same_length = collator()([(i, np.arange(1000, 1100)) for i in range(4000)])["labels"]
+    per_position = (same_length != -100).float().mean(0)  # positions uniform over the sequence
+    assert per_position.min() > 0.12 and per_position.max() < 0.18
     # the cap, and masked_lm_prob 0 (KD) masking nothing
     capped = collator(masked_lm_prob=1.0, max_predictions_per_seq=20)(batch)["labels"]
     assert ((capped != -100).sum(1) == 20).all()
