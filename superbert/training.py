@@ -515,7 +515,8 @@ class Objective:
         return [masked, tokens, rep, att]
 
     def __call__(self, batch: dict[str, torch.Tensor], counts: StepCounts, teacher_out=None,
-                 soft_targets: torch.Tensor | None = None, want_logits: bool = False
+                 soft_targets: torch.Tensor | None = None, want_logits: bool = False,
+                 n_local: int | None = None
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
         """(loss to backprop, detached loss terms, masked-row logits if asked)."""
         attend, segments = self.inputs(batch)
@@ -533,7 +534,8 @@ class Objective:
                           "att_loss": att.detach()}, None
         out = bert(batch["input_ids"], attend, segments)
         labels = batch["labels"]
-        n_local = int((labels != -100).sum())
+        if n_local is None:  # masked tokens in this micro-batch (counted on the host)
+            n_local = int((labels != -100).sum())
         hidden = out.last_hidden_state
         if n_local == 0:
             # Nothing masked here (other ranks may have some): a zero that keeps the graph.
@@ -795,6 +797,7 @@ class Trainer:
                            self.state.global_step)
             return terms, counts
         for batch in batches:
+            n_masked = int((batch["labels"] != -100).sum()) if "labels" in batch else 0
             batch = self._to_device(batch)
             teacher_out = None
             if self.teacher is not None:
@@ -809,7 +812,8 @@ class Trainer:
                     loss, parts, logits = self.objective(
                         batch, counts, teacher_out,
                         soft_targets=soft if distil else None,
-                        want_logits=cfg.sandwich and i == 0 and self.objective.kind == "mlm")
+                        want_logits=cfg.sandwich and i == 0 and self.objective.kind == "mlm",
+                        n_local=n_masked)
                 if logits is not None and i == 0:
                     soft = logits.detach().softmax(-1)
                 if self.scaler is not None:
