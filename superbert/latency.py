@@ -728,7 +728,7 @@ def resolve_scheme(config_scheme: str | None, mlm: bool = False, kd: bool = Fals
         raise UserError("--mlm and --kd contradict each other")
     flag = "mlm" if mlm else "kd" if kd else None
     if flag and config_scheme and flag != config_scheme:
-        raise UserError(f"{what} was trained with the {config_scheme.upper()} scheme, but "
+        raise UserError(f"{what} uses the {config_scheme.upper()} attention scheme, but "
                         f"--{flag} was given")
     return flag or config_scheme or default
 
@@ -791,8 +791,10 @@ def train_from_dataset(dataset: str | os.PathLike, ckpt_path: str | os.PathLike,
     if len(records) != len(archs):
         logger.info("%d repeated timings averaged", len(records) - len(archs))
     saved_scheme = sidecar.get("scheme") if sidecar else None
-    scheme = resolve_scheme(saved_scheme, mlm=scheme == "mlm", kd=scheme == "kd",
-                            default=None, what=f"the latency dataset {dataset}")
+    if scheme and saved_scheme and scheme != saved_scheme:
+        raise UserError(f"the latency dataset {dataset} was timed with the {saved_scheme.upper()} "
+                        f"scheme, but --model {scheme.upper()} was given")
+    scheme = scheme or saved_scheme
     if base_latency_ms is None and sidecar:
         base_latency_ms = sidecar.get("base_latency_ms")
     if base_latency_ms is None:
