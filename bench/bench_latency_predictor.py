@@ -55,6 +55,9 @@ def main(argv=None):
     p.add_argument("--n_searched", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip_search", action="store_true", help="stop after the predictor")
+    p.add_argument("--drift_check", type=int, default=0, metavar="N",
+                   help="only time N archs twice (two passes) and compare the repeatability of "
+                        "raw and drift-corrected timings")
     args = p.parse_args(argv)
     setup_logging()
     out = Path(args.out_dir)
@@ -62,6 +65,8 @@ def main(argv=None):
     protocol = TimingProtocol(infer_cnt=args.infer_cnt, clock=args.clock,
                               drift_ref=not args.no_drift_ref)
 
+    if args.drift_check:
+        return drift_check(args.drift_check, protocol, args.seed)
     # 1. the dataset (the whole space on the training grid, every layer count)
     t0 = time.perf_counter()
     _, side, _ = collect_latency_dataset(data, None, dict(hidden_step=4, ffn_step=4), protocol,
@@ -125,6 +130,28 @@ def main(argv=None):
     devs = np.asarray(devs)
     print(f"measured speedup in the window for {int(np.sum(devs == 0))}/{len(devs)} archs; "
           f"largest miss {100 * np.max(np.abs(devs)):.1f}% beyond the window edge")
+
+
+def drift_check(n: int, protocol: TimingProtocol, seed: int) -> None:
+    from superbert.latency import sample_archs
+
+    config, scheme, _ = load_supernet_config(None)
+    timer = Timer(config, scheme, protocol)
+    drift = _Drift(timer)
+    ref0 = drift.now()
+    archs = sample_archs(SearchSpace(scheme=scheme), n, seed)
+    passes = []
+    for _ in range(2):
+        raw, corrected = [], []
+        for a in archs:
+            t = timer.time(a).median_ms
+            raw.append(t)
+            corrected.append(t * ref0 / drift.update())
+        passes.append((np.asarray(raw), np.asarray(corrected)))
+    (r1, c1), (r2, c2) = passes
+    print(f"drift check, {n} archs timed in two passes: raw MAPE {regression_metrics(r2, r1).mape:.2f}% "
+          f"(tau {regression_metrics(r2, r1).kendall_tau:.4f}); drift-corrected MAPE "
+          f"{regression_metrics(c2, c1).mape:.2f}% (tau {regression_metrics(c2, c1).kendall_tau:.4f})")
 
 
 if __name__ == "__main__":
