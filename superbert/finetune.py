@@ -422,7 +422,7 @@ def finetune(supernet: AutoTinyBertPreTrainedModel, arch: Arch, data: TaskData, 
     result = FinetuneResult(None, None, 0.0, 0, 0, [])
     best_score = -math.inf
     best_state = None
-    loss_sum, loss_steps = 0.0, 0
+    loss_sum, loss_steps = torch.zeros((), device=device), 0  # summed on the device: no sync
     model.train()
     optimizer.zero_grad(set_to_none=True)
     bar = tqdm(total=t_total, desc=f"{task} {arch.short()}", disable=not progress or None,
@@ -436,7 +436,7 @@ def finetune(supernet: AutoTinyBertPreTrainedModel, arch: Arch, data: TaskData, 
             with autocast(device, fp16):
                 loss = model(**batch).loss
             scaler.scale(loss / gas).backward()
-            loss_sum += float(loss.detach())
+            loss_sum += loss.detach().float()
             loss_steps += 1
             micro += 1
             if micro % gas:
@@ -451,9 +451,9 @@ def finetune(supernet: AutoTinyBertPreTrainedModel, arch: Arch, data: TaskData, 
                 outcome = evaluate(model, data, data.dev, task, device, fp16, data.dev_examples)
                 result.infer_ms += outcome.infer_ms
                 result.infer_cnt += outcome.infer_batches
-                record = {**outcome.metrics, "global_step": step,
-                          "loss": loss_sum / max(loss_steps, 1),
-                          "cls_loss": loss_sum / max(loss_steps, 1),
+                train_loss = float(loss_sum) / max(loss_steps, 1)
+                record = {**outcome.metrics, "global_step": step, "loss": train_loss,
+                          "cls_loss": train_loss,
                           "infer_cnt": result.infer_cnt, "infer_time": result.infer_ms}
                 result.history.append(record)
                 if outcome.score > best_score:

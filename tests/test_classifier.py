@@ -254,3 +254,23 @@ def test_dense_copy_trains_like_the_slice_in_place(scheme):
     got = active_state_dict(inplace)
     for name, tensor in dense.state_dict().items():
         torch.testing.assert_close(got[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_feature_cache_and_fp16_on_cpu(tmp_path, supernet, data, monkeypatch, caplog):
+    import superbert.finetune as ft
+
+    args = ["--data_dir", str(data / "SQuAD"), "--model", str(supernet), "--task_name",
+            "squad1", "--cache_dir", str(tmp_path / "cache"), *PROXY, "--no_cuda"]
+    with pytest.warns(UserWarning, match="--fp16 needs a GPU"):
+        first = run_inproc([*args, "--output_dir", str(tmp_path / "a"), "--fp16"])
+    assert len(list((tmp_path / "cache").glob("features-squad1-*.pt"))) == 1
+
+    def no_reading(*a, **k):
+        raise AssertionError("features were not taken from the cache")
+
+    monkeypatch.setattr(ft, "_read_task_data", no_reading)
+    second = run_inproc([*args, "--output_dir", str(tmp_path / "b")])
+    assert (first[0].best, first[0].em) == (second[0].best, second[0].em)
+    # other settings make other features
+    with pytest.raises(AssertionError, match="not taken from the cache"):
+        run_inproc([*args, "--output_dir", str(tmp_path / "c"), "--doc_stride", "20"])
