@@ -218,7 +218,14 @@ main() {
       "${OBJECTIVE[@]}"
   FURTHER="$(newest_checkpoint "$FURTHER_CACHE")"
 
-  # 7. The summary (printed, and in $SUMMARY/summary.md): loads the final model with transformers,
+  # 7. The further-trained model fine-tuned on the book tasks at its full arch (proxy settings):
+  #    which book a sentence is from (SST-2 format) and does B follow A (MNLI format).
+  stage final_eval "$PY" superbert_run_en_classifier.py --data_dir "$BOOKS/SST-2 $BOOKS/MNLI" \
+      --task_name "sst-2 mnli" --model "$FURTHER" --output_dir "$OUT/final_eval" --do_lower_case \
+      --cache_dir "$OUT/task_cache" --train_batch_size "$EVAL_BATCH" \
+      --max_train_examples "$EVAL_TRAIN" --max_steps "$((EVAL_STEPS * 3))" --no_cuda
+
+  # 8. The summary (printed, and in $SUMMARY/summary.md): loads the final model with transformers,
   #    times the chosen and the base arch, compares the held-out MLM loss before and after further
   #    training, plots the search.
   if [[ -e "$STAMPS/summary" ]]; then cat "$SUMMARY/summary.md"; fi
@@ -226,6 +233,7 @@ main() {
       --generations "${GENERATIONS[@]}" --supernet "$SUPERNET" --time_pt "$LATENCY/time.pt" \
       --base_arch "$BASE_ARCH" --inherited "$EXTRACTED" --further "$FURTHER" \
       "${MLM_CHECK[@]}" --max_seq_length "$SEQ" --heldout_sequences "$HELDOUT_SEQS" \
+      --final_results "$OUT/final_eval/subbert.results" \
       --plots "$LATENCY/predictor_fit.png" --output_dir "$SUMMARY"
   echo "stage times (stage, wall s, CPU s): $STAMPS/times.tsv"
   column -t "$STAMPS/times.tsv" 2>/dev/null || cat "$STAMPS/times.tsv"

@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reference arch of the speedups (default: BERT-base 12/768/12/3072)")
     p.add_argument("--inherited", help="the extracted sub-model before further training")
     p.add_argument("--further", help="the further-trained model directory (loaded with transformers)")
+    p.add_argument("--final_results",
+                   help="subbert.results of the further-trained model fine-tuned on tasks")
     p.add_argument("--heldout_data", help="generate_data.py output of the held-out chapters")
     p.add_argument("--max_seq_length", type=int, default=128)
     p.add_argument("--heldout_sequences", type=int, default=None,
@@ -72,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
                             further_dir=args.further, inherited_dir=args.inherited,
                             heldout_data=args.heldout_data, max_seq_length=args.max_seq_length,
                             heldout_sequences=args.heldout_sequences,
+                            final_results=args.final_results,
                             threads=args.threads, infer_cnt=args.infer_cnt,
                             plot=out / "search_progress.png", extra_plots=args.plots)
     md, js = write_summary(summary, out)

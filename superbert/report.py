@@ -141,15 +141,17 @@ def measure_speedup(config: Any, scheme: str, arch: Arch, base: Arch, threads: i
 
 def load_with_transformers(model_dir: str | os.PathLike) -> tuple[str, int]:
     """Load a model directory through transformers' Auto classes, as a user would; returns
-    (class name, parameters of the encoder: embeddings + layers + pooler)."""
-    from transformers import AutoModel, AutoModelForMaskedLM
+    (class name, parameters of the encoder: embeddings + layers + pooler, without dense_fit)."""
+    from transformers import AutoModelForMaskedLM
+    from transformers.utils import logging as hf_logging
 
-    mlm = AutoModelForMaskedLM.from_pretrained(str(model_dir), trust_remote_code=True)
-    encoder = AutoModel.from_pretrained(str(model_dir), trust_remote_code=True)
+    hf_logging.disable_progress_bar()
+    mlm = AutoModelForMaskedLM.from_pretrained(str(model_dir), trust_remote_code=True).eval()
     with torch.inference_mode():
         out = mlm(torch.tensor([[101, 7592, 103, 102]]))
     if not torch.isfinite(out.logits).all():
         raise UserError(f"{model_dir}: the transformers-loaded model gives non-finite outputs")
+    encoder = mlm.base_model
     params = sum(p.numel() for n, p in encoder.named_parameters() if "dense_fit" not in n)
     return type(mlm).__name__, params
 
@@ -172,6 +174,7 @@ class Summary:
     generations: list[dict[str, Any]]
     top: list[dict[str, Any]]
     plots: list[str] = field(default_factory=list)
+    final_scores: dict[str, float] | None = None  # the further-trained model, fine-tuned
 
     @property
     def predicted_speedup(self) -> float | None:
@@ -209,6 +212,12 @@ def format_summary(s: Summary) -> str:
     if s.params_transformers is not None:
         lines += [f"Loaded with transformers as `{s.transformers_class}` "
                   f"(`trust_remote_code=True`): {s.params_transformers:,} encoder parameters.", ""]
+    if s.final_scores:
+        names = sorted(s.final_scores)
+        lines += ["| further-trained model, fine-tuned | " + " | ".join(names) + " |",
+                  "|---|" + "---|" * len(names),
+                  "| `" + Arch.parse(s.chosen["arch"]).short() + "` | "
+                  + " | ".join(f"{s.final_scores[t]:.2f}" for t in names) + " |", ""]
     if s.mlm_loss_further is not None:
         lines += ["| MLM loss on held-out chapters | inherited sub-model | further-trained |",
                   "|---|---|---|",
@@ -244,7 +253,8 @@ def build_summary(results_file: str | os.PathLike, generation_files: Sequence[st
                   heldout_data: str | os.PathLike | None = None, max_seq_length: int = 128,
                   heldout_sequences: int | None = None, threads: int = 1, infer_cnt: int = 10,
                   plot: str | os.PathLike | None = None,
-                  extra_plots: Sequence[str] = (), top: int = 5) -> Summary:
+                  extra_plots: Sequence[str] = (), top: int = 5,
+                  final_results: str | os.PathLike | None = None) -> Summary:
     """Gather everything the summary shows; see the module docstring."""
     from .hf import load_config, resolve_model_dir
     from .latency import LatencyPredictor
@@ -268,6 +278,12 @@ def build_summary(results_file: str | os.PathLike, generation_files: Sequence[st
     if plot is not None:
         plots.append(str(plot_search_progress(plot, evaluated)))
     ranked = sorted(evaluated, key=lambda e: -e.fitness)[:top]
+    final_scores = None
+    if final_results is not None:
+        final = evaluated_archs(final_results)
+        if len(final) != 1 or final[0].arch != chosen.arch:
+            raise UserError(f"{final_results} should hold the chosen arch {chosen.arch.short()} only")
+        final_scores = final[0].scores
     return Summary(
         chosen={"arch": str(chosen.arch), "generation": chosen.generation,
                 "scores": chosen.scores, "fitness": chosen.fitness},
@@ -281,7 +297,7 @@ def build_summary(results_file: str | os.PathLike, generation_files: Sequence[st
         generations=generation_table(evaluated),
         top=[{"arch": str(e.arch), "generation": e.generation, "scores": e.scores,
               "fitness": e.fitness} for e in ranked],
-        plots=plots)
+        plots=plots, final_scores=final_scores)
 
 
 def write_summary(summary: Summary, output_dir: str | os.PathLike) -> tuple[Path, Path]:

@@ -24,7 +24,7 @@ from superbert.results import TaskResult, format_results_block, parse_results
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["setup", "book_tasks", "generate_data", "generate_heldout", "pretrain",
           "latency_dataset", "latency_predictor", "candidates", "gen_1", "evaluate_1", "gen_2",
-          "evaluate_2", "gen_3", "evaluate_3", "best", "extract", "further_train", "summary"]
+          "evaluate_2", "gen_3", "evaluate_3", "best", "extract", "further_train", "final_eval", "summary"]
 
 
 def _arch(layers: int, hidden: int, heads: int, ffn: int, head_dim: int = 32) -> Arch:
@@ -211,6 +211,7 @@ def test_each_stage_read_the_previous_one(smoke_run):
     assert (fcfg.num_hidden_layers, fcfg.hidden_size, fcfg.qkv_size) == (best.layers, best.hidden, best.qkv)
     summary = json.loads((out / "summary/summary.json").read_text())
     assert Arch.parse(summary["chosen"]["arch"]) == best
+    assert set(summary["final_scores"]) == {"sst-2", "mnli"}
     assert summary["params_transformers"] == best.param_count(
         cfg.vocab_size, cfg.max_position_embeddings, cfg.type_vocab_size)
 
