@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from superbert.arch import FEATURE_NORM, LATENCY_NORM  # noqa: E402
 from superbert.latency import (BERT_BASE, _Drift, Timer, TimingProtocol, TrainConfig,  # noqa: E402
                                collect_latency_dataset, dataset_arrays, load_supernet_config,
-                               read_latency_dataset, read_sidecar, regression_metrics,
+                               read_latency_dataset, regression_metrics,
                                train_from_dataset)
 from superbert.search import (ORIGINAL_STEPS, LatencyWindow, enumerate_candidates,  # noqa: E402
                               sample_generation)

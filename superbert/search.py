@@ -30,11 +30,11 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .arch import Arch, SearchSpace, normalize_scheme
+from .arch import Arch, SearchSpace
 from .errors import UserError
 from .latency import LatencyPredictor
 
