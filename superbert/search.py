@@ -228,8 +228,8 @@ def _enumerate_interp(predictor, space, window, chunk, progress,
         full = np.einsum("ai,ijk->ajk", Md, V)
         full = np.einsum("bj,ajk->abk", Mf, full)
         full = np.einsum("ck,abk->abc", Mq, full).astype(np.float64)
-        # 3. the interpolation error, measured on random grid points near the window
-        near = np.flatnonzero(((full >= 0.5 * window.lo) & (full <= 2.0 * window.hi)).ravel())
+        # 3. the interpolation error, measured on random grid points near the window edges
+        near = np.flatnonzero(((full >= 0.9 * window.lo) & (full <= 1.1 * window.hi)).ravel())
         margin = 0.0
         if len(near):
             pick = rng.choice(near, size=min(n_check, len(near)), replace=False)
