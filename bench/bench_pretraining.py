@@ -7,6 +7,10 @@ our loop spends waiting for data.
 
     python bench/bench_pretraining.py                  # 4 layers / 256 hidden, batch 8, seq 128
     python bench/bench_pretraining.py --steps 30 --rounds 3
+    python bench/bench_pretraining.py --threads 1      # stable figures on a busy machine
+
+Measured here (2 cores shared with other jobs, --threads 1 --steps 6 --rounds 2): ours 1,143
+tok/s (BertAdam) / 1,195 (AdamW) vs transformers 434, i.e. 2.6x; data wait 0.6% of step time.
 """
 from __future__ import annotations
 
