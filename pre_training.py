@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 from superbert.errors import UserError
 from utils.cli import run_main, setup_logging
