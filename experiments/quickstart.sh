@@ -178,7 +178,8 @@ main() {
   stage latency_dataset "$PY" inference_time_evaluation.py --bert_model "$SUPERNET" \
       "${SCHEME_FLAGS[@]}" "${SPACE[@]}" --num_archs "$LAT_ARCHS" --infer_cnt "$LAT_RUNS" \
       --base_arch "$BASE_ARCH" --output "$LATENCY/lat.tmp" --no_progress
-  stage latency_predictor "$PY" latency_predictor.py --lat_dataset_path "$LATENCY/lat.tmp" \
+  # (one thread: the MLP is tiny, and a second thread only adds synchronisation)
+  stage latency_predictor env OMP_NUM_THREADS=1 "$PY" latency_predictor.py --lat_dataset_path "$LATENCY/lat.tmp" \
       --ckpt_path "$LATENCY/time.pt" --hidden_dim "$PRED_HIDDEN" --train_steps "$PRED_STEPS" \
       --lr 1e-3 --plot "$LATENCY/predictor_fit.png" --no_progress
 
