@@ -204,7 +204,9 @@ def test_killed_run_resumes_exactly(work, tmp_path):
     import signal
     import time
 
-    extra = ("--gradient_accumulation_steps", "2", "--save_steps", "3")
+    # One thread everywhere: the full run shares this process with tests that change torch's
+    # thread count, the cut run is a fresh process, and bit-equality needs the same reductions.
+    extra = ("--gradient_accumulation_steps", "2", "--save_steps", "3", "--threads", "1")
     full, cut = tmp_path / "full", tmp_path / "cut"
     proc = subprocess.Popen([sys.executable, str(ROOT / "pre_training.py"), *args(work, cut, *extra)],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
