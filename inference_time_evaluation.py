@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from superbert.arch import Arch
+from superbert.arch import Arch, add_space_args
 from superbert.latency import BERT_BASE, TimingProtocol, collect_latency_dataset
 from utils.cli import run_main, setup_logging
 
@@ -27,13 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_seq_length", type=int, default=128)
     p.add_argument("--batch_size", type=int, default=1)
     p.add_argument("--seed", type=int, default=0, help="seed of the arch sample")
-    p.add_argument("--layer_num_space", nargs=2, type=int, default=None, metavar=("MIN", "MAX"),
-                   help="inclusive range (default 1 8, clipped to the supernet)")
-    p.add_argument("--hidden_size_space", nargs=2, type=int, default=None, metavar=("MIN", "MAX"))
-    p.add_argument("--qkv_size_space", nargs=2, type=int, default=None, metavar=("MIN", "MAX"))
-    p.add_argument("--head_num_space", nargs=2, type=int, default=None, metavar=("MIN", "MAX"))
-    p.add_argument("--intermediate_size_space", nargs=2, type=int, default=None,
-                   metavar=("MIN", "MAX"))
+    add_space_args(p, original_defaults=False)
     p.add_argument("--hidden_step", type=int, default=None,
                    help="grid step of the hidden size (default 4 when sampling, the original's "
                         "16 with --full_grid)")
@@ -49,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                    help="wall: elapsed time; cpu: the process's CPU time (1 thread only), robust "
                         "when other processes share the CPU")
+    p.add_argument("--statistic", default="median", choices=["median", "min"],
+                   help="what each line records: the median of the timed forwards, or the "
+                        "minimum (more repeatable on a machine whose speed wanders)")
     p.add_argument("--drift_ref", action="store_true",
                    help="time a fixed reference arch after each arch and scale out slow drifts "
                         "of machine load (for shared machines)")
@@ -81,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     protocol = TimingProtocol(threads=args.threads, batch_size=args.batch_size,
                               seq_len=args.max_seq_length, warmup=args.warmup,
                               infer_cnt=args.infer_cnt, clock=args.clock, drift_ref=args.drift_ref,
+                              statistic=args.statistic,
                               subject="supernet" if args.time_supernet else "extracted")
     base = Arch.parse(args.base_arch) if args.base_arch else BERT_BASE
     path, sidecar, n = collect_latency_dataset(

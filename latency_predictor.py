@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from superbert.arch import FEATURE_NORM, LATENCY_NORM
+from superbert.arch import FEATURE_NORM, LATENCY_NORM, add_space_args
 from superbert.latency import TrainConfig, train_from_dataset
 from utils.cli import run_main, setup_logging
 
@@ -49,11 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency_constraint", type=float, default=7, help="target speedup vs BERT-base")
     p.add_argument("--lat_min_ratio", type=float, default=0.85)
     p.add_argument("--lat_max_ratio", type=float, default=1.1)
-    p.add_argument("--layer_num_space", nargs=2, type=int, default=[1, 8])
-    p.add_argument("--hidden_size_space", nargs=2, type=int, default=[128, 768])
-    p.add_argument("--qkv_size_space", nargs=2, type=int, default=[180, 768])
-    p.add_argument("--head_num_space", nargs=2, type=int, default=[1, 12])
-    p.add_argument("--intermediate_size_space", nargs=2, type=int, default=[128, 3072])
+    add_space_args(p, original_defaults=True)
     p.add_argument("--no_progress", action="store_true")
     return p
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from superbert.arch import add_space_args
 from superbert.errors import UserError
 from utils.cli import run_main, setup_logging
 
@@ -31,13 +32,6 @@ REMOVED = {
     "train_url": "--train_url (ModelArts cloud) is not supported",
     "init_method": "--init_method is not needed: launch with torchrun (env://)",
 }
-
-
-def int_pair(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,9 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("search space (inclusive ranges; default: the seed README's, "
                              "clipped to the supernet)")
-    for name in ("layer_num", "hidden_size", "qkv_size", "intermediate_size", "head_num"):
-        g.add_argument(f"--{name}_space", type=int_pair, nargs=2, default=None,
-                       metavar=("MIN", "MAX"))
+    add_space_args(g, original_defaults=False)
     g.add_argument("--hidden_step", type=int, default=4, help="grid step of the hidden size")
     g.add_argument("--ffn_step", type=int, default=4, help="grid step of the FFN size")
     g.add_argument("--qkv_step", type=int, default=None,

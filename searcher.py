@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from superbert.arch import add_space_args
 from superbert.search import search_command
 from utils.cli import run_main, setup_logging
 
@@ -43,11 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "original time.pt); contradicting time.pt is an error")
     p.add_argument("--gen_size", type=int, default=25, help="archs per generation")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--layer_num_space", nargs=2, type=int, default=[1, 8])
-    p.add_argument("--hidden_size_space", nargs=2, type=int, default=[128, 768])
-    p.add_argument("--qkv_size_space", nargs=2, type=int, default=[180, 768])
-    p.add_argument("--head_num_space", nargs=2, type=int, default=[1, 12])
-    p.add_argument("--intermediate_size_space", nargs=2, type=int, default=[128, 3072])
+    add_space_args(p, original_defaults=True)
     p.add_argument("--hidden_step", type=int, default=None, help="default 16 (--fine_grid: 4)")
     p.add_argument("--ffn_step", type=int, default=None, help="default 32 (--fine_grid: 4)")
     p.add_argument("--qkv_step", type=int, default=None, help="default 12")

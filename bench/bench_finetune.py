@@ -34,7 +34,7 @@ from transformers import BertConfig, BertForSequenceClassification  # noqa: E402
 from superbert.arch import Arch  # noqa: E402
 from superbert.configuration import AutoTinyBertConfig  # noqa: E402
 from superbert.finetune import BERT_ADAM_EPS, inherit  # noqa: E402
-from superbert.modeling import AutoTinyBertForSequenceClassification, extract_submodel  # noqa: E402
+from superbert.modeling import AutoTinyBertForSequenceClassification  # noqa: E402
 from superbert.training import BertAdam, param_groups, warmup_linear  # noqa: E402
 
 SIZES = {  # supernet dims, the sub-arch (qkv == hidden so transformers' BERT can hold it), batch

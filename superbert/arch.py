@@ -402,6 +402,23 @@ class SearchSpace:
         validate_arch(self.largest(), config, self.scheme)
 
 
+SPACE_FLAGS = ("layer_num", "hidden_size", "qkv_size", "intermediate_size", "head_num")
+# The seed README's space (the original searcher's defaults).
+ORIGINAL_SPACE = {"layer_num": (1, 8), "hidden_size": (128, 768), "qkv_size": (180, 768),
+                  "intermediate_size": (128, 3072), "head_num": (1, 12)}
+
+
+def add_space_args(parser: Any, original_defaults: bool) -> None:
+    """The `--{layer_num,hidden_size,qkv_size,intermediate_size,head_num}_space MIN MAX` flags:
+    defaults are the seed README's space, or None (the caller clips to its supernet)."""
+    for name in SPACE_FLAGS:
+        default = list(ORIGINAL_SPACE[name]) if original_defaults else None
+        parser.add_argument(f"--{name}_space", nargs=2, type=int, default=default,
+                            metavar=("MIN", "MAX"), help="inclusive range" + (
+                                "" if original_defaults else " (default: the seed README's, "
+                                "clipped to the supernet)"))
+
+
 def validate_arch(arch: Arch, config: Any, scheme: str | None = None) -> None:
     """Check that `arch` can be sliced from the supernet described by `config`."""
     scheme = normalize_scheme(scheme or getattr(config, "attention_scheme", "mlm"))

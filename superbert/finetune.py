@@ -33,7 +33,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from utils.io import append_text_durably, atomic_path, atomic_write_text
@@ -44,7 +43,7 @@ from .hf import file_md5, load_config, load_model, load_tokenizer, resolve_model
 from .modeling import (AutoTinyBertForQuestionAnswering, AutoTinyBertForSequenceClassification,
                        AutoTinyBertPreTrainedModel, extract_submodel)
 from .results import TaskResult, format_results_block
-from .tasks import TASK_DEFAULTS, canonical_task, is_squad
+from .tasks import TASK_DEFAULTS, is_squad
 from .tasks import glue, squad
 from .tasks.metrics import best_key, glue_metrics, squad_v1_evaluate, squad_v2_evaluate
 from .training import BertAdam, param_groups, warmup_linear

@@ -133,9 +133,10 @@ def measure_speedup(config: Any, scheme: str, arch: Arch, base: Arch, threads: i
 
     timer = Timer(config, scheme, TimingProtocol(threads=threads, infer_cnt=infer_cnt))
     base_ms, arch_ms = [], []
+    timer.time_reference(base)  # warms the process up; not counted
     for _ in range(rounds):
-        base_ms.append(timer.time(base).median_ms)
-        arch_ms.append(timer.time(arch).median_ms)
+        base_ms.append(timer.time(base).ms)
+        arch_ms.append(timer.time(arch).ms)
     return float(np.median(base_ms)), float(np.median(arch_ms))
 
 

@@ -52,10 +52,12 @@ class LatencyWindow:
     speedup: float
     min_ratio: float = 0.85
     max_ratio: float = 1.1
+    base_name: str = "BERT-base"  # the reference arch the base latency was measured on
 
     def __post_init__(self) -> None:
         if not (self.base_ms > 0 and math.isfinite(self.base_ms)):
-            raise UserError(f"the BERT-base latency must be a positive number of ms, got {self.base_ms}")
+            raise UserError(f"the {self.base_name} latency must be a positive number of ms, got "
+                            f"{self.base_ms}")
         if not (self.speedup > 0 and math.isfinite(self.speedup)):
             raise UserError(f"--latency_constraint must be a positive speedup, got {self.speedup}")
         if not 0 < self.min_ratio <= self.max_ratio:
@@ -78,7 +80,7 @@ class LatencyWindow:
         return (ms >= self.lo) & (ms <= self.hi)
 
     def describe(self) -> str:
-        return (f"{self.speedup:g}x speedup over BERT-base ({self.base_ms:.1f} ms): predicted "
+        return (f"{self.speedup:g}x speedup over {self.base_name} ({self.base_ms:.1f} ms): predicted "
                 f"latency in [{self.lo:.2f}, {self.hi:.2f}] ms (speedup "
                 f"{self.base_ms / self.hi:.2f}x..{self.base_ms / self.lo:.2f}x)")
 
@@ -155,7 +157,7 @@ def enumerate_candidates(predictor: LatencyPredictor, space: SearchSpace, window
     if method == "exact":
         out = _enumerate_exact(predictor, space, window, chunk, progress)
     else:
-        out = _enumerate_interp(predictor, space, window, chunk, progress)
+        out = _enumerate_interp(predictor, space, window, progress)
     out.stats.update(grid=total, method=method, seconds=time.perf_counter() - start,
                      feasible=len(out))
     return out
@@ -187,22 +189,28 @@ def _sub_indices(n: int, k: int) -> np.ndarray:
     return idx if idx[-1] == n - 1 else np.append(idx, n - 1)
 
 
-def _interp_matrix(values: np.ndarray, sub: np.ndarray) -> np.ndarray:
-    """Linear interpolation weights from values[sub] to every value: [len(values), len(sub)]."""
+def _interp_matrix(values: np.ndarray, sub: np.ndarray, cubic: bool = True) -> np.ndarray:
+    """Interpolation weights from values[sub] to every value: [len(values), len(sub)].
+    Cubic spline (not-a-knot) by default: latency has a d^2 term that linear interpolation
+    misses, and the MLP is smooth between its many small ReLU kinks; linear below 4 knots."""
     xs = values[sub].astype(np.float64)
+    x = values.astype(np.float64)
+    if len(xs) == 1:
+        return np.ones((len(values), 1))
+    if cubic and len(xs) >= 4:
+        from scipy.interpolate import CubicSpline
+
+        return CubicSpline(xs, np.eye(len(xs)), axis=0)(x)
     M = np.zeros((len(values), len(sub)))
-    for row, x in enumerate(values.astype(np.float64)):
-        j = int(np.clip(np.searchsorted(xs, x, side="right") - 1, 0, max(len(xs) - 2, 0)))
-        if len(xs) == 1:
-            M[row, 0] = 1.0
-            continue
-        t = (x - xs[j]) / (xs[j + 1] - xs[j])
-        M[row, j], M[row, j + 1] = 1.0 - t, t
+    j = np.clip(np.searchsorted(xs, x, side="right") - 1, 0, len(xs) - 2)
+    t = (x - xs[j]) / (xs[j + 1] - xs[j])
+    M[np.arange(len(x)), j] = 1.0 - t
+    M[np.arange(len(x)), j + 1] = t
     return M
 
 
-def _enumerate_interp(predictor, space, window, chunk, progress,
-                      lattice: tuple[int, int, int] = (64, 256, 48),
+def _enumerate_interp(predictor, space, window, progress,
+                      lattice: tuple[int, int, int] = (32, 128, 24),
                       n_check: int = 2048, safety: float = 2.0) -> CandidateSet:
     """Exact MLP on a sub-lattice, multilinear interpolation, exact near the window edges."""
     from tqdm import tqdm
@@ -221,7 +229,7 @@ def _enumerate_interp(predictor, space, window, chunk, progress,
         # 1. the exact predictor on the sub-lattice of this depth
         gd, gf, gq = np.meshgrid(d[sd], f[sf], q[sq], indexing="ij")
         lat = predictor.predict_features(
-            _features(np.full(gd.size, Lv), gd.ravel(), gf.ravel(), gq.ravel()), chunk)
+            _features(np.full(gd.size, Lv), gd.ravel(), gf.ravel(), gq.ravel()))
         V = lat.reshape(len(sd), len(sf), len(sq))
         stats["lattice"] += V.size
         # 2. interpolate to the full (d, f, q) grid of this depth
@@ -245,7 +253,7 @@ def _enumerate_interp(predictor, space, window, chunk, progress,
         bidx = np.flatnonzero(band)
         stats["band"] += len(bidx)
         a, b, c = np.unravel_index(bidx, full.shape)
-        bms = predictor.predict_features(_features(np.full(len(bidx), Lv), d[a], f[b], q[c]), chunk)
+        bms = predictor.predict_features(_features(np.full(len(bidx), Lv), d[a], f[b], q[c]))
         ok = window.contains(bms)
         ms = flat.copy()
         ms[bidx] = bms
@@ -262,22 +270,28 @@ def _enumerate_interp(predictor, space, window, chunk, progress,
 
 
 # ---- candidate files ---------------------------------------------------------------------------
+def _repeated_lists(layers: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """"[v, v, ..., v]" (L times) per row, each distinct (L, v) formatted once."""
+    keys = layers.astype(np.int64) << 32 | values.astype(np.int64)
+    uniq, inv = np.unique(keys, return_inverse=True)
+    text = np.array(["[" + ", ".join([str(k & 0xFFFFFFFF)] * (k >> 32)) + "]" for k in uniq.tolist()],
+                    dtype=object)
+    return text[inv.reshape(-1)]
+
+
 def format_candidate_lines(c: CandidateSet, start: int = 0, stop: int | None = None) -> str:
-    """Lines in the canonical arch repr (identical to str(Arch)), formatted in bulk."""
-    stop = len(c) if stop is None else stop
-    out = []
-    templates: dict[int, str] = {}
-    for i in range(start, stop):
-        L = int(c.layers[i])
-        t = templates.get(L)
-        if t is None:
-            rep = lambda name: "[" + ", ".join([f"%({name})d"] * L) + "]"  # noqa: E731
-            t = ("{'sample_layer_num': %(L)d, 'sample_num_attention_heads': " + rep("h")
-                 + ", 'sample_qkv_sizes': " + rep("q") + ", 'sample_hidden_size': %(d)d, "
-                 "'sample_intermediate_sizes': " + rep("f") + "}\n")
-            templates[L] = t
-        out.append(t % {"L": L, "h": c.heads[i], "q": c.qkv[i], "d": c.hidden[i], "f": c.ffn[i]})
-    return "".join(out)
+    """Lines in the canonical arch repr (identical to str(Arch)), built column-wise: every
+    distinct piece is formatted once and the lines are joined by numpy (millions of lines)."""
+    sl = slice(start, len(c) if stop is None else stop)
+    L, h, q, d, f = (np.asarray(x[sl]) for x in (c.layers, c.heads, c.qkv, c.hidden, c.ffn))
+    if len(L) == 0:
+        return ""
+    ints = lambda v: np.array([str(x) for x in range(int(v.max()) + 1)], dtype=object)[v]  # noqa: E731
+    lines = ("{'sample_layer_num': " + ints(L) + ", 'sample_num_attention_heads': "
+             + _repeated_lists(L, h) + ", 'sample_qkv_sizes': " + _repeated_lists(L, q)
+             + ", 'sample_hidden_size': " + ints(d) + ", 'sample_intermediate_sizes': "
+             + _repeated_lists(L, f) + "}\n")
+    return "".join(lines.tolist())
 
 
 def write_candidates(path: str | os.PathLike, c: CandidateSet, block: int = 200_000) -> None:
@@ -680,7 +694,8 @@ class Measured:
 
 def measure_archs(archs: Sequence[Arch], predictor: LatencyPredictor, config: Any, scheme: str,
                   protocol: Any = None, progress: bool = True) -> tuple[float, list[Measured]]:
-    """Time BERT-base and `archs` now, on this machine; speedups measured vs predicted."""
+    """Time BERT-base and `archs` now, on this machine; speedups measured vs predicted.
+    BERT-base is timed before and after the archs (mean of both) so slow drift cancels."""
     from tqdm import tqdm
 
     from .latency import BERT_BASE, Timer, TimingProtocol
@@ -690,11 +705,13 @@ def measure_archs(archs: Sequence[Arch], predictor: LatencyPredictor, config: An
         protocol = TimingProtocol(**{k: v for k, v in saved.items()
                                      if k in TimingProtocol.__dataclass_fields__})
     timer = Timer(config, scheme, protocol)
-    base = timer.time(BERT_BASE).median_ms
+    before = timer.time_reference(BERT_BASE).ms
+    timed = [(a, timer.time(a).ms)
+             for a in tqdm(archs, desc="measuring", unit="arch", disable=not progress)]
+    base = (before + timer.time(BERT_BASE).ms) / 2
     pred_base = predictor.base_latency_ms or base
     out = []
-    for a in tqdm(archs, desc="measuring", unit="arch", disable=not progress):
-        ms = timer.time(a).median_ms
+    for a, ms in timed:
         p = predictor.predict_one(a)
         out.append(Measured(a, p, ms, pred_base / p, base / ms))
     return base, out
@@ -727,7 +744,23 @@ def load_predictor(args: Any, scheme: str | None) -> LatencyPredictor:
 
 def window_from_args(args: Any, predictor: LatencyPredictor) -> LatencyWindow:
     return LatencyWindow(predictor.base_latency_ms, args.latency_constraint,
-                         getattr(args, "lat_min_ratio", 0.85), getattr(args, "lat_max_ratio", 1.1))
+                         getattr(args, "lat_min_ratio", 0.85), getattr(args, "lat_max_ratio", 1.1),
+                         base_name="BERT-base" if getattr(args, "base_latency", None)
+                         else reference_name(predictor))
+
+
+def reference_name(predictor: LatencyPredictor) -> str:
+    """"BERT-base", or the custom reference arch recorded with the latency dataset."""
+    from .latency import BERT_BASE
+
+    recorded = (predictor.meta.get("timing") or {}).get("base_arch")
+    if not recorded:
+        return "BERT-base"
+    try:
+        arch = Arch.parse(recorded)
+    except UserError:
+        return "BERT-base"
+    return "BERT-base" if arch == BERT_BASE else f"the reference {arch.short()}"
 
 
 def candidates_command(args: Any, scheme: str | None, hidden_step: int, ffn_step: int,

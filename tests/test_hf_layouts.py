@@ -11,7 +11,6 @@ import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM, BertModel
 
-from superbert.arch import Arch
 from superbert.errors import UserError
 from superbert.hf import (bundled_vocab_path, load_model, load_tokenizer, resolve_model_dir)
 from superbert.modeling import AutoTinyBertForMaskedLM, AutoTinyBertModel

@@ -129,6 +129,19 @@ def test_timer_subjects_agree_on_shapes():
         assert r.runs == 1 and r.median_ms > 0
 
 
+def test_statistic_picks_what_is_recorded():
+    from tests.helpers import tiny_config
+
+    cfg = tiny_config("kd", layers=2, hidden=64, heads=4, ffn=128)
+    arch = Arch(2, 32, 4, 32, 64)
+    t = Timer(cfg, "kd", TimingProtocol(infer_cnt=5, warmup=0, seq_len=16, statistic="min")).time(arch)
+    assert t.ms == t.min_ms <= t.median_ms <= max(t.mean_ms, t.median_ms)
+    t = Timer(cfg, "kd", TimingProtocol(infer_cnt=5, warmup=0, seq_len=16)).time(arch)
+    assert t.ms == t.median_ms
+    with pytest.raises(UserError, match="--statistic"):
+        TimingProtocol(statistic="p90")
+
+
 def test_bad_input_exits_2(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     bad = tmp_path / "lat.tmp"
