@@ -7,6 +7,12 @@ interpolated enumeration is checked against exact predictions on that sample (ho
 classifies differently).
 
     python bench/bench_candidates.py --ckpt_path experiments/bench/latency/time.pt
+
+Measured here (quiet 2-core AMD EPYC, the original 4-2000x4-1 MLP trained by
+bench_latency_predictor.py, 7x window): coarse grid 1.53 M archs in 8.4 s (50 k MLP calls;
+exact prediction of every arch 241 s); fine grid 47.5 M archs in 77 s + 13 s writing 5.8 M lines
+(1.2 GB) = 90 s (464 k MLP calls; exact 6,827 s); 0 of 100,000 sampled archs classified
+differently from exact prediction on either grid.
 """
 from __future__ import annotations
 

@@ -60,7 +60,10 @@ main() {
   PRETRAIN_STEPS=200; PRETRAIN_BATCH=32; PRETRAIN_LR=5e-4  # ~60% of an epoch of the training chapters
   LAT_ARCHS=150; LAT_RUNS=10; PRED_STEPS=2000; PRED_HIDDEN=256
   SPEEDUP=2; LAT_WINDOW=(0.85 1.1); GEN_SIZE=4             # speedup vs the base arch (the full supernet)
-  EVAL_STEPS=20; EVAL_BATCH=16; EVAL_TRAIN=1000            # proxy fine-tuning per arch and task
+  # Proxy fine-tuning per arch and task. The per-task learning rates of the original (2e-5 to
+  # 3e-5) suit BERT-base over thousands of steps; a tiny sub-model over a few dozen steps needs
+  # ~10x more (BertAdam has no bias correction, so its first steps are already larger than lr).
+  EVAL_STEPS=40; EVAL_BATCH=16; EVAL_TRAIN=1000; EVAL_LR=3e-4
   FURTHER_STEPS=150; FURTHER_LR=2e-4
   HELDOUT_SEQS=512                                         # held-out sequences for the MLM loss
   if [[ "$SIZE" == smoke ]]; then
@@ -191,7 +194,8 @@ main() {
   EVAL_FLAGS=(--data_dir "$BOOKS/MNLI $BOOKS/SQuAD" --task_name "mnli squad1" --model "$SUPERNET"
               --output_dir "$SEARCH" --do_lower_case --super_model "$MODEL_FLAG"
               --cache_dir "$OUT/task_cache" --train_batch_size "$EVAL_BATCH"
-              --max_train_examples "$EVAL_TRAIN" --max_steps "$EVAL_STEPS" --no_cuda)
+              --learning_rate "$EVAL_LR" --max_train_examples "$EVAL_TRAIN"
+              --max_steps "$EVAL_STEPS" --no_cuda)
   stage candidates "$PY" searcher.py --method Candidate "${SEARCH_FLAGS[@]}"
   stage gen_1 "$PY" searcher.py --method Random "${SEARCH_FLAGS[@]}" --gen_size "$GEN_SIZE" \
       --seed 1 --output_file "$CANDS/gen_1.cands"
@@ -223,7 +227,7 @@ main() {
   #    which book a sentence is from (SST-2 format) and does B follow A (MNLI format).
   stage final_eval "$PY" superbert_run_en_classifier.py --data_dir "$BOOKS/SST-2 $BOOKS/MNLI" \
       --task_name "sst-2 mnli" --model "$FURTHER" --output_dir "$OUT/final_eval" --do_lower_case \
-      --cache_dir "$OUT/task_cache" --train_batch_size "$EVAL_BATCH" \
+      --cache_dir "$OUT/task_cache" --train_batch_size "$EVAL_BATCH" --learning_rate "$EVAL_LR" \
       --max_train_examples "$EVAL_TRAIN" --max_steps "$((EVAL_STEPS * 3))" --no_cuda
 
   # 8. The summary (printed, and in $SUMMARY/summary.md): loads the final model with transformers,
