@@ -89,10 +89,15 @@ def test_measured_speedup_times_both_archs(monkeypatch):
             ms = 8.0 if arch.layers == 4 else 2.0
             return latency.Timing(arch, ms, ms, self.protocol.infer_cnt)
 
+        def time_reference(self, arch):
+            warmed.append(arch)
+            return latency.Timing(arch, 100.0, 100.0, 1)  # a cold first timing, not counted
+
+    warmed = []
     monkeypatch.setattr(latency, "Timer", FakeTimer)
     base, small = _arch(4, 128, 4, 512), _arch(1, 64, 1, 128)
     assert measure_speedup(None, "mlm", small, base, rounds=3) == (8.0, 2.0)
-    assert timed == [base, small] * 3
+    assert warmed == [base] and timed == [base, small] * 3
 
 
 def test_measure_speedup_real_timer_orders_sizes():
