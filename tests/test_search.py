@@ -285,3 +285,36 @@ def test_latency_predictor_get_candidates(files, tmp_path):
     coarse = SearchSpace(scheme="kd", layers=(1, 4), hidden=(128, 384), ffn=(128, 1024),
                          qkv=(180, 384), hidden_step=32, ffn_step=64, qkv_step=12)
     assert read_candidates(out) == feasible_grid(LatencyPredictor.load(files / "time.pt"), coarse)
+
+
+def test_measure_times_bert_base_around_the_archs(monkeypatch):
+    """--measure: speedups come from timings, BERT-base before (warmed up) and after the archs."""
+    import superbert.latency as latency
+    from superbert.search import measure_archs
+
+    calls = []
+
+    class FakeTimer:
+        def __init__(self, config, scheme, protocol):
+            self.n = 0
+
+        def time_reference(self, arch):
+            calls.append(("reference", arch))
+            return latency.Timing(arch, 110.0, 110.0, 1)
+
+        def time(self, arch):
+            calls.append(("time", arch))
+            ms = 90.0 if arch == latency.BERT_BASE else 10.0 * arch.layers
+            return latency.Timing(arch, ms, ms, 1)
+
+    monkeypatch.setattr(latency, "Timer", FakeTimer)
+    pred = LatencyPredictor(linear_predictor(), base_latency_ms=BASE_MS, scheme="kd")
+    archs = [Arch(2, 256, 12, 192, 512), Arch(3, 256, 12, 192, 512)]
+    base, rows = measure_archs(archs, pred, None, "kd", protocol=latency.TimingProtocol())
+    assert calls == [("reference", latency.BERT_BASE), ("time", archs[0]), ("time", archs[1]),
+                     ("time", latency.BERT_BASE)]
+    assert base == 100.0  # mean of the timings before and after
+    assert [r.measured_ms for r in rows] == [20.0, 30.0]
+    assert [r.measured_speedup for r in rows] == [5.0, pytest.approx(100 / 30)]
+    assert [r.predicted_speedup for r in rows] == pytest.approx(
+        [BASE_MS / p for p in pred.predict(archs)])
