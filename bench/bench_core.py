@@ -11,6 +11,11 @@
 
 Timings alternate between the two subjects and take medians, so machine noise hits both.
 Ratios are ours / theirs: below 1 means we are faster.
+
+Measured here (quiet 2-core AMD EPYC VM, torch 2.13 CPU, three runs of the base size): full arch
+0.999-1.08 (run-to-run spread about 5%), sliced mid sub-arch 1.09-1.13 (the supernet's gradients
+are full-size tensors, zeros outside the slice, where the dense model's are not), extracted
+inference 0.96-0.97; --size small: 1.03, 1.09, 0.92.
 """
 from __future__ import annotations
 
