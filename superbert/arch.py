@@ -403,9 +403,10 @@ class SearchSpace:
 
 
 SPACE_FLAGS = ("layer_num", "hidden_size", "qkv_size", "intermediate_size", "head_num")
-# The seed README's space (the original searcher's defaults).
-ORIGINAL_SPACE = {"layer_num": (1, 8), "hidden_size": (128, 768), "qkv_size": (180, 768),
-                  "intermediate_size": (128, 3072), "head_num": (1, 12)}
+# The seed README's space (the original searcher's defaults): SearchSpace's own defaults.
+ORIGINAL_SPACE = {"layer_num": SearchSpace.layers, "hidden_size": SearchSpace.hidden,
+                  "qkv_size": SearchSpace.qkv, "intermediate_size": SearchSpace.ffn,
+                  "head_num": SearchSpace.heads}
 
 
 def add_space_args(parser: Any, original_defaults: bool) -> None:

@@ -189,15 +189,15 @@ def _sub_indices(n: int, k: int) -> np.ndarray:
     return idx if idx[-1] == n - 1 else np.append(idx, n - 1)
 
 
-def _interp_matrix(values: np.ndarray, sub: np.ndarray, cubic: bool = True) -> np.ndarray:
+def _interp_matrix(values: np.ndarray, sub: np.ndarray) -> np.ndarray:
     """Interpolation weights from values[sub] to every value: [len(values), len(sub)].
-    Cubic spline (not-a-knot) by default: latency has a d^2 term that linear interpolation
+    Cubic spline (not-a-knot): latency has a d^2 term that linear interpolation
     misses, and the MLP is smooth between its many small ReLU kinks; linear below 4 knots."""
     xs = values[sub].astype(np.float64)
     x = values.astype(np.float64)
     if len(xs) == 1:
         return np.ones((len(values), 1))
-    if cubic and len(xs) >= 4:
+    if len(xs) >= 4:
         from scipy.interpolate import CubicSpline
 
         return CubicSpline(xs, np.eye(len(xs)), axis=0)(x)
@@ -700,21 +700,23 @@ class Measured:
 
 def measure_archs(archs: Sequence[Arch], predictor: LatencyPredictor, config: Any, scheme: str,
                   protocol: Any = None, progress: bool = True) -> tuple[float, list[Measured]]:
-    """Time BERT-base and `archs` now, on this machine; speedups measured vs predicted.
-    BERT-base is timed before and after the archs (mean of both) so slow drift cancels."""
+    """Time the predictor's reference arch (BERT-base unless the latency dataset recorded
+    another) and `archs` now, on this machine; speedups measured vs predicted. The reference is
+    timed before and after the archs (mean of both) so slow drift cancels."""
     from tqdm import tqdm
 
-    from .latency import BERT_BASE, Timer, TimingProtocol
+    from .latency import Timer, TimingProtocol
 
     if protocol is None:
         saved = ((predictor.meta.get("timing") or {}).get("protocol") or {})
         protocol = TimingProtocol(**{k: v for k, v in saved.items()
                                      if k in TimingProtocol.__dataclass_fields__})
     timer = Timer(config, scheme, protocol)
-    before = timer.time_reference(BERT_BASE).ms
+    reference = reference_arch(predictor)
+    before = timer.time_reference(reference).ms
     timed = [(a, timer.time(a).ms)
              for a in tqdm(archs, desc="measuring", unit="arch", disable=not progress)]
-    base = (before + timer.time(BERT_BASE).ms) / 2
+    base = (before + timer.time(reference).ms) / 2
     pred_base = predictor.base_latency_ms or base
     out = []
     for a, ms in timed:
@@ -755,17 +757,22 @@ def window_from_args(args: Any, predictor: LatencyPredictor) -> LatencyWindow:
                          else reference_name(predictor))
 
 
-def reference_name(predictor: LatencyPredictor) -> str:
-    """"BERT-base", or the custom reference arch recorded with the latency dataset."""
+def reference_arch(predictor: LatencyPredictor) -> Arch:
+    """The arch whose latency time.pt records as the base: BERT-base, or the custom reference
+    the latency dataset was timed against (`inference_time_evaluation.py --base_arch`)."""
     from .latency import BERT_BASE
 
     recorded = (predictor.meta.get("timing") or {}).get("base_arch")
-    if not recorded:
-        return "BERT-base"
     try:
-        arch = Arch.parse(recorded)
+        return Arch.parse(recorded) if recorded else BERT_BASE
     except UserError:
-        return "BERT-base"
+        return BERT_BASE
+
+
+def reference_name(predictor: LatencyPredictor) -> str:
+    from .latency import BERT_BASE
+
+    arch = reference_arch(predictor)
     return "BERT-base" if arch == BERT_BASE else f"the reference {arch.short()}"
 
 
@@ -855,7 +862,7 @@ def search_command(args: Any) -> list[Arch] | CandidateSet:
         config = _timing_config(args, scheme)
         base, rows = measure_archs(to_time, predictor, config, scheme,
                                    progress=not args.no_progress)
-        print(f"measured on this machine: BERT-base {base:.2f} ms (time.pt records "
+        print(f"measured on this machine: {window.base_name} {base:.2f} ms (time.pt records "
               f"{predictor.base_latency_ms:.2f} ms); {what} archs:")
         lo_s, hi_s = window.base_ms / window.hi, window.base_ms / window.lo
         print(f"{'arch':<28} {'pred ms':>9} {'meas ms':>9} {'pred x':>7} {'meas x':>7}  "

@@ -318,3 +318,9 @@ def test_measure_times_bert_base_around_the_archs(monkeypatch):
     assert [r.measured_speedup for r in rows] == [5.0, pytest.approx(100 / 30)]
     assert [r.predicted_speedup for r in rows] == pytest.approx(
         [BASE_MS / p for p in pred.predict(archs)])
+    # a dataset timed against a custom reference: that arch is re-timed, not BERT-base
+    custom = Arch(4, 384, 12, 384, 1536)
+    pred.meta = {"timing": {"base_arch": str(custom)}}
+    calls.clear()
+    measure_archs(archs[:1], pred, None, "kd", protocol=latency.TimingProtocol())
+    assert calls == [("reference", custom), ("time", archs[0]), ("time", custom)]
