@@ -157,9 +157,16 @@ def test_mlm_run_lowers_loss_and_writes_the_original_layout(work, tmp_path):
     assert (cache / "output" / "superbert" / "tensorboard" / d.name).is_dir()
 
 
-def test_kd_run_lowers_loss(work, tmp_path):
-    cache = tmp_path / "c"
+@pytest.fixture(scope="module")
+def kd_run(work, tmp_path_factory) -> Path:
+    """One KD run (cache dir), shared by the tests that read it."""
+    cache = tmp_path_factory.mktemp("kd_run") / "c"
     pre_training.main(args(work, cache, "--masked_lm_prob", "0", mlm=False))
+    return cache
+
+
+def test_kd_run_lowers_loss(kd_run):
+    cache = kd_run
     log = log_of(cache)
     losses = [r["loss"] for r in log]
     assert all(abs(r["loss"] - r["rep_loss"] - r["att_loss"]) < 1e-5 for r in log)
@@ -170,7 +177,6 @@ def test_kd_run_lowers_loss(work, tmp_path):
     assert len(archs) > 3 and {a.heads for a in archs} == {4}  # KD: all heads, qkv varies
     cfg = json.loads((run_dir(cache) / "epoch_1" / "config.json").read_text())
     assert cfg["attention_scheme"] == "kd" and cfg["fit_size"] == 32
-    work["kd_trained"] = run_dir(cache) / "epoch_1"
 
 
 def test_kd_original_input_order_runs(work, tmp_path):
@@ -267,14 +273,12 @@ def test_a_crash_while_saving_leaves_no_checkpoint(work, tmp_path, monkeypatch):
 
 
 # ---- further training ----------------------------------------------------------------------------
-def test_further_train_starts_from_the_extracted_weights(work, tmp_path, monkeypatch):
+def test_further_train_starts_from_the_extracted_weights(work, kd_run, tmp_path, monkeypatch):
     from superbert.arch import Arch
     from superbert.hf import extract_to_dir
     import superbert.training as training
 
-    supernet = work.get("kd_trained")
-    if supernet is None:
-        pytest.skip("needs the KD run")
+    supernet = run_dir(kd_run) / "epoch_1"
     arch = Arch(layers=2, hidden=64, heads=4, qkv=48, ffn=128)
     _, sub = extract_to_dir(supernet, arch, tmp_path / "sub")
     saved = read_state_dict(sub)
