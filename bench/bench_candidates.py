@@ -79,8 +79,7 @@ def main(argv=None):
     window = LatencyWindow(pred.base_latency_ms, args.latency_constraint)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    print(f"predictor {pred.feature_dim}-{pred.hidden_dim}x{pred.hidden_layer_num + 1}-1, "
-          f"{scheme.upper()} scheme; {window.describe()}")
+    print(f"predictor: {pred.describe()}, {scheme.upper()} scheme; {window.describe()}")
     grids = [("coarse (16/32/12)", ORIGINAL_STEPS, 5.0)]
     if not args.skip_fine:
         grids.append(("fine (4/4/12)", FINE_STEPS, 120.0))
@@ -90,7 +89,7 @@ def main(argv=None):
                        args.method)
         total = r["enum_s"] + r["write_s"]
         print(f"{name}: {r['grid']:,} archs, {r['feasible']:,} feasible ({r['method']}, "
-              f"{r['calls']:,} MLP calls); enumerate {r['enum_s']:.1f} s + write {r['write_s']:.1f} s "
+              f"{r['calls']:,} predictor calls); enumerate {r['enum_s']:.1f} s + write {r['write_s']:.1f} s "
               f"({r['file_mb']:.0f} MB) = {total:.1f} s [target < {target:g} s: "
               f"{'met' if total < target else 'MISSED'}]")
         print(f"   baseline, exact prediction of every arch (extrapolated from {r['sample']:,}): "

@@ -26,6 +26,7 @@ import argparse
 import random
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ from superbert.arch import FEATURE_NORM, LATENCY_NORM  # noqa: E402
 from superbert.latency import (BERT_BASE, _Drift, Timer, TimingProtocol, TrainConfig,  # noqa: E402
                                collect_latency_dataset, dataset_arrays, load_supernet_config,
                                read_latency_dataset, regression_metrics,
-                               train_from_dataset)
+                               train_from_dataset, train_predictor)
 from superbert.search import (ORIGINAL_STEPS, LatencyWindow, enumerate_candidates,  # noqa: E402
                               sample_generation)
 from superbert.arch import SearchSpace  # noqa: E402
@@ -55,6 +56,9 @@ def main(argv=None):
     p.add_argument("--no_drift_ref", action="store_true",
                    help="record raw timings (default here: drift-corrected, see --drift_ref)")
     p.add_argument("--repeat", type=int, default=40, help="archs re-timed for the noise floor")
+    p.add_argument("--predictor", default="mlp", choices=["mlp", "cost"],
+                   help="the predictor saved and used for the search (mlp: the cost model is "
+                        "fitted beside it for comparison)")
     p.add_argument("--hidden_dim", type=int, default=2000)
     p.add_argument("--hidden_layer_num", type=int, default=3)
     p.add_argument("--train_steps", type=int, default=5000)
@@ -101,20 +105,26 @@ def main(argv=None):
     print(f"noise floor, {len(idx)} archs timed twice: MAPE {noise.mape:.2f}%, Kendall tau "
           f"{noise.kendall_tau:.4f}")
 
-    # 3. the predictor against the FLOPs baseline
-    cfg = TrainConfig(hidden_dim=args.hidden_dim, hidden_layer_num=args.hidden_layer_num,
-                      train_steps=args.train_steps, bsz=args.bsz, lr=args.lr,
-                      feature_norm=FEATURE_NORM, lat_norm=LATENCY_NORM, seed=args.seed)
+    # 3. the predictor against the FLOPs baseline (and the cost model, fitted on the same split)
+    cfg = TrainConfig(predictor=args.predictor, hidden_dim=args.hidden_dim,
+                      hidden_layer_num=args.hidden_layer_num, train_steps=args.train_steps,
+                      bsz=args.bsz, lr=args.lr, feature_norm=FEATURE_NORM,
+                      lat_norm=LATENCY_NORM, seed=args.seed)
     pred, rep = train_from_dataset(data, out / "time.pt", cfg, plot=out / "predictor.png",
                                    progress=False)
-    print(f"predictor 4-{cfg.hidden_dim}x{cfg.hidden_layer_num + 1}-1, {cfg.train_steps} steps, "
-          f"lr {cfg.lr:g}, trained in {rep.seconds:.0f} s; split {rep.train.n}/{rep.valid.n}/{rep.test.n}")
-    print(f"  test MLP predictor : {rep.test.line()}")
-    print(f"  test FLOPs baseline: {rep.flops_test.line()}")
+    how = (f", {cfg.train_steps} steps, lr {cfg.lr:g}" if args.predictor == "mlp" else "")
+    print(f"predictor {pred.describe()}{how}, fitted in {rep.seconds:.1f} s; split "
+          f"{rep.train.n}/{rep.valid.n}/{rep.test.n}")
+    print(f"  test {args.predictor:>4} predictor : {rep.test.line()}")
+    if args.predictor == "mlp":
+        _, cost = train_predictor(archs, ms, replace(cfg, predictor="cost"), progress=False)
+        print(f"  test cost predictor : {cost.test.line()}  (same split, {cost.seconds:.1f} s)")
+    print(f"  test FLOPs baseline : {rep.flops_test.line()}")
     ok = rep.test.mape <= 3 and rep.test.kendall_tau >= 0.95
     better = rep.test.mape < rep.flops_test.mape and rep.test.kendall_tau > rep.flops_test.kendall_tau
-    print(f"  targets MAPE <= 3% and tau >= 0.95: {'met' if ok else 'MISSED'}; better than the "
-          f"FLOPs baseline on both: {'yes' if better else 'NO'}; plot {out / 'predictor.png'}")
+    print(f"  {args.predictor}: targets MAPE <= 3% and tau >= 0.95: {'met' if ok else 'MISSED'}; "
+          f"better than the FLOPs baseline on both: {'yes' if better else 'NO'}; plot "
+          f"{out / 'predictor.png'}")
 
     if args.skip_search:
         return

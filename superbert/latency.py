@@ -15,6 +15,11 @@ Predictor: the original's (from HAT) MLP 4 -> 2000 -> 2000 x 3 -> 1 with ReLU on
 [d, L, mean f, mean q] / [768, 12, 3072, 768], target ms / 200, Adam 1e-5, 5000 steps of 128
 random training examples; seeded here. `time.pt` is self-describing (state dict, shape,
 normalisers, base latency, scheme, metrics); a bare state dict of the original still loads.
+
+Alternative predictor (`--predictor cost`): latency as a non-negative sum of per-layer cost
+terms (L*d*f, L*d*q, L*d, L*f, L*q, L, d, 1; see `CostModel`), fitted by least squares on the
+relative error. It fits from a few dozen archs, its coefficients read as ms per unit of work,
+and it costs a few flops per arch, so candidate enumeration is exact on any grid.
 """
 from __future__ import annotations
 
@@ -422,6 +427,51 @@ class LatencyMLP(nn.Module):
         return self.predict(x)
 
 
+COST_TERMS = ("L*d*f", "L*d*q", "L*d", "L*f", "L*q", "L", "d", "1")
+
+
+class CostModel(nn.Module):
+    """ms / lat_norm = sum_k coef_k * term_k of the normalised features [d, L, f, q].
+
+    The terms are where a BERT forward at fixed batch and sequence length spends its time: the
+    FFN (L*d*f) and attention projections (L*d*q) matmuls, per-layer elementwise work over the
+    hidden, FFN and attention widths (LayerNorm, GELU, softmax, bias adds), per-layer overhead
+    (L), the embeddings (d) and a constant. Coefficients are non-negative (work never saves
+    time), which keeps extrapolation to the grid's corners sane.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("coef", torch.zeros(len(COST_TERMS), dtype=torch.float64))
+
+    @staticmethod
+    def terms(x: torch.Tensor) -> torch.Tensor:
+        d, L, f, q = x.unbind(-1)
+        return torch.stack([L * d * f, L * d * q, L * d, L * f, L * q, L, d, torch.ones_like(d)], -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.terms(x.double()) @ self.coef).unsqueeze(-1).to(x.dtype)
+
+    def fit(self, x: torch.Tensor, y: torch.Tensor) -> "CostModel":
+        """Non-negative least squares on the relative error (every arch counts alike, as in MAPE)."""
+        from scipy.optimize import nnls
+
+        A = self.terms(x.double()).numpy()
+        t = y.double().numpy()
+        coef, _ = nnls(A / t[:, None], np.ones_like(t))
+        self.coef.copy_(torch.from_numpy(coef))
+        return self
+
+    def formula(self, feature_norm: Sequence[float], lat_norm: float) -> str:
+        """The fitted model in raw units: 'ms = 1.2e-05*L*d*f + ...'."""
+        dn, Ln, fn, qn = feature_norm
+        scale = {"L*d*f": Ln * dn * fn, "L*d*q": Ln * dn * qn, "L*d": Ln * dn, "L*f": Ln * fn,
+                 "L*q": Ln * qn, "L": Ln, "d": dn, "1": 1.0}
+        parts = [f"{float(c) * lat_norm / scale[t]:.4g}" + ("" if t == "1" else f"*{t}")
+                 for c, t in zip(self.coef, COST_TERMS) if float(c) > 0]
+        return "ms = " + (" + ".join(parts) if parts else "0")
+
+
 def mlp_shape(state: dict[str, torch.Tensor]) -> tuple[int, int, int]:
     """(feature_dim, hidden_dim, hidden_layer_num) of an original-shape state dict."""
     try:
@@ -436,9 +486,10 @@ def mlp_shape(state: dict[str, torch.Tensor]) -> tuple[int, int, int]:
 
 @dataclass
 class LatencyPredictor:
-    """The MLP plus everything needed to use it: normalisers, base latency, scheme."""
+    """The model (the original MLP or a CostModel) plus everything needed to use it:
+    normalisers, base latency, scheme."""
 
-    model: LatencyMLP
+    model: LatencyMLP | CostModel
     feature_norm: tuple[float, ...] = FEATURE_NORM
     lat_norm: float = LATENCY_NORM
     base_latency_ms: float | None = None
@@ -450,16 +501,31 @@ class LatencyPredictor:
         self._norm = torch.tensor(self.feature_norm, dtype=torch.float32)
 
     @property
+    def kind(self) -> str:
+        return "cost" if isinstance(self.model, CostModel) else "mlp"
+
+    @property
     def feature_dim(self) -> int:
-        return self.model.first_layer.in_features
+        return 4 if self.kind == "cost" else self.model.first_layer.in_features
 
     @property
-    def hidden_dim(self) -> int:
-        return self.model.first_layer.out_features
+    def hidden_dim(self) -> int | None:
+        return None if self.kind == "cost" else self.model.first_layer.out_features
 
     @property
-    def hidden_layer_num(self) -> int:
-        return len(self.model.layers)
+    def hidden_layer_num(self) -> int | None:
+        return None if self.kind == "cost" else len(self.model.layers)
+
+    def describe(self) -> str:
+        if self.kind == "cost":
+            return f"cost model ({self.model.formula(self.feature_norm, self.lat_norm)})"
+        return f"MLP {self.feature_dim}-{self.hidden_dim}x{self.hidden_layer_num + 1}-1"
+
+    def flops_per_prediction(self) -> float:
+        if self.kind == "cost":
+            return 4.0 * len(COST_TERMS)
+        h = self.hidden_dim
+        return 2.0 * (self.feature_dim * h + self.hidden_layer_num * h * h + h)
 
     @torch.inference_mode()
     def predict_features(self, features: np.ndarray | torch.Tensor, chunk: int = 8192) -> np.ndarray:
@@ -480,10 +546,11 @@ class LatencyPredictor:
 
     # ---- time.pt ----
     def to_checkpoint(self) -> dict[str, Any]:
-        return {"format": PREDICTOR_FORMAT, "version": 1,
+        return {"format": PREDICTOR_FORMAT, "version": 1, "kind": self.kind,
                 "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
                 "feature_dim": self.feature_dim, "hidden_dim": self.hidden_dim,
                 "hidden_layer_num": self.hidden_layer_num,
+                **({"terms": list(COST_TERMS)} if self.kind == "cost" else {}),
                 "feature_norm": [float(v) for v in self.feature_norm],
                 "lat_norm": float(self.lat_norm),
                 "base_latency_ms": None if self.base_latency_ms is None else float(self.base_latency_ms),
@@ -520,21 +587,13 @@ class LatencyPredictor:
         state = blob if bare else blob.get("state_dict")
         if not isinstance(state, dict):
             raise UserError(f"{path} does not hold a latency predictor state dict")
-        fdim, hdim, nlayers = mlp_shape(state)
-        for name, want, have in (("--feature_dim", feature_dim, fdim), ("--hidden_dim", hidden_dim, hdim),
-                                 ("--hidden_layer_num", hidden_layer_num, nlayers)):
-            if want is not None and int(want) != have:
-                raise UserError(f"{path} holds an MLP with {name.lstrip('-')} {have}, "
-                                f"but {name} {want} was given")
-        if fdim != 4:
-            raise UserError(f"{path}: feature_dim {fdim} is not supported (the features are "
-                            f"[hidden, layers, mean FFN, mean qkv])")
-        model = LatencyMLP(fdim, hdim, nlayers)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as err:
-            raise UserError(f"{path}: state dict does not fit the MLP: "
-                            f"{str(err).splitlines()[0][:200]}") from None
+        kind = "mlp" if bare else blob.get("kind", "mlp")
+        if kind == "cost":
+            model = cls._load_cost_model(path, blob, state, hidden_dim, hidden_layer_num)
+        elif kind != "mlp":
+            raise UserError(f"{path} holds a latency predictor of unknown kind {kind!r}")
+        else:
+            model = cls._load_mlp(path, state, feature_dim, hidden_dim, hidden_layer_num)
         scheme = None if scheme is None else normalize_scheme(scheme)
         if bare:
             base = base_latency_ms
@@ -561,6 +620,41 @@ class LatencyPredictor:
         base = base_latency_ms if base_latency_ms is not None else blob.get("base_latency_ms")
         return cls(model, saved_fn, saved_ln, None if base is None else float(base),
                    scheme or saved_scheme, dict(blob.get("meta") or {}))
+
+    @staticmethod
+    def _load_mlp(path, state, feature_dim, hidden_dim, hidden_layer_num) -> LatencyMLP:
+        fdim, hdim, nlayers = mlp_shape(state)
+        for name, want, have in (("--feature_dim", feature_dim, fdim), ("--hidden_dim", hidden_dim, hdim),
+                                 ("--hidden_layer_num", hidden_layer_num, nlayers)):
+            if want is not None and int(want) != have:
+                raise UserError(f"{path} holds an MLP with {name.lstrip('-')} {have}, "
+                                f"but {name} {want} was given")
+        if fdim != 4:
+            raise UserError(f"{path}: feature_dim {fdim} is not supported (the features are "
+                            f"[hidden, layers, mean FFN, mean qkv])")
+        model = LatencyMLP(fdim, hdim, nlayers)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise UserError(f"{path}: state dict does not fit the MLP: "
+                            f"{str(err).splitlines()[0][:200]}") from None
+        return model
+
+    @staticmethod
+    def _load_cost_model(path, blob, state, hidden_dim, hidden_layer_num) -> CostModel:
+        if hidden_dim is not None or hidden_layer_num is not None:
+            raise UserError(f"{path} holds a cost model, not an MLP: drop --hidden_dim / "
+                            f"--hidden_layer_num")
+        if tuple(blob.get("terms") or ()) != COST_TERMS:
+            raise UserError(f"{path}: cost model terms {blob.get('terms')} are not "
+                            f"{list(COST_TERMS)} (written by another version?)")
+        model = CostModel()
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise UserError(f"{path}: state dict does not fit the cost model: "
+                            f"{str(err).splitlines()[0][:200]}") from None
+        return model
 
 
 # ---- training and evaluation -------------------------------------------------------------------
@@ -606,8 +700,12 @@ class FlopsBaseline:
         return np.asarray([self.a * a.flops(self.seq_len) + self.b for a in archs])
 
 
+PREDICTOR_KINDS = ("mlp", "cost")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
+    predictor: str = "mlp"  # the original MLP, or "cost": CostModel
     feature_dim: int = 4
     hidden_dim: int = 2000
     hidden_layer_num: int = 3
@@ -645,30 +743,11 @@ def split_indices(n: int, seed: int, fractions: tuple[float, float] = (0.8, 0.1)
     return order[:n_train], order[n_train:n_train + n_valid], order[n_train + n_valid:]
 
 
-def train_predictor(archs: Sequence[Arch], ms: np.ndarray, cfg: TrainConfig = TrainConfig(),
-                    base_latency_ms: float | None = None, scheme: str | None = None,
-                    meta: dict[str, Any] | None = None,
-                    progress: bool = True) -> tuple[LatencyPredictor, TrainReport]:
+def _train_mlp(X: torch.Tensor, Y: torch.Tensor, tr: np.ndarray, va: np.ndarray, cfg: TrainConfig,
+               rng: random.Random, progress: bool) -> LatencyMLP:
+    """The original's recipe: Adam, MSE on ms / lat_norm, random batches of the training split."""
     from tqdm import tqdm
 
-    if cfg.feature_dim != 4:
-        raise UserError(f"--feature_dim must be 4 (features [hidden, layers, mean FFN, mean "
-                        f"qkv]), got {cfg.feature_dim}")
-    if len(cfg.feature_norm) != 4 or any(v <= 0 for v in cfg.feature_norm) or cfg.lat_norm <= 0:
-        raise UserError("--feature_norm needs 4 positive values and --lat_norm a positive value")
-    if len(archs) < 10:
-        raise UserError(f"the latency dataset holds {len(archs)} distinct archs; at least 10 are "
-                        f"needed for a train/valid/test split")
-    for name in ("hidden_dim", "train_steps", "bsz"):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"--{name} must be at least 1")
-    start = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
-    ms = np.asarray(ms, dtype=np.float64)
-    tr, va, te = split_indices(len(archs), cfg.seed)
-    X = torch.tensor([a.features() for a in archs], dtype=torch.float32) / torch.tensor(cfg.feature_norm)
-    Y = torch.tensor(ms / cfg.lat_norm, dtype=torch.float32)
     model = LatencyMLP(cfg.feature_dim, cfg.hidden_dim, cfg.hidden_layer_num)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     loss_fn = nn.MSELoss()
@@ -686,6 +765,38 @@ def train_predictor(archs: Sequence[Arch], ms: np.ndarray, cfg: TrainConfig = Tr
             with torch.no_grad():
                 vloss = loss_fn(model(X[va]).squeeze(-1), Y[va]).item()
             bar.set_postfix(train_loss=f"{loss.item():.3g}", valid_loss=f"{vloss:.3g}")
+    return model
+
+
+def train_predictor(archs: Sequence[Arch], ms: np.ndarray, cfg: TrainConfig = TrainConfig(),
+                    base_latency_ms: float | None = None, scheme: str | None = None,
+                    meta: dict[str, Any] | None = None,
+                    progress: bool = True) -> tuple[LatencyPredictor, TrainReport]:
+    if cfg.feature_dim != 4:
+        raise UserError(f"--feature_dim must be 4 (features [hidden, layers, mean FFN, mean "
+                        f"qkv]), got {cfg.feature_dim}")
+    if len(cfg.feature_norm) != 4 or any(v <= 0 for v in cfg.feature_norm) or cfg.lat_norm <= 0:
+        raise UserError("--feature_norm needs 4 positive values and --lat_norm a positive value")
+    if cfg.predictor not in PREDICTOR_KINDS:
+        raise UserError(f"--predictor must be one of {', '.join(PREDICTOR_KINDS)}, got "
+                        f"{cfg.predictor!r}")
+    if len(archs) < 10:
+        raise UserError(f"the latency dataset holds {len(archs)} distinct archs; at least 10 are "
+                        f"needed for a train/valid/test split")
+    for name in ("hidden_dim", "train_steps", "bsz"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"--{name} must be at least 1")
+    start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    ms = np.asarray(ms, dtype=np.float64)
+    tr, va, te = split_indices(len(archs), cfg.seed)
+    X = torch.tensor([a.features() for a in archs], dtype=torch.float32) / torch.tensor(cfg.feature_norm)
+    Y = torch.tensor(ms / cfg.lat_norm, dtype=torch.float32)
+    if cfg.predictor == "cost":
+        model = CostModel().fit(X[tr], Y[tr])
+    else:
+        model = _train_mlp(X, Y, tr, va, cfg, rng, progress)
     meta = dict(meta or {})
     meta.update(train_config=asdict(cfg))
     pred = LatencyPredictor(model, tuple(cfg.feature_norm), cfg.lat_norm, base_latency_ms,

@@ -117,11 +117,6 @@ class CandidateSet:
                 zip(self.layers, self.hidden, self.heads, self.qkv, self.ffn)]
 
 
-def _flops_per_prediction(p: LatencyPredictor) -> float:
-    h = p.hidden_dim
-    return 2.0 * (p.feature_dim * h + p.hidden_layer_num * h * h + h)
-
-
 def _dims(space: SearchSpace) -> tuple[np.ndarray, ...]:
     """Per-dimension grid values: layers, hidden, ffn, attention (qkv), heads per attention."""
     L = np.asarray(space.layer_values(), dtype=np.int64)
@@ -147,7 +142,7 @@ def enumerate_candidates(predictor: LatencyPredictor, space: SearchSpace, window
     if method not in ("auto", "exact", "interp"):
         raise UserError(f"--enumeration must be auto, exact or interp, got {method!r}")
     total = space.size()
-    cost = total * _flops_per_prediction(predictor)
+    cost = total * predictor.flops_per_prediction()
     if method == "auto":
         method = "exact" if cost <= budget_flops or total < 50_000 else "interp"
     start = time.perf_counter()

@@ -12,9 +12,11 @@ import inference_time_evaluation
 import latency_predictor
 from superbert.arch import Arch
 from superbert.errors import UserError
-from superbert.latency import (LatencyMLP, LatencyPredictor, TimingProtocol, Timer,
-                               dataset_arrays, read_latency_dataset, regression_metrics,
-                               split_indices)
+from superbert.search import LatencyWindow
+from superbert.arch import SearchSpace
+from superbert.latency import (COST_TERMS, CostModel, LatencyMLP, LatencyPredictor, TimingProtocol,
+                               Timer, TrainConfig, dataset_arrays, read_latency_dataset,
+                               regression_metrics, sample_archs, split_indices, train_predictor)
 from tests.helpers import make_tiny_supernet
 from utils.cli import run_main
 
@@ -98,6 +100,79 @@ def test_predictor_trains_reloads_and_keeps_its_reported_error(dataset, capsys):
                             "--hidden_dim", "32", "--train_steps", "400", "--lr", "3e-3",
                             "--no_progress"])
     assert np.allclose(LatencyPredictor.load(d / "again.pt").predict(archs), p)
+
+
+def test_cost_model_recovers_a_known_cost_law():
+    # ms = what a BERT forward pays per layer (FFN and attention matmuls, per-width elementwise
+    # work, per-layer overhead) + embeddings + a constant, with 1% multiplicative noise
+    law = {"L*d*f": 6e-6, "L*d*q": 1.1e-5, "L*d": 4e-4, "L*f": 2e-4, "L*q": 1e-3, "L": 0.4,
+           "d": 5e-4, "1": 0.05}
+    archs = sample_archs(SearchSpace(scheme="kd"), 300, seed=1)
+
+    def cost(a):
+        L, d, f, q = a.layers, a.hidden, a.ffn, a.qkv
+        v = dict(zip(COST_TERMS, (L * d * f, L * d * q, L * d, L * f, L * q, L, d, 1)))
+        return sum(law[t] * v[t] for t in COST_TERMS)
+
+    exact = np.array([cost(a) for a in archs])
+    noisy = exact * (1 + 0.01 * np.random.default_rng(0).standard_normal(len(exact)))
+    pred, rep = train_predictor(archs, exact, TrainConfig(predictor="cost"), 300.0, "kd",
+                                progress=False)
+    assert pred.kind == "cost" and rep.test.mape < 1e-3  # noiseless: the law itself
+    assert "6e-06*L*d*f" in pred.describe() and "0.4*L" in pred.describe()
+    pred, rep = train_predictor(archs, noisy, TrainConfig(predictor="cost"), 300.0, "kd",
+                                progress=False)
+    assert rep.test.mape < 2.0 and rep.test.kendall_tau > 0.98
+    assert rep.test.mape < rep.flops_test.mape
+    assert bool((pred.model.coef >= 0).all())  # non-negative least squares
+    # a flops-proportional law is inside the model's span: nothing is lost against the baseline
+    assert pred.flops_per_prediction() < 100
+
+
+def test_cost_predictor_cli_time_pt_and_search(dataset, tmp_path, capsys):
+    import searcher
+
+    d, model, out, argv = dataset
+    ckpt = tmp_path / "time.pt"
+    latency_predictor.main(["--lat_dataset_path", str(out), "--ckpt_path", str(ckpt),
+                            "--predictor", "cost", "--no_progress"])
+    printed = capsys.readouterr().out
+    assert "cost model" in printed and "ms = " in printed and "FLOPs baseline" in printed
+    pred = LatencyPredictor.load(ckpt)
+    assert isinstance(pred.model, CostModel) and pred.hidden_dim is None and pred.scheme == "kd"
+    blob = torch.load(ckpt, weights_only=True)
+    assert blob["kind"] == "cost" and tuple(blob["terms"]) == COST_TERMS
+    archs, ms = dataset_arrays(read_latency_dataset(out))
+    _, _, te = split_indices(len(archs), 0)
+    again = regression_metrics(pred.predict([archs[i] for i in te]), ms[te])
+    assert again.mape == pytest.approx(pred.meta["metrics"]["test"]["mape"], rel=1e-4)
+    # the searcher reads it and enumerates exactly (a few flops per arch): the candidate file
+    # is the brute-force list of grid archs whose predicted latency is in the window
+    space = SearchSpace(scheme="kd", layers=(1, 4), hidden=(128, 384), ffn=(128, 1024),
+                        qkv=(180, 384), hidden_step=16, ffn_step=32, qkv_step=12)
+    base = 3 * pred.predict_one(Arch(2, 256, 12, 252, 512))
+    cands = tmp_path / "cands"
+    searcher.main(["--ckpt_path", str(ckpt), "--latency_constraint", "3", "--base_latency",
+                   str(base), "--method", "Candidate", "--candidate_file", str(cands),
+                   "--layer_num_space", "1", "4", "--hidden_size_space", "128", "384",
+                   "--intermediate_size_space", "128", "1024", "--qkv_size_space", "180", "384",
+                   "--no_progress"])
+    every = list(space.iter_grid())
+    window = LatencyWindow(base, 3)
+    want = [str(a) for a, ok in zip(every, window.contains(pred.predict(every))) if ok]
+    assert want and sorted(cands.read_text().splitlines()) == sorted(want)
+    # MLP shape flags do not fit a cost model: one clear line, exit 2
+    for main, extra in ((latency_predictor.main, ["--lat_dataset_path", str(out), "--ckpt_path",
+                                                  str(tmp_path / "x.pt"), "--predictor", "cost",
+                                                  "--hidden_dim", "64"]),
+                        (searcher.main, ["--ckpt_path", str(ckpt), "--hidden_dim", "2000",
+                                         "--candidate_file", str(tmp_path / "c2")])):
+        with pytest.raises(SystemExit) as exc:
+            run_main(main, extra)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "hidden_dim" in err[0], err
+    assert not (tmp_path / "x.pt").exists() and not (tmp_path / "c2").exists()
 
 
 def test_bare_original_state_dict_loads(tmp_path, caplog):
