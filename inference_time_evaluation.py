@@ -3,7 +3,8 @@
 Protocol (see superbert/latency.py): 1 thread, batch 1, seq 128, a warm-up forward, then
 --infer_cnt timed forwards; the median is recorded. The BERT-base reference is timed first on
 the same machine and written to the sidecar `<output>.json` with the machine, threads, backend
-and torch version. Re-running skips archs already in --output.
+and torch version. `--passes N` times every arch in N separate sweeps (one line each; the
+predictor trains on their mean). Re-running skips timings already in --output.
 """
 from __future__ import annotations
 
@@ -39,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kd", action="store_true", help="KD scheme: 12 heads, qkv varies")
     p.add_argument("--infer_cnt", type=int, default=10, help="timed forwards per arch")
     p.add_argument("--warmup", type=int, default=1, help="untimed forwards before timing")
+    p.add_argument("--passes", type=int, default=1,
+                   help="sweeps over the archs, one line per arch per sweep (the predictor uses "
+                        "their mean): 2 roughly halves the noise a slowly wandering machine adds")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                    help="wall: elapsed time; cpu: the process's CPU time (1 thread only), robust "
@@ -83,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     base = Arch.parse(args.base_arch) if args.base_arch else BERT_BASE
     path, sidecar, n = collect_latency_dataset(
         args.output, args.bert_model, overrides, protocol, args.num_archs, args.full_grid,
-        args.seed, mlm=args.mlm, kd=args.kd, base_arch=base, progress=not args.no_progress)
+        args.seed, mlm=args.mlm, kd=args.kd, base_arch=base, progress=not args.no_progress,
+        passes=args.passes)
     logger.info("%s: %d archs requested; reference %s = %.2f ms (%s, %s scheme)", path, n,
                 base.short(), sidecar["base_latency_ms"], sidecar["timing_subject"],
                 sidecar["scheme"].upper())

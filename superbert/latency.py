@@ -7,8 +7,8 @@ the dataset records, the mean is logged beside it. The default subject is the ex
 sub-model with random weights (latency depends only on the shapes): what is deployed. The
 original timed the sliced supernet (`TimingProtocol.subject = "supernet"`).
 
-Dataset: the original's `lat.tmp`, one `repr(arch)<TAB>ms` line per arch, appended as each arch
-is timed, plus a JSON sidecar (`<file>.json`) naming the machine, threads, backend, torch
+Dataset: the original's `lat.tmp`, one `repr(arch)<TAB>ms` line per timing, appended as each arch
+is timed (with several passes an arch has several lines, averaged when the dataset is read), plus a JSON sidecar (`<file>.json`) naming the machine, threads, backend, torch
 version, protocol, scheme and the BERT-base reference latency measured on the same machine.
 
 Predictor: the original's (from HAT) MLP 4 -> 2000 -> 2000 x 3 -> 1 with ReLU on the features
@@ -29,6 +29,7 @@ import os
 import platform
 import random
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -348,7 +349,7 @@ class DatasetRun:
                                 f"({key} {existing.get('machine', {}).get(key)!r} vs "
                                 f"{now['machine'][key]!r}); use another --output")
 
-    def run(self, archs: Sequence[Arch], progress: bool = True) -> dict[str, Any]:
+    def run(self, archs: Sequence[Arch], progress: bool = True, passes: int = 1) -> dict[str, Any]:
         from tqdm import tqdm
 
         from utils.io import append_text_durably
@@ -356,8 +357,12 @@ class DatasetRun:
         have = read_latency_dataset(self.output) if self.output.exists() else []
         existing = read_sidecar(self.output)
         self.check_resume(existing, bool(have))
-        done = {a for a, _ in have}
-        todo = [a for a in archs if a not in done]
+        if passes < 1:
+            raise UserError("--passes must be at least 1")
+        done = Counter(a for a, _ in have)
+        # pass-major: each pass sweeps every arch, so a slow drift of the machine's speed lands
+        # on different archs in different passes and averages out (repeats are averaged on reading)
+        todo = [a for k in range(passes) for a in dict.fromkeys(archs) if done[a] <= k]
         timer = Timer(self.config, self.scheme, self.protocol)
         sidecar = existing or self.expected_sidecar()
         drift = _Drift(timer) if self.protocol.drift_ref else None
@@ -371,8 +376,8 @@ class DatasetRun:
                         self.protocol.statistic, base.ms, base.mean_ms)
             self.output.parent.mkdir(parents=True, exist_ok=True)
             write_sidecar(self.output, sidecar)
-        logger.info("%d archs requested, %d already timed, %d to time", len(archs),
-                    len(archs) - len(todo), len(todo))
+        logger.info("%d archs requested x %d pass(es), %d timings to take", len(archs), passes,
+                    len(todo))
         bar = tqdm(todo, desc="timing", unit="arch", disable=not progress)
         for arch in bar:
             t = timer.time(arch)
@@ -881,7 +886,7 @@ def load_supernet_config(bert_model: str | None, mlm: bool = False, kd: bool = F
 def collect_latency_dataset(output: str | os.PathLike, bert_model: str | None, space_overrides: dict[str, Any],
                             protocol: TimingProtocol, num_archs: int, full_grid: bool, seed: int,
                             mlm: bool = False, kd: bool = False, base_arch: Arch = BERT_BASE,
-                            progress: bool = True) -> tuple[Path, dict[str, Any], int]:
+                            progress: bool = True, passes: int = 1) -> tuple[Path, dict[str, Any], int]:
     """Time the reference, then the requested archs, appending to `output` (resumable)."""
     from .arch import SearchSpace
 
@@ -901,7 +906,7 @@ def collect_latency_dataset(output: str | os.PathLike, bert_model: str | None, s
         for a in (archs[0], space.largest()):
             validate_arch(a, config, scheme)
     run = DatasetRun(Path(output), config, scheme, protocol, base_arch, label)
-    sidecar = run.run(archs, progress=progress)
+    sidecar = run.run(archs, progress=progress, passes=passes)
     return Path(output), sidecar, len(archs)
 
 

@@ -57,6 +57,33 @@ def test_dataset_written_resumed_and_described(dataset):
     assert out.read_text().startswith(before)
 
 
+def test_second_pass_appends_one_more_line_per_arch_and_is_averaged(dataset, tmp_path):
+    import shutil
+
+    d, model, out, argv = dataset
+    copy = tmp_path / "lat.tmp"
+    shutil.copy(out, copy)
+    shutil.copy(str(out) + ".json", str(copy) + ".json")
+    first = read_latency_dataset(copy)
+    archs = list(dict.fromkeys(a for a, _ in first))
+    args = [str(copy) if a == str(out) else str(len(archs)) if a == "36" else a
+            for a in argv] + ["--passes", "2"]
+    inference_time_evaluation.main(args)
+    records = read_latency_dataset(copy)
+    assert len(records) == 2 * len(archs)
+    # the second pass sweeps the archs again, after the whole first pass
+    assert [a for a, _ in records[len(first):]] == [a for a, _ in first]
+    got_archs, got_ms = dataset_arrays(records)
+    assert got_archs == archs
+    want = {a: [] for a in archs}
+    for a, t in records:
+        want[a].append(t)
+    assert np.allclose(got_ms, [np.mean(want[a]) for a in archs])
+    before = copy.read_text()
+    inference_time_evaluation.main(args)  # both passes done: nothing to time
+    assert copy.read_text() == before
+
+
 def test_supernet_timing_and_protocol_mismatch(dataset, tmp_path, capsys):
     d, model, out, argv = dataset
     with pytest.raises(SystemExit) as exc:
