@@ -7,10 +7,11 @@ on the machine (recorded in time.pt) rather than the original's hard-coded 886/1
 - Candidate: every grid arch in the window, predicted in batches. Large grids with a large
   predictor (the paper's step-4 grid is 47.5M KD archs; the original 4-2000x4-1 MLP costs
   24 MFLOP an arch, 1e15 FLOP for the grid) use interpolation: the MLP is evaluated exactly on a
-  sub-lattice, interpolated multilinearly to the full grid (latency is close to multilinear in
-  hidden, FFN and qkv at fixed depth), and every arch whose interpolated latency is within the
-  measured interpolation error (x2) of a window edge is predicted exactly. `--enumeration exact`
-  predicts every arch.
+  sub-lattice, interpolated by cubic splines to the full grid (latency is smooth in hidden, FFN
+  and qkv at fixed depth), and every arch whose interpolated latency is within the measured
+  interpolation error (x2) of a window edge is predicted exactly. `--enumeration exact`
+  predicts every arch; the cost model (`--predictor cost`) is always predicted exactly (a few
+  flops an arch).
 - Random / Fast: sample the generation from the candidate file (Fast first applies the ratio
   rule 1.6d <= f <= 1.9d, 0.7d <= q <= d); lines outside the window are never written.
 - Evolved (the original's evolver): population 25, parents = the best 25 of everything
