@@ -8,11 +8,13 @@ classifies differently).
 
     python bench/bench_candidates.py --ckpt_path experiments/bench/latency/time.pt
 
-Measured here (quiet 2-core AMD EPYC, the original 4-2000x4-1 MLP trained by
-bench_latency_predictor.py, 7x window): coarse grid 1.53 M archs in 8.4 s (50 k MLP calls;
-exact prediction of every arch 241 s); fine grid 47.5 M archs in 77 s + 13 s writing 5.8 M lines
-(1.2 GB) = 90 s (464 k MLP calls; exact 6,827 s); 0 of 100,000 sampled archs classified
-differently from exact prediction on either grid.
+Measured here (2-core AMD EPYC, 7x window). The original 4-2000x4-1 MLP (trained by
+bench_latency_predictor.py): coarse grid 1.53 M archs in 7.3-8.4 s + 0.4 s writing (50 k MLP
+calls; exact prediction of every arch 217-241 s: target 5 s MISSED, the 50 k exact calls at 24
+MFLOP each are this method's floor); fine grid 47.5 M archs in 70-77 s + 13-14 s writing 5.8 M
+lines (1.2 GB) = 83-90 s (432-464 k MLP calls; exact 6,827-7,573 s). 0 of 100,000 sampled archs
+classified differently from exact prediction on either grid. The cost model (--predictor cost)
+is predicted exactly: coarse 0.1 s + 0.4 s writing, fine 3.9 s + 13.8 s writing.
 """
 from __future__ import annotations
 
