@@ -637,13 +637,7 @@ class LatencyPredictor:
         if fdim != 4:
             raise UserError(f"{path}: feature_dim {fdim} is not supported (the features are "
                             f"[hidden, layers, mean FFN, mean qkv])")
-        model = LatencyMLP(fdim, hdim, nlayers)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as err:
-            raise UserError(f"{path}: state dict does not fit the MLP: "
-                            f"{str(err).splitlines()[0][:200]}") from None
-        return model
+        return _filled(LatencyMLP(fdim, hdim, nlayers), state, path, "the MLP")
 
     @staticmethod
     def _load_cost_model(path, blob, state, hidden_dim, hidden_layer_num) -> CostModel:
@@ -653,13 +647,16 @@ class LatencyPredictor:
         if tuple(blob.get("terms") or ()) != COST_TERMS:
             raise UserError(f"{path}: cost model terms {blob.get('terms')} are not "
                             f"{list(COST_TERMS)} (written by another version?)")
-        model = CostModel()
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as err:
-            raise UserError(f"{path}: state dict does not fit the cost model: "
-                            f"{str(err).splitlines()[0][:200]}") from None
-        return model
+        return _filled(CostModel(), state, path, "the cost model")
+
+
+def _filled(model: nn.Module, state: dict[str, torch.Tensor], path, what: str) -> nn.Module:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise UserError(f"{path}: state dict does not fit {what}: "
+                        f"{str(err).splitlines()[0][:200]}") from None
+    return model
 
 
 # ---- training and evaluation -------------------------------------------------------------------

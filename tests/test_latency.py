@@ -169,6 +169,11 @@ def test_cost_predictor_cli_time_pt_and_search(dataset, tmp_path, capsys):
     assert isinstance(pred.model, CostModel) and pred.hidden_dim is None and pred.scheme == "kd"
     blob = torch.load(ckpt, weights_only=True)
     assert blob["kind"] == "cost" and tuple(blob["terms"]) == COST_TERMS
+    for key, value, says in (("terms", ["L*d*f"], "terms"), ("kind", "gbdt", "unknown kind"),
+                             ("state_dict", {"coef": torch.zeros(3)}, "does not fit")):
+        torch.save({**blob, key: value}, tmp_path / "bad.pt")
+        with pytest.raises(UserError, match=says):
+            LatencyPredictor.load(tmp_path / "bad.pt")
     archs, ms = dataset_arrays(read_latency_dataset(out))
     _, _, te = split_indices(len(archs), 0)
     again = regression_metrics(pred.predict([archs[i] for i in te]), ms[te])
