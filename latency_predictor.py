@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
         from superbert.errors import UserError
 
         raise UserError("--hidden_dim / --hidden_layer_num belong to --predictor mlp")
-    cfg = TrainConfig(predictor=args.predictor, feature_dim=args.feature_dim or 4, hidden_dim=args.hidden_dim or 2000,
+    cfg = TrainConfig(predictor=args.predictor, feature_dim=args.feature_dim or 4,
+                      hidden_dim=args.hidden_dim or 2000,
                       hidden_layer_num=3 if args.hidden_layer_num is None else args.hidden_layer_num,
                       train_steps=args.train_steps, bsz=args.bsz, lr=args.lr,
                       feature_norm=tuple(args.feature_norm or FEATURE_NORM),
