@@ -2,14 +2,16 @@
 
 Timing protocol (what `inference_time_evaluation.py` runs): PyTorch on CPU, 1 intra-op thread,
 batch 1 x 128 tokens (all token id 9333, as the original), a warm-up forward, then `infer_cnt`
-timed forwards under `torch.inference_mode()`; the median (robust to scheduler noise) is what
-the dataset records, the mean is logged beside it. The default subject is the extracted dense
-sub-model with random weights (latency depends only on the shapes): what is deployed. The
-original timed the sliced supernet (`TimingProtocol.subject = "supernet"`).
+timed forwards under `torch.inference_mode()`; the median (robust to scheduler noise; `min`
+with `statistic="min"`, steadier on a machine whose speed wanders) is what the dataset records,
+the mean is logged beside it. The default subject is the extracted dense sub-model with random
+weights (latency depends only on the shapes): what is deployed. The original timed the sliced
+supernet (`TimingProtocol.subject = "supernet"`).
 
-Dataset: the original's `lat.tmp`, one `repr(arch)<TAB>ms` line per timing, appended as each arch
-is timed (with several passes an arch has several lines, averaged when the dataset is read), plus a JSON sidecar (`<file>.json`) naming the machine, threads, backend, torch
-version, protocol, scheme and the BERT-base reference latency measured on the same machine.
+Dataset: the original's `lat.tmp`, one `repr(arch)<TAB>ms` line per timing, appended as each
+arch is timed (with several passes an arch has several lines, averaged when the dataset is
+read), plus a JSON sidecar (`<file>.json`) naming the machine, threads, backend, torch version,
+protocol, scheme and the BERT-base reference latency measured on the same machine.
 
 Predictor: the original's (from HAT) MLP 4 -> 2000 -> 2000 x 3 -> 1 with ReLU on the features
 [d, L, mean f, mean q] / [768, 12, 3072, 768], target ms / 200, Adam 1e-5, 5000 steps of 128
