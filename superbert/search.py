@@ -779,6 +779,7 @@ def candidates_command(args: Any, scheme: str | None, hidden_step: int, ffn_step
     space = space_from_args(args, scheme, dict(hidden_step=hidden_step, ffn_step=ffn_step,
                                                qkv_step=qkv_step))
     window = window_from_args(args, predictor)
+    logger.info("predictor %s: %s", args.ckpt_path, predictor.describe())
     logger.info("window: %s", window.describe())
     cands = enumerate_candidates(predictor, space, window, getattr(args, "enumeration", "auto"),
                                  progress=not getattr(args, "no_progress", False))
