@@ -36,9 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feature_dim", type=int, default=None, help="default 4")
     p.add_argument("--hidden_dim", type=int, default=None, help="default 2000")
     p.add_argument("--hidden_layer_num", type=int, default=None, help="default 3")
-    p.add_argument("--train_steps", type=int, default=5000)
-    p.add_argument("--bsz", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--train_steps", type=int, default=None, help="MLP only (default 5000)")
+    p.add_argument("--bsz", type=int, default=None, help="MLP only (default 128)")
+    p.add_argument("--lr", type=float, default=None, help="MLP only (default 1e-5)")
     p.add_argument("--seed", type=int, default=0, help="split, initialisation and batches")
     p.add_argument("--base_latency", type=float, default=None,
                    help="BERT-base latency (ms) to record (default: the one measured in the "
@@ -71,14 +71,19 @@ def main(argv: list[str] | None = None) -> None:
         # The original's candidate grid in this script: hidden step 32, FFN step 64, qkv 12.
         candidates_command(args, scheme, hidden_step=32, ffn_step=64, qkv_step=12)
         return
-    if args.predictor == "cost" and (args.hidden_dim or args.hidden_layer_num is not None):
+    mlp_only = ("hidden_dim", "hidden_layer_num", "train_steps", "bsz", "lr")
+    given = [f"--{k}" for k in mlp_only if getattr(args, k) is not None]
+    if args.predictor == "cost" and given:
         from superbert.errors import UserError
 
-        raise UserError("--hidden_dim / --hidden_layer_num belong to --predictor mlp")
-    cfg = TrainConfig(predictor=args.predictor, feature_dim=args.feature_dim or 4,
-                      hidden_dim=args.hidden_dim or 2000,
+        raise UserError(f"{', '.join(given)}: for --predictor mlp only (the cost model is "
+                        f"fitted in closed form)")
+    cfg = TrainConfig(predictor=args.predictor, feature_dim=4 if args.feature_dim is None else args.feature_dim,
+                      hidden_dim=2000 if args.hidden_dim is None else args.hidden_dim,
                       hidden_layer_num=3 if args.hidden_layer_num is None else args.hidden_layer_num,
-                      train_steps=args.train_steps, bsz=args.bsz, lr=args.lr,
+                      train_steps=5000 if args.train_steps is None else args.train_steps,
+                      bsz=128 if args.bsz is None else args.bsz,
+                      lr=1e-5 if args.lr is None else args.lr,
                       feature_norm=tuple(args.feature_norm or FEATURE_NORM),
                       lat_norm=args.lat_norm or LATENCY_NORM, seed=args.seed)
     predictor, report = train_from_dataset(args.lat_dataset_path, args.ckpt_path, cfg,

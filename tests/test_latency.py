@@ -197,13 +197,16 @@ def test_cost_predictor_cli_time_pt_and_search(dataset, tmp_path, capsys):
     for main, extra in ((latency_predictor.main, ["--lat_dataset_path", str(out), "--ckpt_path",
                                                   str(tmp_path / "x.pt"), "--predictor", "cost",
                                                   "--hidden_dim", "64"]),
+                        (latency_predictor.main, ["--lat_dataset_path", str(out), "--ckpt_path",
+                                                  str(tmp_path / "x.pt"), "--predictor", "cost",
+                                                  "--lr", "1e-3"]),
                         (searcher.main, ["--ckpt_path", str(ckpt), "--hidden_dim", "2000",
                                          "--candidate_file", str(tmp_path / "c2")])):
         with pytest.raises(SystemExit) as exc:
             run_main(main, extra)
         assert exc.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "hidden_dim" in err[0], err
+        assert len(err) == 1 and ("hidden_dim" in err[0] or "--lr" in err[0]), err
     assert not (tmp_path / "x.pt").exists() and not (tmp_path / "c2").exists()
 
 
