@@ -596,7 +596,8 @@ class LatencyPredictor:
             raise UserError(f"{path} does not hold a latency predictor state dict")
         kind = "mlp" if bare else blob.get("kind", "mlp")
         if kind == "cost":
-            model = cls._load_cost_model(path, blob, state, hidden_dim, hidden_layer_num)
+            model = cls._load_cost_model(path, blob, state, feature_dim, hidden_dim,
+                                         hidden_layer_num)
         elif kind != "mlp":
             raise UserError(f"{path} holds a latency predictor of unknown kind {kind!r}")
         else:
@@ -642,7 +643,10 @@ class LatencyPredictor:
         return _filled(LatencyMLP(fdim, hdim, nlayers), state, path, "the MLP")
 
     @staticmethod
-    def _load_cost_model(path, blob, state, hidden_dim, hidden_layer_num) -> CostModel:
+    def _load_cost_model(path, blob, state, feature_dim, hidden_dim, hidden_layer_num) -> CostModel:
+        if feature_dim is not None and int(feature_dim) != 4:
+            raise UserError(f"{path} holds a cost model on the 4 features [hidden, layers, mean "
+                            f"FFN, mean qkv], but --feature_dim {feature_dim} was given")
         if hidden_dim is not None or hidden_layer_num is not None:
             raise UserError(f"{path} holds a cost model, not an MLP: drop --hidden_dim / "
                             f"--hidden_layer_num")

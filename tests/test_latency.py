@@ -169,6 +169,9 @@ def test_cost_predictor_cli_time_pt_and_search(dataset, tmp_path, capsys):
     assert isinstance(pred.model, CostModel) and pred.hidden_dim is None and pred.scheme == "kd"
     blob = torch.load(ckpt, weights_only=True)
     assert blob["kind"] == "cost" and tuple(blob["terms"]) == COST_TERMS
+    with pytest.raises(UserError, match="feature_dim 5"):
+        LatencyPredictor.load(ckpt, feature_dim=5)
+    assert LatencyPredictor.load(ckpt, feature_dim=4).kind == "cost"
     for key, value, says in (("terms", ["L*d*f"], "terms"), ("kind", "gbdt", "unknown kind"),
                              ("state_dict", {"coef": torch.zeros(3)}, "does not fit")):
         torch.save({**blob, key: value}, tmp_path / "bad.pt")
