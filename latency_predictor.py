@@ -2,10 +2,11 @@
 
 Training (default): the original MLP on [hidden, layers, mean FFN, mean qkv] (`--predictor
 cost`: a non-negative per-layer cost model on the same features, fitted in milliseconds, usually
-more accurate on a few hundred archs); seeded 80/10/10 split; prints RMSE (ms), MAPE and Kendall tau on the test split beside a FLOPs-proportional
-baseline fitted on the training split. `--get_candidates` lists the archs whose predicted
-latency meets `--latency_constraint` (the original's candidate mode; searcher.py --method
-Candidate does the same on the searcher's grid).
+more accurate on a few hundred archs); seeded 80/10/10 split; prints RMSE (ms), MAPE and
+Kendall tau on the test split beside a FLOPs-proportional baseline fitted on the training
+split. `--get_candidates` lists the archs whose predicted latency meets `--latency_constraint`
+(the original's candidate mode; searcher.py --method Candidate does the same on the searcher's
+grid).
 """
 from __future__ import annotations
 
@@ -78,14 +79,12 @@ def main(argv: list[str] | None = None) -> None:
 
         raise UserError(f"{', '.join(given)}: for --predictor mlp only (the cost model is "
                         f"fitted in closed form)")
-    cfg = TrainConfig(predictor=args.predictor, feature_dim=4 if args.feature_dim is None else args.feature_dim,
-                      hidden_dim=2000 if args.hidden_dim is None else args.hidden_dim,
-                      hidden_layer_num=3 if args.hidden_layer_num is None else args.hidden_layer_num,
-                      train_steps=5000 if args.train_steps is None else args.train_steps,
-                      bsz=128 if args.bsz is None else args.bsz,
-                      lr=1e-5 if args.lr is None else args.lr,
+    # flags left unset take TrainConfig's defaults (the original's recipe)
+    given_cfg = {k: getattr(args, k) for k in ("feature_dim", *mlp_only)
+                 if getattr(args, k) is not None}
+    cfg = TrainConfig(predictor=args.predictor,
                       feature_norm=tuple(args.feature_norm or FEATURE_NORM),
-                      lat_norm=args.lat_norm or LATENCY_NORM, seed=args.seed)
+                      lat_norm=args.lat_norm or LATENCY_NORM, seed=args.seed, **given_cfg)
     predictor, report = train_from_dataset(args.lat_dataset_path, args.ckpt_path, cfg,
                                            args.base_latency, scheme, args.plot,
                                            progress=not args.no_progress)

@@ -643,7 +643,8 @@ class LatencyPredictor:
         return _filled(LatencyMLP(fdim, hdim, nlayers), state, path, "the MLP")
 
     @staticmethod
-    def _load_cost_model(path, blob, state, feature_dim, hidden_dim, hidden_layer_num) -> CostModel:
+    def _load_cost_model(path, blob, state, feature_dim, hidden_dim,
+                         hidden_layer_num) -> CostModel:
         if feature_dim is not None and int(feature_dim) != 4:
             raise UserError(f"{path} holds a cost model on the 4 features [hidden, layers, mean "
                             f"FFN, mean qkv], but --feature_dim {feature_dim} was given")

@@ -261,7 +261,8 @@ def test_bad_input_exits_2(tmp_path, capsys, monkeypatch):
     bad.write_text("{'sample_layer_num': 1}\t3.0\n")
     cases = ((latency_predictor.main, ["--lat_dataset_path", str(tmp_path / "nope")], "not found"),
              (inference_time_evaluation.main, ["--output", str(bad), "--num_archs", "1"], "lat.tmp:1"),
-             (inference_time_evaluation.main, ["--clock", "cpu", "--threads", "2"], "--threads 1"))
+             (inference_time_evaluation.main, ["--clock", "cpu", "--threads", "2"], "--threads 1"),
+             (inference_time_evaluation.main, ["--passes", "0", "--num_archs", "1"], "--passes"))
     for main, args, says in cases:
         with pytest.raises(SystemExit) as exc:
             run_main(main, args)
