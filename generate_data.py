@@ -14,7 +14,7 @@ import argparse
 import logging
 
 from superbert.data import generate_pretraining_data
-from utils.cli import run_main, setup_logging
+from superbert.cli import run_main, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,7 +13,7 @@ import logging
 
 from superbert.arch import Arch, add_space_args
 from superbert.latency import BERT_BASE, TimingProtocol, collect_latency_dataset
-from utils.cli import run_main, setup_logging
+from superbert.cli import run_main, setup_logging
 
 logger = logging.getLogger("inference_time_evaluation")
 

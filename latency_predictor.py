@@ -15,7 +15,7 @@ import logging
 
 from superbert.arch import FEATURE_NORM, LATENCY_NORM, add_space_args
 from superbert.latency import PREDICTOR_KINDS, TrainConfig, train_from_dataset
-from utils.cli import run_main, setup_logging
+from superbert.cli import run_main, setup_logging
 
 logger = logging.getLogger("latency_predictor")
 

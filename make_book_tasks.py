@@ -19,7 +19,7 @@ import logging
 from pathlib import Path
 
 from superbert.tasks.books import BookTasksConfig, default_books_dir, make_book_tasks
-from utils.cli import run_main, setup_logging
+from superbert.cli import run_main, setup_logging
 
 _DEFAULTS = BookTasksConfig()
 

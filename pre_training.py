@@ -17,7 +17,7 @@ import logging
 
 from superbert.arch import add_space_args
 from superbert.errors import UserError
-from utils.cli import run_main, setup_logging
+from superbert.cli import run_main, setup_logging
 
 # Flags of the original that have no meaning any more: given, they stop the run with the
 # replacement instead of being silently ignored.
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args)
     from superbert.training import check_config, run_pretraining
-    from utils.distributed import cleanup, init_distributed
+    from superbert.distributed import cleanup, init_distributed
 
     check_config(cfg)  # before joining the process group: bad flags fail fast on every rank
     env = init_distributed(args.local_rank, no_cuda=args.no_cuda)

@@ -11,7 +11,7 @@ import argparse
 
 from superbert.arch import add_space_args
 from superbert.search import search_command
-from utils.cli import run_main, setup_logging
+from superbert.cli import run_main, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,7 @@ import logging
 
 from superbert.arch import Arch
 from superbert.hf import extract_to_dir
-from utils.cli import run_main, setup_logging
+from superbert.cli import run_main, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:

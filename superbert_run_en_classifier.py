@@ -30,7 +30,7 @@ import logging
 from superbert.errors import UserError
 from superbert.finetune import RunConfig, resolve_task_config, run
 from superbert.tasks import canonical_task
-from utils.cli import run_main, setup_logging
+from superbert.cli import run_main, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,13 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from superbert.arch import SearchSpace  # noqa: E402
-from superbert.latency import LatencyPredictor  # noqa: E402
-from superbert.search import (FINE_STEPS, ORIGINAL_STEPS, LatencyWindow, _dims,  # noqa: E402
+from superbert.arch import SearchSpace
+from superbert.latency import LatencyPredictor
+from superbert.search import (FINE_STEPS, ORIGINAL_STEPS, LatencyWindow, _dims,
                               _features, enumerate_candidates, write_candidates)
-from utils.cli import run_main, setup_logging  # noqa: E402
+from superbert.cli import run_main, setup_logging
 
 
 def keys(L, d, f, q):

@@ -27,13 +27,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from transformers import BertConfig, BertForMaskedLM, BertModel  # noqa: E402
+from transformers import BertConfig, BertForMaskedLM, BertModel
 
-from superbert.arch import Arch  # noqa: E402
-from superbert.configuration import AutoTinyBertConfig  # noqa: E402
-from superbert.modeling import AutoTinyBertForMaskedLM, extract_submodel  # noqa: E402
+from superbert.arch import Arch
+from superbert.configuration import AutoTinyBertConfig
+from superbert.modeling import AutoTinyBertForMaskedLM, extract_submodel
 
 SIZES = {  # supernet dims and the mid-size sub-arch sliced from it
     "base": (dict(layers=8, hidden=768, heads=12, ffn=3072), Arch(4, 384, 6, 384, 1536)),

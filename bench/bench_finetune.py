@@ -27,15 +27,14 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from transformers import BertConfig, BertForSequenceClassification  # noqa: E402
+from transformers import BertConfig, BertForSequenceClassification
 
-from superbert.arch import Arch  # noqa: E402
-from superbert.configuration import AutoTinyBertConfig  # noqa: E402
-from superbert.finetune import BERT_ADAM_EPS, inherit  # noqa: E402
-from superbert.modeling import AutoTinyBertForSequenceClassification  # noqa: E402
-from superbert.training import BertAdam, param_groups, warmup_linear  # noqa: E402
+from superbert.arch import Arch
+from superbert.configuration import AutoTinyBertConfig
+from superbert.finetune import BERT_ADAM_EPS, inherit
+from superbert.modeling import AutoTinyBertForSequenceClassification
+from superbert.training import BertAdam, param_groups, warmup_linear
 
 SIZES = {  # supernet dims, the sub-arch (qkv == hidden so transformers' BERT can hold it), batch
     "base": (dict(layers=8, hidden=768, heads=12, ffn=3072), Arch(4, 512, 8, 512, 2048), 32),

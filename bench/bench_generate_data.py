@@ -35,10 +35,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from superbert.data import generate_pretraining_data  # noqa: E402
-from superbert.hf import bundled_vocab_path, load_tokenizer  # noqa: E402
+from superbert.data import generate_pretraining_data
+from superbert.hf import bundled_vocab_path, load_tokenizer
 
 
 def default_books() -> Path:
@@ -88,7 +87,6 @@ def timed(fn) -> tuple[float, float, int]:
 
 MEMORY_CHILD = r"""
 import json, resource, sys
-sys.path.insert(0, sys.argv[1])
 from superbert.data import generate_pretraining_data
 from superbert.hf import load_tokenizer
 

@@ -36,17 +36,16 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from superbert.arch import FEATURE_NORM, LATENCY_NORM  # noqa: E402
-from superbert.latency import (BERT_BASE, _Drift, Timer, TimingProtocol, TrainConfig,  # noqa: E402
+from superbert.arch import FEATURE_NORM, LATENCY_NORM
+from superbert.latency import (BERT_BASE, _Drift, Timer, TimingProtocol, TrainConfig,
                                collect_latency_dataset, dataset_arrays, load_supernet_config,
                                read_latency_dataset, regression_metrics,
                                train_from_dataset, train_predictor)
-from superbert.search import (ORIGINAL_STEPS, LatencyWindow, enumerate_candidates,  # noqa: E402
+from superbert.search import (ORIGINAL_STEPS, LatencyWindow, enumerate_candidates,
                               sample_generation)
-from superbert.arch import SearchSpace  # noqa: E402
-from utils.cli import run_main, setup_logging  # noqa: E402
+from superbert.arch import SearchSpace
+from superbert.cli import run_main, setup_logging
 
 
 def main(argv=None):

@@ -24,17 +24,16 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
-from superbert.arch import arch_of_config  # noqa: E402
-from superbert.configuration import AutoTinyBertConfig  # noqa: E402
-from superbert.data import MaskingCollator, PretrainingDataset  # noqa: E402
-from superbert.hf import bundled_vocab_path, load_tokenizer  # noqa: E402
-from superbert.modeling import AutoTinyBertForMaskedLM  # noqa: E402
-from superbert.training import PretrainConfig, Trainer  # noqa: E402
-from utils.distributed import DistEnv  # noqa: E402
+from superbert.arch import arch_of_config
+from superbert.configuration import AutoTinyBertConfig
+from superbert.data import MaskingCollator, PretrainingDataset
+from superbert.hf import bundled_vocab_path, load_tokenizer
+from superbert.modeling import AutoTinyBertForMaskedLM
+from superbert.training import PretrainConfig, Trainer
+from superbert.distributed import DistEnv
 
 
 def make_data(out: Path, seq: int, max_lines: int) -> Path:

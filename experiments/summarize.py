@@ -18,13 +18,12 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from superbert.arch import Arch  # noqa: E402
-from superbert.errors import UserError  # noqa: E402
-from superbert.report import (best_arch, build_summary, evaluated_archs, format_summary,  # noqa: E402
+from superbert.arch import Arch
+from superbert.errors import UserError
+from superbert.report import (best_arch, build_summary, evaluated_archs, format_summary,
                               write_summary)
-from utils.cli import run_main, setup_logging  # noqa: E402
+from superbert.cli import run_main, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:

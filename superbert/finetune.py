@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from utils.io import append_text_durably, atomic_path, atomic_write_text
+from superbert.io import append_text_durably, atomic_path, atomic_write_text
 
 from .arch import Arch, arch_of_config, read_arch_file, unique, validate_arch
 from .errors import UserError

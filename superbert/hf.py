@@ -25,7 +25,7 @@ from .errors import UserError
 from .modeling import (AutoTinyBertForMaskedLM, AutoTinyBertForQuestionAnswering,
                        AutoTinyBertForSequenceClassification, AutoTinyBertModel,
                        AutoTinyBertPreTrainedModel)
-from utils.io import atomic_path, staging_dir
+from superbert.io import atomic_path, staging_dir
 
 logger = logging.getLogger(__name__)
 

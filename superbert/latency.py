@@ -279,7 +279,7 @@ def read_sidecar(dataset: str | os.PathLike) -> dict[str, Any] | None:
 def write_sidecar(dataset: str | os.PathLike, data: dict[str, Any]) -> None:
     import json
 
-    from utils.io import atomic_write_text
+    from superbert.io import atomic_write_text
 
     atomic_write_text(sidecar_path(dataset), json.dumps(data, indent=2, sort_keys=True) + "\n")
 
@@ -354,7 +354,7 @@ class DatasetRun:
     def run(self, archs: Sequence[Arch], progress: bool = True, passes: int = 1) -> dict[str, Any]:
         from tqdm import tqdm
 
-        from utils.io import append_text_durably
+        from superbert.io import append_text_durably
 
         have = read_latency_dataset(self.output) if self.output.exists() else []
         existing = read_sidecar(self.output)
@@ -564,7 +564,7 @@ class LatencyPredictor:
                 "scheme": self.scheme, "meta": self.meta}
 
     def save(self, path: str | os.PathLike) -> None:
-        from utils.io import atomic_path
+        from superbert.io import atomic_path
 
         with atomic_path(path) as tmp:
             torch.save(self.to_checkpoint(), tmp)
@@ -833,7 +833,7 @@ def plot_predictions(path: str | os.PathLike, true: np.ndarray, pred: np.ndarray
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from utils.io import atomic_path
+    from superbert.io import atomic_path
 
     fig, ax = plt.subplots(figsize=(5.5, 5))
     lo = float(min(np.min(true), np.min(pred))) * 0.9

@@ -62,7 +62,7 @@ def plot_search_progress(path: str | os.PathLike, evaluated: Sequence[Evaluated]
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from utils.io import atomic_path
+    from superbert.io import atomic_path
 
     gens = sorted({e.generation for e in evaluated})
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -303,7 +303,7 @@ def build_summary(results_file: str | os.PathLike, generation_files: Sequence[st
 
 def write_summary(summary: Summary, output_dir: str | os.PathLike) -> tuple[Path, Path]:
     """`summary.md` and `summary.json` under `output_dir` (atomic)."""
-    from utils.io import atomic_write_text
+    from superbert.io import atomic_write_text
 
     out = Path(output_dir)
     md, js = out / "summary.md", out / "summary.json"

@@ -297,7 +297,7 @@ def format_candidate_lines(c: CandidateSet, start: int = 0, stop: int | None = N
 
 
 def write_candidates(path: str | os.PathLike, c: CandidateSet, block: int = 200_000) -> None:
-    from utils.io import atomic_path
+    from superbert.io import atomic_path
 
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as fh:
@@ -363,7 +363,7 @@ def read_candidates(path: str | os.PathLike) -> list[Arch]:
 
 
 def write_archs(path: str | os.PathLike, archs: Sequence[Arch]) -> None:
-    from utils.io import atomic_write_text
+    from superbert.io import atomic_write_text
 
     atomic_write_text(path, "".join(f"{a}\n" for a in archs))
 
@@ -654,7 +654,7 @@ def plot_generation(path: str | os.PathLike, evaluated: dict[Arch, float], predi
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from utils.io import atomic_path
+    from superbert.io import atomic_path
 
     archs = list(evaluated)
     lat = predictor.predict(archs)

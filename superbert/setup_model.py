@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from .arch import normalize_scheme
+from .cli import run_main
 from .configuration import AutoTinyBertConfig
 from .hf import make_supernet_dir
 
@@ -53,10 +54,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from utils.cli import run_main
-
     run_main(main)

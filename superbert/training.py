@@ -54,8 +54,8 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from utils.distributed import DistEnv, all_gather_object, all_reduce_sum, barrier
-from utils.io import atomic_path
+from superbert.distributed import DistEnv, all_gather_object, all_reduce_sum, barrier
+from superbert.io import atomic_path
 
 from .arch import Arch, SearchSpace, arch_of_config, validate_arch
 from .errors import UserError

@@ -14,7 +14,7 @@ import torch
 from superbert.errors import UserError
 from tests.helpers import make_tiny_supernet
 from tests.test_pretraining import ROOT, SEQ, no_dropout, write_corpus
-from utils.distributed import DistEnv, init_distributed, main_process_first
+from superbert.distributed import DistEnv, init_distributed, main_process_first
 
 pytestmark = pytest.mark.slow
 

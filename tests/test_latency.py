@@ -18,7 +18,7 @@ from superbert.latency import (COST_TERMS, CostModel, LatencyMLP, LatencyPredict
                                Timer, TrainConfig, dataset_arrays, read_latency_dataset,
                                regression_metrics, sample_archs, split_indices, train_predictor)
 from tests.helpers import make_tiny_supernet
-from utils.cli import run_main
+from superbert.cli import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = Arch(3, 64, 4, 64, 128)  # a tiny reference keeps the run short

@@ -58,7 +58,7 @@ def run(argv, capsys=None):
 
 
 def run_error(argv, capsys) -> str:
-    from utils.cli import run_main
+    from superbert.cli import run_main
 
     with pytest.raises(SystemExit) as exc:
         run_main(searcher.main, [str(a) for a in list(argv) + SMALL_FLAGS + ["--no_progress"]])

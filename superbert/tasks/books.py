@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from ..errors import UserError
-from utils.io import atomic_path
+from superbert.io import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ import logging
 import sys
 from typing import Callable
 
-from superbert.errors import UserError
+from .errors import UserError
 
 
 def setup_logging(level: int = logging.INFO) -> None:

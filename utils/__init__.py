@@ -1,1 +1,0 @@
-"""Small generic helpers shared by the top-level scripts (CLI guard, logging, atomic I/O)."""
