@@ -21,13 +21,42 @@ import ast
 import json
 import random
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
 from .errors import UserError
 
-SCHEMES = ("mlm", "kd")
+class Scheme(StrEnum):
+    """How a supernet's attention is sliced (see the module docstring). A `str`, so it is
+    written to config.json and compared as "mlm"/"kd"."""
+
+    MLM = "mlm"
+    KD = "kd"
+
+    @classmethod
+    def parse(cls, text: "str | Scheme") -> "Scheme":
+        """`mlm`/`kd` in any case; anything else is a UserError."""
+        try:
+            return cls(str(text).strip().lower())
+        except ValueError:
+            raise UserError(f"unknown attention scheme {text!r}: expected one of MLM, KD") from None
+
+    @classmethod
+    def resolve(cls, saved: "str | Scheme | None", requested: "str | Scheme | None",
+                default: "str | Scheme" = "mlm", what: str = "the supernet") -> "Scheme":
+        """The scheme a run uses: the one asked for, else the saved one, else `default`.
+        Asking for a scheme other than the one a checkpoint was saved with is an error."""
+        saved_s = cls.parse(saved) if saved else None
+        requested_s = cls.parse(requested) if requested else None
+        if saved_s and requested_s and saved_s != requested_s:
+            raise UserError(f"{what} uses the {saved_s.name} attention scheme, but "
+                            f"{requested_s.name} was asked for")
+        return requested_s or saved_s or cls.parse(default)
+
+
+SCHEMES = tuple(Scheme)
 
 # The canonical key order: the original's MLM candidate order, also the seed README's example.
 KEYS = ("sample_layer_num", "sample_num_attention_heads", "sample_qkv_sizes",
@@ -38,11 +67,8 @@ FEATURE_NORM = (768.0, 12.0, 3072.0, 768.0)
 LATENCY_NORM = 200.0
 
 
-def normalize_scheme(scheme: str) -> str:
-    s = str(scheme).lower()
-    if s not in SCHEMES:
-        raise UserError(f"unknown attention scheme {scheme!r}: expected one of MLM, KD")
-    return s
+def normalize_scheme(scheme: str) -> Scheme:
+    return Scheme.parse(scheme)
 
 
 @dataclass(frozen=True, order=True)

@@ -10,7 +10,6 @@ Layouts read (config.json + model.safetensors or pytorch_model.bin):
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ import torch
 
 from .configuration import AutoTinyBertConfig
 from .errors import UserError
+from .io import file_digest, read_text
 from .modeling import (AutoTinyBertForMaskedLM, AutoTinyBertForQuestionAnswering,
                        AutoTinyBertForSequenceClassification, AutoTinyBertModel,
                        AutoTinyBertPreTrainedModel)
@@ -77,11 +77,18 @@ def bundled_vocab_path() -> Path:
 
 
 def file_md5(path: str | os.PathLike) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_digest(path, "md5")
+
+
+def read_vocab(vocab_file: str | os.PathLike) -> list[str]:
+    """The tokens of a vocab.txt, one per line, in id order (as BERT's loader reads it)."""
+    text = read_text(vocab_file, "vocab file")
+    # Split on "\n" only, as readline does: str.splitlines would also split on rare separators
+    # (U+2028, \x1c ...) that can be tokens.
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line.rstrip("\r") for line in lines]
 
 
 def has_weights(model_dir: str | os.PathLike) -> bool:

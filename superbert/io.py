@@ -1,12 +1,16 @@
-"""Atomic file and directory writes: a killed process never leaves a half-written result."""
+"""File I/O with the project's guarantees: atomic writes (a killed process never leaves a
+half-written result), durable appends, and reads that fail as one clear UserError."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+from .errors import UserError
 
 
 @contextlib.contextmanager
@@ -61,3 +65,30 @@ def append_text_durably(path: str | os.PathLike, text: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def read_text(path: str | os.PathLike, what: str = "file") -> str:
+    """The whole of a UTF-8 text file; a missing, unreadable or non-UTF-8 file is one UserError
+    naming `what` and the path."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"{what} {path} is a directory, not a file") from None
+    except PermissionError:
+        raise UserError(f"{what} {path} is not readable (permission denied)") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"{what} {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise UserError(f"cannot read {what} {path}: {err.strerror or err}") from None
+
+
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in 1 MiB blocks (checkpoint manifests, vocab identity)."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
