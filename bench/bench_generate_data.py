@@ -36,7 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from superbert.data import generate_pretraining_data
+from superbert.data import DataConfig, generate_pretraining_data
 from superbert.hf import bundled_vocab_path, load_tokenizer
 
 
@@ -87,7 +87,7 @@ def timed(fn) -> tuple[float, float, int]:
 
 MEMORY_CHILD = r"""
 import json, resource, sys
-from superbert.data import generate_pretraining_data
+from superbert.data import DataConfig, generate_pretraining_data
 from superbert.hf import load_tokenizer
 
 load_tokenizer(sys.argv[4])  # imports and tokenizer first: the pass's own memory is what follows
@@ -101,9 +101,9 @@ def status(key):
 rss_before = status("VmRSS")
 with open("/proc/self/clear_refs", "w") as fh:  # reset the peak (VmHWM) to the current RSS
     fh.write("5")
-meta = generate_pretraining_data(sys.argv[2], sys.argv[3], sys.argv[4], do_lower_case=True,
-                                 reduce_memory=sys.argv[5] == "1", num_workers=int(sys.argv[6]),
-                                 progress=False)
+meta = generate_pretraining_data(DataConfig(
+    train_corpus=sys.argv[2], output_dir=sys.argv[3], bert_model=sys.argv[4], do_lower_case=True,
+    reduce_memory=sys.argv[5] == "1", num_workers=int(sys.argv[6]), progress=False))
 print(json.dumps({"tokens": meta["tokens"], "before_kb": rss_before, "main_kb": status("VmHWM"),
                   "workers_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
 """
@@ -159,8 +159,9 @@ def main() -> None:
             def run():
                 out = tmp / f"out{workers}"
                 shutil.rmtree(out, ignore_errors=True)
-                meta = generate_pretraining_data(corpus, out, str(vocab), do_lower_case=True,
-                                                 num_workers=workers, progress=False)
+                meta = generate_pretraining_data(DataConfig(
+                    train_corpus=corpus, output_dir=out, bert_model=str(vocab),
+                    do_lower_case=True, num_workers=workers, progress=False))
                 return meta["tokens"]
             return run
 

@@ -18,7 +18,6 @@ import argparse
 import gzip
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -80,7 +79,7 @@ def ours(args, data: Path, work: Path, optimizer: str, steps: int):
                          mlm_loss=True, further_train=True, epochs=100,
                          train_batch_size=args.batch, max_seq_length=args.seq,
                          masked_lm_prob=0.15, logging_steps=1, max_steps=args.warmup + steps,
-                         optimizer=optimizer, num_workers=args.num_workers, progress=False,
+                         optimizer=optimizer, num_workers=args.num_workers, no_progress=True,
                          warmup_proportion=0.1)
     dataset = PretrainingDataset(data, args.seq, vocab_file=bundled_vocab_path())
     cpu_rates = []

@@ -16,17 +16,30 @@ Instances hold no special tokens ([CLS]/[SEP] are never added, as in the origina
 """
 from __future__ import annotations
 
+import collections
+import gzip
+import itertools
 import json
 import logging
+import multiprocessing as mp
 import os
 import re
+import shutil
+import time
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
+from tqdm import tqdm
 
+from .cli import flag
 from .errors import UserError
+from .hf import load_tokenizer, read_vocab, resolve_model_dir
+from .io import file_digest, read_text, staging_dir
 
 logger = logging.getLogger(__name__)
 
@@ -46,23 +59,11 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= np.iinfo(np.uint16).max + 1 else np.dtype(np.uint32)
 
 
-def read_vocab(vocab_file: str | os.PathLike) -> list[str]:
-    """The tokens of a vocab.txt, one per line, in id order (as BERT's loader reads it)."""
-    try:
-        with open(vocab_file, encoding="utf-8") as fh:
-            return [line.rstrip("\n").rstrip("\r") for line in fh]
-    except FileNotFoundError:
-        raise UserError(f"vocab file not found: {vocab_file}") from None
-    except UnicodeDecodeError as err:
-        raise UserError(f"vocab file {vocab_file} is not UTF-8: {err}") from None
-
-
 def vocab_md5(vocab_file: str | os.PathLike) -> str:
-    from .hf import file_md5
-
+    """The vocab's identity, recorded in metadata.json and checked when the data is read."""
     if not Path(vocab_file).is_file():
         raise UserError(f"vocab file not found: {vocab_file}")
-    return file_md5(vocab_file)
+    return file_digest(vocab_file, "md5")
 
 
 # ---- reading ---------------------------------------------------------------------------------
@@ -109,8 +110,8 @@ class PretrainingDataset(torch.utils.data.Dataset):
         if not path.is_file():
             return {}
         try:
-            meta = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            meta = json.loads(read_text(path, "data metadata"))
+        except json.JSONDecodeError as err:
             raise UserError(f"{path} is corrupt: {err}") from None
         if not isinstance(meta, dict) or meta.get("format_name") != FORMAT_NAME:
             raise UserError(f"{path} is not a generate_data.py metadata file")
@@ -333,11 +334,6 @@ class MaskingCollator:
                  special_token_ids: Iterable[int], max_seq_length: int,
                  masked_lm_prob: float = 0.15, max_predictions_per_seq: int = 77,
                  seed: int = 42, original_masking: bool = False):
-        if not 0.0 <= masked_lm_prob <= 1.0:
-            raise UserError(f"--masked_lm_prob must be in [0, 1], got {masked_lm_prob}")
-        if max_predictions_per_seq < 0:
-            raise UserError(f"--max_predictions_per_seq must be >= 0, "
-                            f"got {max_predictions_per_seq}")
         self.vocab_size = int(vocab_size)
         self.mask_token_id = int(mask_token_id)
         self.pad_token_id = int(pad_token_id)
@@ -421,10 +417,58 @@ class MaskingCollator:
 BLOCK_BYTES = 1 << 18  # corpus bytes per tokenisation task: small enough to balance workers
 
 
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """What generate_data.py makes: its flags, declared once here and validated once."""
+
+    train_corpus: str | os.PathLike = flag(
+        help="one sentence per line, blank line between documents (.gz accepted)")
+    output_dir: str | os.PathLike = flag(
+        help="directory to write (created if missing; refused if it already holds data)")
+    bert_model: str = flag(help="model directory with vocab.txt, a vocab file, or a name such "
+                                "as bert-base-uncased")
+    do_lower_case: bool = flag(False, help="lower-case (uncased vocabs)")
+    max_seq_len: int = flag(128, type=int, help="WordPieces per instance (max)")
+    reduce_memory: bool = flag(False, help="stream the packed ids to disk as they are made (flat "
+                                           "memory for large corpora) instead of holding them "
+                                           "until the end")
+    num_workers: int = flag(1, type=int,
+                            help="tokenising processes (the output does not depend on it); with "
+                                 "1, the Rust tokenizer's own thread pool still uses every core")
+    fmt: str = flag("bin", "--format", choices=("bin", "json"),
+                    help="bin: token-id shards + metadata.json (fast, memory-mapped); json: the "
+                         "original's train_doc_tokens_ngrams_{i}.json shards")
+    num_shards: int | None = flag(None, type=int,
+                                  help="instances go round-robin to this many shards (default: "
+                                       "1 for bin, 28 for json, as the original)")
+    encoding_errors: str = flag("strict", choices=("strict", "replace"),
+                                help="non-UTF-8 bytes: strict stops with the line number; "
+                                     "replace substitutes U+FFFD")
+    # None: a bar only on a terminal; --no_progress sets False.
+    progress: bool | None = flag(None, "--no_progress", action="store_const", const=False,
+                                 help="no progress bar (it is shown only on a terminal anyway)")
+    block_bytes: int = BLOCK_BYTES
+
+    def __post_init__(self) -> None:
+        if self.fmt not in ("bin", "json"):
+            raise UserError(f"--format must be bin or json, got {self.fmt!r}")
+        if self.encoding_errors not in ("strict", "replace"):
+            raise UserError(f"--encoding_errors must be strict or replace, got "
+                            f"{self.encoding_errors!r}")
+        if self.max_seq_len < 1:
+            raise UserError(f"--max_seq_len must be >= 1, got {self.max_seq_len}")
+        if self.num_workers < 1:
+            raise UserError(f"--num_workers must be >= 1, got {self.num_workers}")
+        if self.num_shards is None:  # the original's 28 JSON shards; one bin shard
+            object.__setattr__(self, "num_shards", ORIGINAL_NUM_SHARDS if self.fmt == "json" else 1)
+        if self.num_shards < 1:
+            raise UserError(f"--num_shards must be >= 1, got {self.num_shards}")
+        if self.block_bytes < 1:
+            raise UserError(f"block_bytes must be >= 1, got {self.block_bytes}")
+
+
 def resolve_vocab(bert_model: str) -> Path:
     """The vocab.txt of --bert_model: a model directory, a vocab file, or a known name."""
-    from .hf import resolve_model_dir
-
     path = Path(bert_model).expanduser()
     if path.is_file():
         return path
@@ -438,8 +482,6 @@ def resolve_vocab(bert_model: str) -> Path:
 def _open_corpus(path: Path):
     """A binary file object over the corpus, transparently gunzipped; and its raw handle
     (whose position drives the progress bar)."""
-    import gzip
-
     try:
         raw = open(path, "rb")
     except FileNotFoundError:
@@ -455,9 +497,6 @@ def _open_corpus(path: Path):
 
 def _read_blocks(path: Path, block_bytes: int):
     """(first line number, bytes) blocks that end on a line boundary, and the bytes read so far."""
-    import gzip
-    import zlib
-
     fh, raw = _open_corpus(path)
     line = 1
     try:
@@ -483,8 +522,6 @@ class _BlockTokenizer:
     """
 
     def __init__(self, tokenizer_json: str, dtype: str, corpus: str, encoding_errors: str):
-        from tokenizers import Tokenizer
-
         self.tokenizer = Tokenizer.from_str(tokenizer_json)
         # encode_batch_fast (tokenizers >= 0.20) skips the character offsets we do not use.
         self.encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
@@ -493,8 +530,6 @@ class _BlockTokenizer:
         self.encoding_errors = encoding_errors
 
     def __call__(self, first_line: int, block: bytes) -> tuple[np.ndarray, np.ndarray]:
-        import itertools
-
         try:
             text = block.decode("utf-8", errors=self.encoding_errors)
         except UnicodeDecodeError as err:
@@ -535,9 +570,6 @@ def _worker_call(first_line: int, block: bytes) -> tuple[np.ndarray, np.ndarray]
 def _tokenized_blocks(blocks, block_tokenizer_args: tuple, num_workers: int, window: int):
     """Token ids per block, in corpus order, from `num_workers` processes with at most
     `window` blocks in flight (bounded memory; Pool.imap would read the whole corpus ahead)."""
-    import collections
-    import multiprocessing as mp
-
     if num_workers <= 1:
         tok = _BlockTokenizer(*block_tokenizer_args)
         for first_line, block, pos in blocks:
@@ -725,14 +757,9 @@ def _output_files(out: Path) -> list[str]:
                   or re.match(r"^shard_\d+\.(tokens|offsets)\.bin$", p.name))
 
 
-def generate_pretraining_data(train_corpus: str | os.PathLike, output_dir: str | os.PathLike,
-                              bert_model: str, do_lower_case: bool = False, max_seq_len: int = 128,
-                              reduce_memory: bool = False, num_workers: int = 1,
-                              fmt: str = "bin", num_shards: int | None = None,
-                              encoding_errors: str = "strict", progress: bool | None = None,
-                              block_bytes: int = BLOCK_BYTES) -> dict[str, Any]:
+def generate_pretraining_data(cfg: DataConfig) -> dict[str, Any]:
     """Tokenise a corpus (one sentence per line, blank line between documents; plain or gzip)
-    and pack it into pre-training instances under `output_dir`. Returns the metadata.
+    and pack it into pre-training instances under `cfg.output_dir`. Returns the metadata.
 
     One streaming pass: the main process reads blocks of lines and packs; `num_workers`
     processes tokenise (batched Rust WordPiece); the output is identical for any worker count.
@@ -742,27 +769,34 @@ def generate_pretraining_data(train_corpus: str | os.PathLike, output_dir: str |
     place at the end (metadata.json last): a failed run leaves no partial output, and a
     directory that already holds data is refused rather than overwritten.
     """
-    import shutil
-    import tempfile
-    import time
+    corpus, out = Path(cfg.train_corpus), Path(cfg.output_dir)
+    _check_paths(corpus, out)
+    vocab_file, tokenizer, vocab = _load_vocab(cfg)
+    created = next((d for d in [*reversed(out.parents), out] if not d.exists()), None)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with staging_dir(out / "generate_data") as staging:
+            start = time.perf_counter()
+            packer, shards, instances = _pack_corpus(cfg, corpus, staging, tokenizer, vocab)
+            elapsed = time.perf_counter() - start
+            meta = {"format_name": FORMAT_NAME, "format_version": FORMAT_VERSION,
+                    "format": cfg.fmt, "vocab_md5": vocab_md5(vocab_file),
+                    "vocab_size": len(vocab), "do_lower_case": bool(cfg.do_lower_case),
+                    "max_seq_len": int(cfg.max_seq_len), "documents": packer.documents,
+                    "sentences": packer.sentences, "instances": instances, "tokens": packer.pos,
+                    "dtype": token_dtype(len(vocab)).name, "num_shards": cfg.num_shards,
+                    "shards": shards, "corpus": corpus.name,
+                    "encoding_errors": cfg.encoding_errors}
+            _publish(staging, out, meta)
+    except BaseException:
+        if created is not None:  # leave no directory behind that this run made
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+    return {**meta, "seconds": elapsed}
 
-    from tqdm import tqdm
 
-    from .hf import load_tokenizer
-
-    corpus, out = Path(train_corpus), Path(output_dir)
-    if fmt not in ("bin", "json"):
-        raise UserError(f"--format must be bin or json, got {fmt!r}")
-    if encoding_errors not in ("strict", "replace"):
-        raise UserError(f"--encoding_errors must be strict or replace, got {encoding_errors!r}")
-    if max_seq_len < 1:
-        raise UserError(f"--max_seq_len must be >= 1, got {max_seq_len}")
-    if num_workers < 1:
-        raise UserError(f"--num_workers must be >= 1, got {num_workers}")
-    if num_shards is None:
-        num_shards = ORIGINAL_NUM_SHARDS if fmt == "json" else 1
-    if num_shards < 1:
-        raise UserError(f"--num_shards must be >= 1, got {num_shards}")
+def _check_paths(corpus: Path, out: Path) -> None:
+    """The corpus is a file and the output directory holds no data yet."""
     if not corpus.is_file():
         raise UserError(f"corpus not found: {corpus}" if not corpus.exists()
                         else f"--train_corpus {corpus} is not a file")
@@ -772,32 +806,37 @@ def generate_pretraining_data(train_corpus: str | os.PathLike, output_dir: str |
     if existing:
         raise UserError(f"--output_dir {out} already holds pre-training data ({existing[0]}, ...); "
                         f"remove it or choose another directory")
-    vocab_file = resolve_vocab(bert_model)
-    tokenizer = load_tokenizer(vocab_file, do_lower_case=do_lower_case)
+
+
+def _load_vocab(cfg: DataConfig) -> tuple[Path, Any, list[str]]:
+    """(vocab file, fast tokenizer, tokens) of --bert_model, checked against each other."""
+    vocab_file = resolve_vocab(cfg.bert_model)
+    tokenizer = load_tokenizer(vocab_file, do_lower_case=cfg.do_lower_case)
     vocab = read_vocab(vocab_file)
     if len(vocab) != len(tokenizer):
         raise UserError(f"{vocab_file}: {len(vocab)} lines but the tokenizer has "
                         f"{len(tokenizer)} tokens")
-    _warn_lower_case(vocab_file.parent, do_lower_case)
-    dtype = token_dtype(len(vocab))
+    _warn_lower_case(vocab_file.parent, cfg.do_lower_case)
+    return vocab_file, tokenizer, vocab
 
-    created = next((d for d in [*reversed(out.parents), out] if not d.exists()), None)
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".generate_data-", suffix=".tmp", dir=out))
-    writer = None
+
+def _pack_corpus(cfg: DataConfig, corpus: Path, staging: Path, tokenizer: Any,
+                 vocab: list[str]) -> tuple[_Packer, list[dict[str, Any]], int]:
+    """The streaming pass: tokenise, pack and write the shards into `staging`.
+    Returns (the packer's counts, the shard descriptions, the instance count)."""
+    dtype = token_dtype(len(vocab))
+    writer = _ShardWriter(staging, cfg.fmt, cfg.num_shards, dtype, vocab, stream=cfg.reduce_memory)
     try:
-        writer = _ShardWriter(staging, fmt, num_shards, dtype, vocab, stream=reduce_memory)
-        packer = _Packer(max_seq_len)
-        args = (tokenizer.backend_tokenizer.to_str(), dtype.str, str(corpus), encoding_errors)
-        window = 2 * num_workers if reduce_memory else 8 * num_workers
-        start = time.perf_counter()
-        total_bytes = corpus.stat().st_size
+        packer = _Packer(cfg.max_seq_len)
+        args = (tokenizer.backend_tokenizer.to_str(), dtype.str, str(corpus), cfg.encoding_errors)
+        window = (2 if cfg.reduce_memory else 8) * cfg.num_workers
         carry = np.zeros(0, dtype)  # tokens of the open instance, not yet written
-        with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="generate_data",
+        with tqdm(total=corpus.stat().st_size, unit="B", unit_scale=True, desc="generate_data",
                   # None: shown only on a terminal, so logs and error output stay clean.
-                  disable=None if progress is None else not progress, mininterval=0.5) as bar:
-            for ids, lengths, pos in _tokenized_blocks(_read_blocks(corpus, block_bytes), args,
-                                                       num_workers, window):
+                  disable=None if cfg.progress is None else not cfg.progress,
+                  mininterval=0.5) as bar:
+            for ids, lengths, pos in _tokenized_blocks(_read_blocks(corpus, cfg.block_bytes),
+                                                       args, cfg.num_workers, window):
                 stream_start = packer.pos - len(carry)
                 ends = packer.feed(lengths)
                 if ends:
@@ -818,30 +857,19 @@ def generate_pretraining_data(train_corpus: str | os.PathLike, output_dir: str |
         if packer.documents < 2:
             raise UserError(f"the corpus {corpus} holds only one document; at least 2 are "
                             f"needed (separate documents with a blank line)")
-        shards = writer.close()
-        elapsed = time.perf_counter() - start
-        meta = {"format_name": FORMAT_NAME, "format_version": FORMAT_VERSION, "format": fmt,
-                "vocab_md5": vocab_md5(vocab_file), "vocab_size": len(vocab),
-                "do_lower_case": bool(do_lower_case), "max_seq_len": int(max_seq_len),
-                "documents": packer.documents, "sentences": packer.sentences,
-                "instances": writer.total, "tokens": packer.pos, "dtype": dtype.name,
-                "num_shards": num_shards, "shards": shards, "corpus": corpus.name,
-                "encoding_errors": encoding_errors}
-        (staging / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        for name in sorted(p.name for p in staging.iterdir() if p.name != METADATA_FILE):
-            os.replace(staging / name, out / name)
-        os.replace(staging / METADATA_FILE, out / METADATA_FILE)
-        meta["seconds"] = elapsed
-        return meta
+        return packer, writer.close(), writer.total
     except BaseException:
-        if writer is not None:
-            writer.abort()
-        shutil.rmtree(staging, ignore_errors=True)
-        if created is not None:  # leave no directory behind that this run made
-            shutil.rmtree(created, ignore_errors=True)
+        writer.abort()
         raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _publish(staging: Path, out: Path, meta: dict[str, Any]) -> None:
+    """Move the staged shards into `out`, metadata.json last (its presence marks the data
+    complete)."""
+    (staging / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    for name in sorted(p.name for p in staging.iterdir() if p.name != METADATA_FILE):
+        os.replace(staging / name, out / name)
+    os.replace(staging / METADATA_FILE, out / METADATA_FILE)
 
 
 def _warn_lower_case(model_dir: Path, do_lower_case: bool) -> None:

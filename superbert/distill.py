@@ -18,12 +18,13 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import AutoConfig, AutoModel
 
 from .errors import UserError
+from .hf import resolve_model_dir
 
 logger = logging.getLogger(__name__)
 
@@ -32,20 +33,6 @@ logger = logging.getLogger(__name__)
 class TeacherOutput:
     hidden: torch.Tensor  # [B, T, D_teacher], the last hidden state
     scores: torch.Tensor  # [B, H, T, T], last-layer Q.K^T / sqrt(d_head), no mask term
-
-
-def _resolve_teacher_dir(name_or_path: str) -> Path:
-    """A local directory, or a name resolved like transformers does (cache; offline)."""
-    try:
-        from .hf import resolve_model_dir
-    except ImportError:  # pragma: no cover - hf.py not present
-        resolve_model_dir = None
-    if resolve_model_dir is not None:
-        return Path(resolve_model_dir(name_or_path, need_weights=True))
-    path = Path(name_or_path)
-    if not path.is_dir():
-        raise UserError(f"teacher model not found: {name_or_path}")
-    return path
 
 
 class Teacher:
@@ -97,10 +84,9 @@ class Teacher:
 
 
 def load_teacher(name_or_path: str, device: torch.device | str = "cpu") -> Teacher:
-    """Load a HF BERT/ELECTRA encoder (directory or name) as a frozen teacher."""
-    from transformers import AutoConfig, AutoModel
-
-    path = _resolve_teacher_dir(name_or_path)
+    """Load a HF BERT/ELECTRA encoder (directory or name, resolved as transformers does:
+    cache, offline) as a frozen teacher."""
+    path = resolve_model_dir(name_or_path, need_weights=True)
     if not (path / "config.json").is_file():
         raise UserError(f"teacher directory {path} has no config.json")
     if not any((path / f).is_file() for f in ("model.safetensors", "pytorch_model.bin",

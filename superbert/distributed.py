@@ -17,7 +17,7 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
-from superbert.errors import UserError
+from .errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -100,28 +100,11 @@ def main_process_first(env: DistEnv) -> Iterator[None]:
             barrier(env)
 
 
-def make_dirs_on_main(env: DistEnv, *paths: os.PathLike | str) -> None:
-    """Rank 0 creates the directories; every rank returns once they exist."""
-    if env.is_main:
-        for p in paths:
-            os.makedirs(p, exist_ok=True)
-    barrier(env)
-
-
 def all_reduce_sum(env: DistEnv, values: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over all ranks (in place, also returned); identity when alone."""
     if env.distributed:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
-
-
-def broadcast_object(env: DistEnv, obj: object) -> object:
-    """Rank 0's value of a picklable object on every rank."""
-    if not env.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def all_gather_object(env: DistEnv, obj: object) -> list[object]:

@@ -1,4 +1,6 @@
-"""SuperPLM pre-training: the optimiser, the schedule, the loop, checkpoints and resume.
+"""SuperPLM pre-training: the run's config, arch sampling, the objective, the loop, resume.
+
+The optimiser and schedule live in `optim.py`, the checkpoint files in `checkpoint.py`.
 
 One visible loop (`Trainer.train`). Per optimizer step:
 1. take the step's GAS micro-batches and count, over every micro-batch and every rank, the
@@ -34,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -45,212 +46,231 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
-import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.optim import Optimizer
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm.auto import tqdm
 
-from superbert.distributed import DistEnv, all_gather_object, all_reduce_sum, barrier
-from superbert.io import atomic_path
-
-from .arch import Arch, SearchSpace, arch_of_config, validate_arch
+from .arch import SPACE_FLAGS, Arch, Scheme, SearchSpace, arch_of_config, validate_arch
+from .checkpoint import (OPTIMIZER_FILE, TRAINER_STATE, find_checkpoints, latest_valid_checkpoint,
+                         rng_state, set_rng_state, set_seed, verify_checkpoint, write_manifest)
+from .cli import flag
+from .data import MaskingCollator, PretrainingDataset
+from .distill import Teacher, kd_counts, kd_loss_sums, load_teacher
+from .distributed import DistEnv, all_gather_object, all_reduce_sum, barrier
 from .errors import UserError
+from .hf import (load_config, load_model, normalize_keys, read_state_dict, read_vocab,
+                 resolve_model_dir, save_model)
+from .io import atomic_path
+from .modeling import AutoTinyBertForMaskedLM
+from .optim import make_optimizer, resolve_warmup, warmup_linear
+# Re-exported until finetune.py, bench/bench_finetune.py and tests/test_classifier.py import
+# them from their home, optim.py.
+from .optim import BertAdam, param_groups  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_MANIFEST = "checkpoint.json"
-TRAINER_STATE = "trainer_state.pt"
-OPTIMIZER_FILE = "optimizer.pt"
 LOG_FILE = "train_log.jsonl"
-
-
-# ---- optimiser ---------------------------------------------------------------------------------
-class BertAdam(Optimizer):
-    """The original's BertAdam, as a torch optimiser (the schedule lives in a LR scheduler).
-
-    - Adam moments with no bias correction;
-    - weight decay decoupled from the moments, added to the update (`update += wd * p`);
-    - each parameter's gradient is first clipped to norm `max_grad_norm` on its own
-      (per tensor, as the original; <= 0 disables it).
-
-    Parameters whose grad is None are skipped entirely (no moment decay, no weight decay).
-    Under PyTorch >= 2 `zero_grad()` sets grads to None, so a tensor no sub-arch touched in a
-    step (layers above the sampled depth, the MLM head in KD) is left alone; a tensor that was
-    partly sampled gets zeros in its unsampled slice and, as in the original, those entries
-    still move by their decaying momentum and by weight decay. (The original, on PyTorch < 2,
-    also kept updating whole untouched tensors with stale momentum; we do not.)
-    """
-
-    def __init__(self, params: Iterable, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-6, weight_decay: float = 0.01, max_grad_norm: float = 1.0):
-        if lr < 0 or eps < 0 or not 0 <= betas[0] < 1 or not 0 <= betas[1] < 1:
-            raise UserError(f"invalid BertAdam hyper-parameters lr={lr} betas={betas} eps={eps}")
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                                      max_grad_norm=max_grad_norm))
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = closure() if closure is not None else None
-        for group in self.param_groups:
-            b1, b2 = group["betas"]
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            if any(g.is_sparse for g in grads):
-                raise RuntimeError("BertAdam does not support sparse gradients")
-            ms, vs = [], []
-            for p in params:
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["next_m"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["next_v"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                ms.append(state["next_m"])
-                vs.append(state["next_v"])
-            # Multi-tensor (foreach) kernels: the same arithmetic as a per-tensor loop, a few
-            # launches per group instead of ~10 per parameter, and no temporary update tensor:
-            # p - lr * (m / (sqrt(v) + eps) + wd * p) == p * (1 - lr * wd) - lr * m / (sqrt(v) + eps).
-            if group["max_grad_norm"] > 0:  # in place, as the original's clip_grad_norm_
-                norms = torch.stack(torch._foreach_norm(grads))
-                coef = (group["max_grad_norm"] / (norms + 1e-6)).clamp(max=1.0)
-                torch._foreach_mul_(grads, list(coef.unbind()))
-            torch._foreach_mul_(ms, b1)
-            torch._foreach_add_(ms, grads, alpha=1 - b1)
-            torch._foreach_mul_(vs, b2)
-            torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
-            denom = torch._foreach_sqrt(vs)
-            torch._foreach_add_(denom, group["eps"])
-            if group["weight_decay"] > 0:
-                torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
-            torch._foreach_addcdiv_(params, ms, denom, value=-group["lr"])
-        return loss
-
-
-def no_decay(name: str) -> bool:
-    """The original's rule: no weight decay on biases and LayerNorm parameters."""
-    return "bias" in name or "LayerNorm" in name
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, plain = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (plain if no_decay(name) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": plain, "weight_decay": 0.0}]
-
-
-def make_optimizer(model: nn.Module, kind: str, lr: float, eps: float, weight_decay: float,
-                   max_grad_norm: float, device: torch.device) -> Optimizer:
-    groups = param_groups(model, weight_decay)
-    if kind == "bertadam":
-        return BertAdam(groups, lr=lr, eps=eps, weight_decay=weight_decay,
-                        max_grad_norm=max_grad_norm)
-    if kind == "adamw":
-        fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
-        return torch.optim.AdamW(groups, lr=lr, eps=eps, betas=(0.9, 0.999), **fast)
-    raise UserError(f"unknown optimizer {kind!r}: expected bertadam or adamw")
-
-
-# ---- schedule ----------------------------------------------------------------------------------
-def warmup_linear(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up to 1 over `warmup` steps, then linear decay to 0 at `total`."""
-    if warmup > 0 and step < warmup:
-        return step / warmup
-    if total <= warmup:
-        return 1.0
-    return max(0.0, (total - step) / (total - warmup))
-
-
-def resolve_warmup(total_steps: int, warmup_steps: int | None, warmup_proportion: float | None,
-                   default_steps: int = 10000, default_proportion: float = 0.1) -> tuple[int, str]:
-    """The seed README's rule: `--warmup_steps` (default 10000) unless only
-    `--warmup_proportion` was given; steps that reach past the run switch to the proportion,
-    with a warning. Returns (warm-up steps, how they were chosen)."""
-    proportion = default_proportion if warmup_proportion is None else warmup_proportion
-    if not 0 <= proportion < 1:
-        raise UserError(f"--warmup_proportion must be in [0, 1), got {proportion}")
-    if warmup_steps is not None and warmup_steps < 0:
-        raise UserError(f"--warmup_steps must be >= 0, got {warmup_steps}")
-    if warmup_steps is None and warmup_proportion is not None:
-        return int(proportion * total_steps), f"proportion {proportion}"
-    steps = default_steps if warmup_steps is None else warmup_steps
-    if steps >= total_steps:
-        switched = int(proportion * total_steps)
-        logger.warning("warm-up of %d steps exceeds the run's %d optimizer steps: using "
-                       "--warmup_proportion %.3g instead, i.e. %d warm-up steps", steps,
-                       total_steps, proportion, switched)
-        return switched, f"proportion {proportion} (switched from {steps} steps)"
-    return steps, f"{steps} steps"
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
 # ---- the configuration of a run ----------------------------------------------------------------
-@dataclass(frozen=True)
-class PretrainConfig:
-    """Everything a pre-training run is (what pre_training.py's flags say)."""
+DATA = "data and models"
+OBJECTIVE = "objective"
+SPACE = "search space (inclusive ranges; default: the seed README's, clipped to the supernet)"
+OPTIM = "optimisation"
+RUN = "run control"
 
-    pregenerated_data: str
-    student_model: str
-    cache_dir: str
-    teacher_model: str | None = None
-    mlm_loss: bool = False
-    further_train: bool = False
-    super_model: str | None = None  # slicing scheme asked for explicitly (--super_model / --kd)
-    epochs: int = 2
-    train_batch_size: int = 16
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 1e-4
-    max_seq_length: int = 512
-    masked_lm_prob: float = 0.0
-    max_predictions_per_seq: int = 77
-    do_lower_case: bool = False
-    fp16: bool = False
-    bf16: bool = False
-    loss_scale: float = 0.0
-    warmup_steps: int | None = None
-    warmup_proportion: float | None = None
-    seed: int = 42
-    optimizer: str = "bertadam"
-    adam_epsilon: float = 1e-8
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    logging_steps: int = 500
-    save_steps: int = 0
-    max_steps: int = 0
-    resume: str | None = None
-    overwrite_output_dir: bool = False
-    sample_times_per_batch: int = 1
-    sandwich: bool = False
+
+@dataclass(frozen=True, kw_only=True)
+class PretrainConfig:
+    """Everything a pre-training run is: pre_training.py's flags, declared once here
+    (`superbert.cli.flag`) and validated once, in `__post_init__`, before anything is read or
+    written. The `--*_space` ranges are declared by `arch.add_space_args` and passed in."""
+
+    # data and models
+    pregenerated_data: str = flag(
+        group=DATA, help="directory written by generate_data.py (token-id shards or the "
+                         "original's train_doc_tokens_ngrams_*.json)")
+    student_model: str = flag(
+        group=DATA, help="supernet directory (config.json + vocab.txt) or, with "
+                         "--further_train, an extracted model directory with weights")
+    teacher_model: str | None = flag(
+        None, group=DATA,
+        help="KD teacher: any Hugging Face BERT or ELECTRA encoder directory or name")
+    cache_dir: str = flag("experiments/output", group=DATA,
+                          help="root of the outputs (output/superbert/checkpoints/<run>/...)")
+    max_seq_length: int = flag(512, group=DATA, type=int,
+                               help="padding length; every stored sequence must fit")
+    do_lower_case: bool = flag(False, group=DATA,
+                               help="lower-cased vocab (recorded in the saved tokenizer files)")
+    debug: bool = flag(False, group=DATA, help="use only the first 20000 sequences of the data")
+    debug_limit: int = 20000
+
+    # objective
+    mlm_loss: bool = flag(False, group=OBJECTIVE,
+                          help="masked-LM objective; without it, distillation from --teacher_model")
+    kd: bool = flag(False, group=OBJECTIVE,
+                    help="distillation objective (the default; contradicts --mlm_loss)")
+    super_model: Scheme | None = flag(
+        None, group=OBJECTIVE, type=str.lower, choices=["mlm", "kd"],
+        help="slicing scheme, must agree with the objective (default: MLM with --mlm_loss, "
+             "else KD)")
+    scratch: bool = flag(False, group=OBJECTIVE,
+                         help="build the supernet from its config with fresh weights (the "
+                              "default unless --further_train)")
+    further_train: bool = flag(False, group=OBJECTIVE,
+                               help="load --student_model's weights (MLM head and dense_fit "
+                                    "included) and train it at its own fixed arch")
+    masked_lm_prob: float = flag(0.0, group=OBJECTIVE, type=float,
+                                 help="masking rate (README: 0.15 for MLM, 0 for KD)")
+    max_predictions_per_seq: int = flag(77, group=OBJECTIVE, type=int)
+    original_masking: bool = flag(False, group=OBJECTIVE,
+                                  help="the original's masking quirks (at least one masked token "
+                                       "even at --masked_lm_prob 0; never the first and last "
+                                       "position)")
+    original_input_order: bool = flag(False, group=OBJECTIVE,
+                                      help="the original's swapped arguments: no attention mask "
+                                           "and the input mask as segment ids, for student and "
+                                           "teacher")
+
+    # search space (the --*_space ranges come from arch.add_space_args)
     layer_num_space: tuple[int, int] | None = None
     hidden_size_space: tuple[int, int] | None = None
     qkv_size_space: tuple[int, int] | None = None
     intermediate_size_space: tuple[int, int] | None = None
     head_num_space: tuple[int, int] | None = None
-    hidden_step: int = 4
-    ffn_step: int = 4
-    qkv_step: int | None = None
-    original_input_order: bool = False
-    original_masking: bool = False
-    num_workers: int = 2
-    debug: bool = False
-    debug_limit: int = 20000
-    no_cuda: bool = False
-    threads: int | None = None
-    progress: bool = True
+    hidden_step: int = flag(4, group=SPACE, type=int, help="grid step of the hidden size")
+    ffn_step: int = flag(4, group=SPACE, type=int, help="grid step of the FFN size")
+    qkv_step: int | None = flag(None, group=SPACE, type=int,
+                                help="grid step of the KD qkv size (default: the supernet's head "
+                                     "count, 12)")
+    sample_times_per_batch: int = flag(1, group=SPACE, type=int,
+                                       help="sub-archs per step, run on the same batch "
+                                            "(gradients add)")
+    sandwich: bool = flag(False, group=SPACE,
+                          help="extension: also train the largest and smallest sub-arch every "
+                               "step, smaller ones distilled in place from the largest (MLM)")
+
+    # optimisation
+    epochs: int = flag(2, group=OPTIM, type=int)
+    train_batch_size: int = flag(16, group=OPTIM, type=int,
+                                 help="sequences per rank per optimizer step (split into "
+                                      "--gradient_accumulation_steps micro-batches)")
+    gradient_accumulation_steps: int = flag(1, group=OPTIM, type=int)
+    learning_rate: float = flag(1e-4, group=OPTIM, type=float)
+    optimizer: str = flag("bertadam", group=OPTIM, type=str.lower, choices=["bertadam", "adamw"],
+                          help="bertadam: the original's (no bias correction, per-tensor clip); "
+                               "adamw: torch's fused/foreach AdamW")
+    adam_epsilon: float = flag(1e-8, group=OPTIM, type=float)
+    weight_decay: float = flag(0.01, group=OPTIM, type=float,
+                               help="decoupled weight decay (none on biases and LayerNorm)")
+    max_grad_norm: float = flag(1.0, group=OPTIM, type=float,
+                                help="global gradient clip (and BertAdam's per-tensor clip); "
+                                     "<= 0: off")
+    warmup_steps: int | None = flag(None, group=OPTIM, type=int,
+                                    help="linear warm-up steps (default 10000; switches to "
+                                         "--warmup_proportion, with a warning, when the run is "
+                                         "shorter)")
+    warmup_proportion: float | None = flag(None, group=OPTIM, type=float,
+                                           help="warm-up as a share of all steps (default 0.1); "
+                                                "used alone when given without --warmup_steps")
+    seed: int = flag(42, group=OPTIM, type=int)
+    fp16: bool = flag(False, group=OPTIM,
+                      help="float16 autocast + GradScaler (on CPU: bfloat16, with a warning)")
+    bf16: bool = flag(False, group=OPTIM, help="bfloat16 autocast")
+    loss_scale: float = flag(0.0, group=OPTIM, type=float,
+                             help="initial fp16 loss scale (0: GradScaler's default; always "
+                                  "dynamic)")
+
+    # run control
+    logging_steps: int = flag(500, group=RUN, type=int)
+    save_steps: int = flag(0, group=RUN, type=int,
+                           help="also checkpoint every N optimizer steps (0: per epoch only)")
+    max_steps: int = flag(0, group=RUN, type=int,
+                          help="stop after N optimizer steps (the schedule still spans --epochs)")
+    resume: str | None = flag(None, group=RUN, metavar="DIR|auto",
+                              help="continue exactly from a checkpoint directory, or the newest "
+                                   "complete one of this run (auto)")
+    overwrite_output_dir: bool = flag(False, group=RUN,
+                                      help="start over even if this run already has checkpoints")
+    num_workers: int = flag(2, group=RUN, type=int, help="DataLoader worker processes")
+    threads: int | None = flag(None, group=RUN, type=int, help="torch CPU threads per process")
+    no_cuda: bool = flag(False, group=RUN, help="run on CPU even if a GPU is there")
+    no_progress: bool = flag(False, group=RUN, help="no progress bar")
+
+    def __post_init__(self) -> None:
+        """Flag combinations that cannot work; raised before anything is read or written."""
+        if self.kd and self.mlm_loss:
+            raise UserError("--kd and --mlm_loss contradict each other")
+        if self.further_train and self.scratch:
+            raise UserError("--scratch and --further_train contradict each other")
+        if self.super_model is not None:
+            object.__setattr__(self, "super_model", Scheme.parse(self.super_model))
+        for name in SPACE_FLAGS:
+            value = getattr(self, f"{name}_space")
+            if value is not None:
+                if len(value) != 2:
+                    raise UserError(f"--{name}_space takes two values (min max), got "
+                                    f"{list(value)}")
+                object.__setattr__(self, f"{name}_space", tuple(value))
+        for name in ("epochs", "train_batch_size", "gradient_accumulation_steps", "learning_rate",
+                     "max_seq_length", "sample_times_per_batch", "logging_steps"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"--{name} must be positive, got {getattr(self, name)}")
+        if self.train_batch_size % self.gradient_accumulation_steps:
+            raise UserError(f"--train_batch_size {self.train_batch_size} is not divisible by "
+                            f"--gradient_accumulation_steps {self.gradient_accumulation_steps} "
+                            f"(the batch per optimizer step is split into equal micro-batches)")
+        if not 0 <= self.masked_lm_prob <= 1:
+            raise UserError(f"--masked_lm_prob must be in [0, 1], got {self.masked_lm_prob}")
+        if self.mlm_loss and self.masked_lm_prob == 0 and not self.original_masking:
+            raise UserError("--mlm_loss with --masked_lm_prob 0 masks nothing to predict; pass "
+                            "--masked_lm_prob 0.15 (as the README)")
+        if self.max_predictions_per_seq < 0:
+            raise UserError("--max_predictions_per_seq must be >= 0")
+        if self.fp16 and self.bf16:
+            raise UserError("--fp16 and --bf16 exclude each other")
+        if self.save_steps < 0 or self.max_steps < 0:
+            raise UserError("--save_steps and --max_steps must be >= 0")
+        if self.adam_epsilon < 0 or self.weight_decay < 0:
+            raise UserError("--adam_epsilon and --weight_decay must be >= 0")
+        if self.num_workers < 0:
+            raise UserError("--num_workers must be >= 0")
+        if self.optimizer not in ("bertadam", "adamw"):
+            raise UserError(f"--optimizer must be bertadam or adamw, got {self.optimizer!r}")
+        if (self.super_model is not None and self.super_model != self.objective
+                and not self.further_train):
+            how = "with --mlm_loss" if self.super_model == Scheme.MLM else \
+                "by distillation (no --mlm_loss)"
+            raise UserError(f"--super_model {self.super_model.name} contradicts the objective: "
+                            f"a {self.super_model.name} supernet is trained {how}")
+        if self.objective == Scheme.KD and not self.teacher_model:
+            raise UserError("knowledge distillation (no --mlm_loss) needs --teacher_model")
+        if self.further_train:
+            extra = [f"--{n}_space" for n in SPACE_FLAGS if getattr(self, f"{n}_space") is not None]
+            extra += ["--sandwich"] if self.sandwich else []
+            extra += ["--sample_times_per_batch"] if self.sample_times_per_batch > 1 else []
+            if extra:
+                raise UserError(f"--further_train trains the model at its own fixed arch; "
+                                f"{', '.join(extra)} do not apply")
 
     @property
-    def objective(self) -> str:
-        return "mlm" if self.mlm_loss else "kd"
+    def objective(self) -> Scheme:
+        """MLM with --mlm_loss, else knowledge distillation (a supernet's scheme follows it)."""
+        return Scheme.MLM if self.mlm_loss else Scheme.KD
 
     @property
     def micro_batch_size(self) -> int:
         return self.train_batch_size // self.gradient_accumulation_steps
+
+    @property
+    def progress(self) -> bool:
+        return not self.no_progress
 
 
 def save_name(cfg: PretrainConfig, world_size: int) -> str:
@@ -265,57 +285,6 @@ def run_dirs(cfg: PretrainConfig, world_size: int) -> tuple[Path, Path]:
     root = Path(cfg.cache_dir) / "output" / "superbert"
     name = save_name(cfg, world_size)
     return root / "checkpoints" / name, root / "tensorboard" / name
-
-
-def check_config(cfg: PretrainConfig) -> None:
-    """Flag combinations that cannot work; raised before anything is read or written."""
-    def positive(name: str, value: float) -> None:
-        if value <= 0:
-            raise UserError(f"--{name} must be positive, got {value}")
-
-    for name in ("epochs", "train_batch_size", "gradient_accumulation_steps", "learning_rate",
-                 "max_seq_length", "sample_times_per_batch", "logging_steps"):
-        positive(name, getattr(cfg, name))
-    if cfg.train_batch_size % cfg.gradient_accumulation_steps:
-        raise UserError(f"--train_batch_size {cfg.train_batch_size} is not divisible by "
-                        f"--gradient_accumulation_steps {cfg.gradient_accumulation_steps} (the "
-                        f"batch per optimizer step is split into equal micro-batches)")
-    if not 0 <= cfg.masked_lm_prob <= 1:
-        raise UserError(f"--masked_lm_prob must be in [0, 1], got {cfg.masked_lm_prob}")
-    if cfg.mlm_loss and cfg.masked_lm_prob == 0 and not cfg.original_masking:
-        raise UserError("--mlm_loss with --masked_lm_prob 0 masks nothing to predict; pass "
-                        "--masked_lm_prob 0.15 (as the README)")
-    if cfg.max_predictions_per_seq < 0:
-        raise UserError("--max_predictions_per_seq must be >= 0")
-    if cfg.fp16 and cfg.bf16:
-        raise UserError("--fp16 and --bf16 exclude each other")
-    if cfg.save_steps < 0 or cfg.max_steps < 0:
-        raise UserError("--save_steps and --max_steps must be >= 0")
-    if cfg.adam_epsilon < 0 or cfg.weight_decay < 0:
-        raise UserError("--adam_epsilon and --weight_decay must be >= 0")
-    if cfg.num_workers < 0:
-        raise UserError("--num_workers must be >= 0")
-    if cfg.optimizer not in ("bertadam", "adamw"):
-        raise UserError(f"--optimizer must be bertadam or adamw, got {cfg.optimizer!r}")
-    if cfg.super_model is not None and cfg.super_model != cfg.objective and not cfg.further_train:
-        raise UserError(f"--super_model {cfg.super_model.upper()} contradicts the objective: a "
-                        f"{cfg.super_model.upper()} supernet is trained "
-                        f"{'with --mlm_loss' if cfg.super_model == 'mlm' else 'by distillation (no --mlm_loss)'}")
-    if cfg.objective == "kd" and not cfg.teacher_model:
-        raise UserError("knowledge distillation (no --mlm_loss) needs --teacher_model")
-    space_flags = {"--layer_num_space": cfg.layer_num_space, "--hidden_size_space": cfg.hidden_size_space,
-                   "--qkv_size_space": cfg.qkv_size_space,
-                   "--intermediate_size_space": cfg.intermediate_size_space,
-                   "--head_num_space": cfg.head_num_space}
-    given = [k for k, v in space_flags.items() if v is not None]
-    if cfg.further_train and (given or cfg.sandwich or cfg.sample_times_per_batch > 1):
-        extra = given + (["--sandwich"] if cfg.sandwich else []) + (
-            ["--sample_times_per_batch"] if cfg.sample_times_per_batch > 1 else [])
-        raise UserError(f"--further_train trains the model at its own fixed arch; "
-                        f"{', '.join(extra)} do not apply")
-    for flag, value in space_flags.items():
-        if value is not None and (len(value) != 2):
-            raise UserError(f"{flag} takes two values (min max), got {list(value)}")
 
 
 # ---- arch sampling -----------------------------------------------------------------------------
@@ -361,101 +330,6 @@ class ResumableDistributedSampler(DistributedSampler):
         return max(0, self.num_samples - self.start)
 
 
-# ---- checkpoints -------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def write_manifest(directory: Path, info: dict[str, Any]) -> None:
-    """List every file with size and sha256; written last, it marks the checkpoint complete."""
-    files = {}
-    for p in sorted(directory.rglob("*")):
-        if p.is_file() and p.name != CHECKPOINT_MANIFEST:
-            rel = str(p.relative_to(directory))
-            files[rel] = {"size": p.stat().st_size, "sha256": _sha256(p)}
-    data = {**info, "files": files, "complete": True}
-    (directory / CHECKPOINT_MANIFEST).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def verify_checkpoint(directory: Path) -> dict[str, Any]:
-    """The manifest of a complete, intact checkpoint; UserError naming what is wrong."""
-    manifest = directory / CHECKPOINT_MANIFEST
-    if not directory.is_dir():
-        raise UserError(f"checkpoint not found: {directory}")
-    try:
-        info = json.loads(manifest.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{directory} is not a complete checkpoint (no {CHECKPOINT_MANIFEST}: "
-                        f"the run was killed while writing it, or it is not a checkpoint)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"{manifest} is damaged") from None
-    if not info.get("complete") or not isinstance(info.get("files"), dict):
-        raise UserError(f"{manifest} does not describe a complete checkpoint")
-    for rel, meta in info["files"].items():
-        path = directory / rel
-        if not path.is_file():
-            raise UserError(f"checkpoint {directory} is damaged: {rel} is missing")
-        size = path.stat().st_size
-        if size != meta["size"]:
-            raise UserError(f"checkpoint {directory} is damaged: {rel} has {size} bytes, "
-                            f"expected {meta['size']} (truncated?)")
-        if _sha256(path) != meta["sha256"]:
-            raise UserError(f"checkpoint {directory} is damaged: {rel} fails its sha256 check")
-    return info
-
-
-def find_checkpoints(run_dir: Path) -> list[Path]:
-    """Checkpoint directories of a run (epoch_* and step_*), newest step last."""
-    found = []
-    if run_dir.is_dir():
-        for p in run_dir.iterdir():
-            if p.is_dir() and (p.name.startswith("epoch_") or p.name.startswith("step_")):
-                found.append(p)
-    def key(p: Path) -> tuple[int, int]:
-        try:
-            info = json.loads((p / CHECKPOINT_MANIFEST).read_text())
-            return int(info.get("global_step", -1)), int(p.name.startswith("epoch_"))
-        except (OSError, ValueError):
-            return -1, 0
-    return sorted(found, key=key)
-
-
-def latest_valid_checkpoint(run_dir: Path) -> Path | None:
-    for p in reversed(find_checkpoints(run_dir)):
-        try:
-            verify_checkpoint(p)
-            return p
-        except UserError as err:
-            logger.warning("skipping checkpoint: %s", err)
-    return None
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def set_seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
-
-
 # ---- precision ---------------------------------------------------------------------------------
 def autocast_dtype(cfg: PretrainConfig, device: torch.device) -> torch.dtype | None:
     if cfg.fp16:
@@ -486,7 +360,7 @@ class StepCounts:
 class Objective:
     """The loss of one micro-batch for the active sub-arch, normalised by global counts."""
 
-    def __init__(self, model: nn.Module, kind: str, original_input_order: bool, teacher=None):
+    def __init__(self, model: nn.Module, kind: Scheme, original_input_order: bool, teacher=None):
         self.model = model
         self.kind = kind
         self.original_input_order = original_input_order
@@ -501,12 +375,10 @@ class Objective:
         return batch["attention_mask"], None
 
     def counts(self, batch: dict[str, torch.Tensor], fit_size: int, heads: int) -> list[int]:
-        from .distill import kd_counts
-
         mask = batch["attention_mask"]
         masked = int((batch["labels"] != -100).sum()) if "labels" in batch else 0
         tokens = int(mask.sum())
-        if self.kind == "kd":
+        if self.kind == Scheme.KD:
             attend, _ = self.inputs(batch)
             B, T = batch["input_ids"].shape
             rep, att = kd_counts(attend, B, T, fit_size, heads)
@@ -521,9 +393,7 @@ class Objective:
         """(loss to backprop, detached loss terms, masked-row logits if asked)."""
         attend, segments = self.inputs(batch)
         bert = self.model.bert
-        if self.kind == "kd":
-            from .distill import kd_loss_sums
-
+        if self.kind == Scheme.KD:
             out = bert(batch["input_ids"], attend, segments, output_attention_scores=True)
             fit = bert.dense_fit(out.last_hidden_state)
             rep_sum, att_sum = kd_loss_sums(fit, out.last_attention_scores, teacher_out, attend)
@@ -604,8 +474,6 @@ def sync_gradients(env: DistEnv, params: Sequence[nn.Parameter], bucket_bytes: i
 
 def broadcast_parameters(env: DistEnv, model: nn.Module) -> None:
     if env.distributed:
-        import torch.distributed as dist
-
         with torch.no_grad():
             for t in list(model.parameters()) + list(model.buffers()):
                 dist.broadcast(t.data, src=0)
@@ -696,8 +564,6 @@ class Trainer:
     def save_checkpoint(self, name: str) -> Path | None:
         """Write `run_dir/name` atomically: model dir (save_model), optimizer.pt, trainer
         state with every rank's RNG, and the manifest last."""
-        from .hf import save_model
-
         rngs = all_gather_object(self.env, rng_state())
         if not self.env.is_main:
             barrier(self.env)
@@ -717,8 +583,6 @@ class Trainer:
         return target
 
     def load_checkpoint(self, directory: Path) -> None:
-        from .hf import normalize_keys, read_state_dict
-
         info = verify_checkpoint(directory)
         mine = self.checkpoint_info()
         if info.get("world_size") != self.env.world_size:
@@ -757,7 +621,7 @@ class Trainer:
     def _open_tensorboard(self) -> None:
         if not self.env.is_main or self.tb_dir is None:
             return
-        try:
+        try:  # imported here: tensorboard is optional, and only rank 0 writes
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard not installed: scalars only in the log
             logger.info("tensorboard is not installed: no TensorBoard scalars")
@@ -792,7 +656,7 @@ class Trainer:
         glob = all_reduce_sum(self.env, local.to(self.device)).tolist()
         counts = StepCounts(*map(int, glob))
         terms: dict[str, torch.Tensor] = {}
-        if self.objective.kind == "mlm" and counts.masked == 0:
+        if self.objective.kind == Scheme.MLM and counts.masked == 0:
             logger.warning("step %d: no masked token in the whole batch; step skipped",
                            self.state.global_step)
             return terms, counts
@@ -807,12 +671,12 @@ class Trainer:
             soft = None
             for i, arch in enumerate(archs):
                 self.model.set_sample_config(arch)
-                distil = cfg.sandwich and i > 0 and self.objective.kind == "mlm"
+                distil = cfg.sandwich and i > 0 and self.objective.kind == Scheme.MLM
                 with self._autocast():
                     loss, parts, logits = self.objective(
                         batch, counts, teacher_out,
                         soft_targets=soft if distil else None,
-                        want_logits=cfg.sandwich and i == 0 and self.objective.kind == "mlm",
+                        want_logits=cfg.sandwich and i == 0 and self.objective.kind == Scheme.MLM,
                         n_local=n_masked)
                 if logits is not None and i == 0:
                     soft = logits.detach().softmax(-1)
@@ -848,8 +712,6 @@ class Trainer:
                         f"{self.space.scheme.upper()} space of {self.space.size():,} archs")
         bar = None
         if env.is_main and cfg.progress:
-            from tqdm.auto import tqdm
-
             bar = tqdm(total=self.total_steps, initial=self.state.global_step, unit="step",
                        dynamic_ncols=True, desc="pre-training")
         window = {"terms": {}, "steps": 0, "tokens": 0, "wait": 0.0, "start": time.perf_counter()}
@@ -930,20 +792,41 @@ class Trainer:
 
 
 # ---- building a run from its config ------------------------------------------------------------
-def read_vocab(vocab_file: Path) -> list[str]:
-    try:
-        return vocab_file.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise UserError(f"vocab file not found: {vocab_file}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{vocab_file} is not UTF-8") from None
+@dataclass(frozen=True)
+class Vocab:
+    """The student's vocab.txt: its tokens and the ids of the special tokens it holds."""
+
+    file: Path
+    tokens: list[str]
+    specials: dict[str, int]
+
+    @classmethod
+    def of_model(cls, model_dir: Path) -> "Vocab":
+        file = model_dir / "vocab.txt"
+        tokens = read_vocab(file)
+        specials = {t: i for i, t in enumerate(tokens) if t in SPECIAL_TOKENS}
+        for t in ("[PAD]", "[MASK]"):
+            if t not in specials:
+                raise UserError(f"{file} has no {t} token")
+        return cls(file, tokens, specials)
+
+
+def load_run_teacher(cfg: PretrainConfig, env: DistEnv, vocab: Vocab) -> Teacher | None:
+    """The KD teacher on this rank's device (None for MLM), checked against the vocab."""
+    if cfg.objective == Scheme.MLM:
+        if cfg.teacher_model:
+            logger.warning("--teacher_model %s is not used: --mlm_loss trains without a teacher",
+                           cfg.teacher_model)
+        return None
+    teacher = load_teacher(cfg.teacher_model, env.device)
+    if teacher.encoder.config.vocab_size != len(vocab.tokens):
+        raise UserError(f"teacher vocab_size {teacher.encoder.config.vocab_size} differs "
+                        f"from the student's {len(vocab.tokens)}-token vocab")
+    return teacher
 
 
 def build_student(cfg: PretrainConfig, model_dir: Path, teacher_width: int | None):
     """(model, fixed arch or None, search space or None) as the flags say."""
-    from .hf import load_config, load_model
-    from .modeling import AutoTinyBertForMaskedLM
-
     if cfg.further_train:
         config = load_config(model_dir, cfg.super_model)
         overrides = {}
@@ -962,21 +845,22 @@ def build_student(cfg: PretrainConfig, model_dir: Path, teacher_width: int | Non
         return model, fixed, None
     config = load_config(model_dir)
     scheme = cfg.super_model or cfg.objective
-    saved = config.attention_scheme
+    saved = Scheme.parse(config.attention_scheme)
     if saved != scheme:
+        # Not a contradiction: training from scratch re-slices the supernet under `scheme`.
         logger.warning("%s records the %s attention scheme; this run trains from scratch with "
-                       "the %s scheme (recorded in its checkpoints)", model_dir, saved.upper(),
-                       scheme.upper())
-    config.attention_scheme = scheme
+                       "the %s scheme (recorded in its checkpoints)", model_dir, saved.name,
+                       scheme.name)
+    config.attention_scheme = scheme.value
     config.fit_size = teacher_width
     space = SearchSpace.for_supernet(
         config, scheme, layers=cfg.layer_num_space, hidden=cfg.hidden_size_space,
         qkv=cfg.qkv_size_space, ffn=cfg.intermediate_size_space, heads=cfg.head_num_space,
         hidden_step=cfg.hidden_step, ffn_step=cfg.ffn_step, qkv_step=cfg.qkv_step)
-    if scheme == "kd" and cfg.head_num_space is not None:
+    if scheme == Scheme.KD and cfg.head_num_space is not None:
         raise UserError("--head_num_space applies to the MLM scheme; a KD supernet keeps all "
                         f"{config.num_attention_heads} heads and varies --qkv_size_space")
-    if scheme == "mlm" and cfg.qkv_size_space is not None:
+    if scheme == Scheme.MLM and cfg.qkv_size_space is not None:
         raise UserError("--qkv_size_space applies to the KD scheme; in the MLM scheme qkv is "
                         f"{config.qkv_size // config.num_attention_heads} x heads "
                         f"(--head_num_space)")
@@ -987,75 +871,61 @@ def build_student(cfg: PretrainConfig, model_dir: Path, teacher_width: int | Non
     return model, None, space
 
 
-def run_pretraining(cfg: PretrainConfig, env: DistEnv) -> TrainState:
-    """Check everything, build model/teacher/data, then train; what pre_training.py calls."""
-    from . import data as data_mod
-    from .hf import resolve_model_dir
-
-    check_config(cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    # -- inputs (all checks before anything is written) --
-    student_dir = resolve_model_dir(cfg.student_model, need_weights=cfg.further_train)
-    vocab_file = student_dir / "vocab.txt"
-    vocab = read_vocab(vocab_file)
-    specials = {t: i for i, t in enumerate(vocab) if t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")}
-    for t in ("[PAD]", "[MASK]"):
-        if t not in specials:
-            raise UserError(f"{vocab_file} has no {t} token")
-    teacher = None
-    if cfg.objective == "kd":
-        from .distill import load_teacher
-
-        teacher = load_teacher(cfg.teacher_model, env.device)
-        if teacher.encoder.config.vocab_size != len(vocab):
-            raise UserError(f"teacher vocab_size {teacher.encoder.config.vocab_size} differs "
-                            f"from the student's {len(vocab)}-token vocab")
-    elif cfg.teacher_model:
-        logger.warning("--teacher_model %s is not used: --mlm_loss trains without a teacher",
-                       cfg.teacher_model)
-    set_seed(cfg.seed)
-    model, fixed, space = build_student(cfg, student_dir, teacher.hidden_size if teacher else None)
+def check_student(cfg: PretrainConfig, model: nn.Module, vocab: Vocab, teacher: Teacher | None,
+                  fixed: Arch | None, space: SearchSpace | None) -> None:
+    """The built student fits the sequence length, the vocab and the teacher's heads."""
     if cfg.max_seq_length > model.config.max_position_embeddings:
         raise UserError(f"--max_seq_length {cfg.max_seq_length} exceeds the model's "
                         f"{model.config.max_position_embeddings} position embeddings")
-    if model.config.vocab_size < len(vocab):
-        raise UserError(f"{vocab_file} has {len(vocab)} tokens, more than the model's "
+    if model.config.vocab_size < len(vocab.tokens):
+        raise UserError(f"{vocab.file} has {len(vocab.tokens)} tokens, more than the model's "
                         f"vocab_size {model.config.vocab_size}")
     if teacher is not None:
-        heads = fixed.heads if fixed else (space.kd_heads if space.scheme == "kd" else None)
+        heads = fixed.heads if fixed else (space.kd_heads if space.scheme == Scheme.KD else None)
         if heads != teacher.num_heads:
             raise UserError(f"the student keeps {heads} attention heads but the teacher has "
                             f"{teacher.num_heads}; the attention loss matches them one to one")
-    dataset = data_mod.PretrainingDataset(cfg.pregenerated_data, cfg.max_seq_length,
-                                          vocab_file=str(vocab_file),
-                                          debug_limit=cfg.debug_limit if cfg.debug else None)
+
+
+def build_data(cfg: PretrainConfig, vocab: Vocab) -> tuple[PretrainingDataset, MaskingCollator]:
+    """The memory-mapped shards (checked against the vocab and lower-casing) and the masking."""
+    dataset = PretrainingDataset(cfg.pregenerated_data, cfg.max_seq_length,
+                                 vocab_file=str(vocab.file),
+                                 debug_limit=cfg.debug_limit if cfg.debug else None)
     if len(dataset) == 0:
         raise UserError(f"{cfg.pregenerated_data} holds no training sequences")
-    lower = (getattr(dataset, "metadata", None) or {}).get("do_lower_case")
+    lower = dataset.metadata.get("do_lower_case")
     if lower is not None and bool(lower) != cfg.do_lower_case:
         raise UserError(f"{cfg.pregenerated_data} was tokenised with do_lower_case={bool(lower)}; "
                         f"{'pass' if lower else 'drop'} --do_lower_case so the saved tokenizer "
                         f"matches the data")
-    collator = data_mod.MaskingCollator(
-        vocab_size=len(vocab), mask_token_id=specials["[MASK]"], pad_token_id=specials["[PAD]"],
-        special_token_ids=sorted(specials.values()), max_seq_length=cfg.max_seq_length,
-        masked_lm_prob=cfg.masked_lm_prob, max_predictions_per_seq=cfg.max_predictions_per_seq,
-        seed=cfg.seed, original_masking=cfg.original_masking)
-    run_dir, tb_dir = run_dirs(cfg, env.world_size)
-    resume_from = None
+    collator = MaskingCollator(
+        vocab_size=len(vocab.tokens), mask_token_id=vocab.specials["[MASK]"],
+        pad_token_id=vocab.specials["[PAD]"], special_token_ids=sorted(vocab.specials.values()),
+        max_seq_length=cfg.max_seq_length, masked_lm_prob=cfg.masked_lm_prob,
+        max_predictions_per_seq=cfg.max_predictions_per_seq, seed=cfg.seed,
+        original_masking=cfg.original_masking)
+    return dataset, collator
+
+
+def resume_point(cfg: PretrainConfig, run_dir: Path) -> Path | None:
+    """The checkpoint --resume names (verified), or None; refuses to train over a run."""
+    if cfg.resume == "auto":
+        found = latest_valid_checkpoint(run_dir)
+        if found is None:
+            logger.info("--resume auto: no complete checkpoint in %s, starting fresh", run_dir)
+        return found
     if cfg.resume:
-        if cfg.resume == "auto":
-            resume_from = latest_valid_checkpoint(run_dir)
-            if resume_from is None:
-                logger.info("--resume auto: no complete checkpoint in %s, starting fresh", run_dir)
-        else:
-            resume_from = Path(cfg.resume)
-            verify_checkpoint(resume_from)
-    elif find_checkpoints(run_dir) and not cfg.overwrite_output_dir:
+        verify_checkpoint(Path(cfg.resume))
+        return Path(cfg.resume)
+    if find_checkpoints(run_dir) and not cfg.overwrite_output_dir:
         raise UserError(f"{run_dir} already holds checkpoints: pass --resume auto to continue, "
                         f"--overwrite_output_dir to start over, or another --cache_dir")
-    # -- outputs: rank 0 creates, the others wait --
+    return None
+
+
+def prepare_output_dirs(cfg: PretrainConfig, env: DistEnv, run_dir: Path, tb_dir: Path) -> None:
+    """Rank 0 creates the run's directories (clearing an overwritten run); the others wait."""
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         tb_dir.mkdir(parents=True, exist_ok=True)
@@ -1065,6 +935,23 @@ def run_pretraining(cfg: PretrainConfig, env: DistEnv) -> TrainState:
                 shutil.rmtree(old)
             (run_dir / LOG_FILE).unlink(missing_ok=True)
     barrier(env)
+
+
+def run_pretraining(cfg: PretrainConfig, env: DistEnv) -> TrainState:
+    """What pre_training.py calls: check every input before anything is written (vocab,
+    teacher, student, data, checkpoints), then prepare the output directories and train."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    student_dir = resolve_model_dir(cfg.student_model, need_weights=cfg.further_train)
+    vocab = Vocab.of_model(student_dir)
+    teacher = load_run_teacher(cfg, env, vocab)
+    set_seed(cfg.seed)
+    model, fixed, space = build_student(cfg, student_dir, teacher.hidden_size if teacher else None)
+    check_student(cfg, model, vocab, teacher, fixed, space)
+    dataset, collator = build_data(cfg, vocab)
+    run_dir, tb_dir = run_dirs(cfg, env.world_size)
+    resume_from = resume_point(cfg, run_dir)
+    prepare_output_dirs(cfg, env, run_dir, tb_dir)
     # A different seed per rank for dropout; the model itself was built identically.
     torch.manual_seed(cfg.seed + env.rank)
     model.to(env.device)  # NCCL broadcasts device tensors

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from superbert.data import (JSON_SHARD, MaskingCollator, PretrainingDataset, _Packer,
+from superbert.data import (JSON_SHARD, DataConfig, MaskingCollator, PretrainingDataset, _Packer,
                             generate_pretraining_data, token_dtype, vocab_md5)
 from superbert.errors import UserError
 from superbert.hf import bundled_vocab_path, load_tokenizer
@@ -95,7 +95,8 @@ def corpus(tmp_path_factory):
 def generate(corpus_file, out, **kw):
     kw.setdefault("do_lower_case", True)
     kw.setdefault("max_seq_len", MAX)
-    return generate_pretraining_data(corpus_file, out, str(VOCAB), progress=False, **kw)
+    return generate_pretraining_data(DataConfig(train_corpus=corpus_file, output_dir=out,
+                                                bert_model=str(VOCAB), progress=False, **kw))
 
 
 def files_of(d: Path) -> dict[str, bytes]:

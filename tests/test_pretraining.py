@@ -17,8 +17,8 @@ import torch
 
 from superbert.errors import UserError
 from superbert.hf import bundled_vocab_path, read_state_dict
-from superbert.training import (BertAdam, find_checkpoints, resolve_warmup, verify_checkpoint,
-                                warmup_linear)
+from superbert.checkpoint import find_checkpoints, verify_checkpoint
+from superbert.optim import BertAdam, resolve_warmup, warmup_linear
 from tests.helpers import make_tiny_supernet
 
 import pre_training
@@ -375,7 +375,7 @@ def test_generated_bin_data_and_the_extension_flags(work, tmp_path, caplog):
     """Shards from generate_data (bin format); --sandwich, --sample_times_per_batch, --fp16 on
     CPU (bfloat16 with a warning), --optimizer adamw, and the lower-casing check."""
     from superbert.arch import Arch
-    from superbert.data import generate_pretraining_data
+    from superbert.data import DataConfig, generate_pretraining_data
 
     corpus = tmp_path / "corpus.txt"
     rng = random.Random(1)
@@ -383,8 +383,9 @@ def test_generated_bin_data_and_the_extension_flags(work, tmp_path, caplog):
             for _ in range(120)]
     corpus.write_text("".join(d if i % 5 else d + "\n" for i, d in enumerate(docs)))
     data = tmp_path / "bin"
-    generate_pretraining_data(corpus, data, str(work["mlm"]), do_lower_case=True,
-                              max_seq_len=SEQ, progress=False)
+    generate_pretraining_data(DataConfig(train_corpus=corpus, output_dir=data,
+                                         bert_model=str(work["mlm"]), do_lower_case=True,
+                                         max_seq_len=SEQ, progress=False))
     cache = tmp_path / "c"
     argv = args(work, cache, "--sandwich", "--sample_times_per_batch", "2", "--fp16",
                 "--optimizer", "adamw", "--max_steps", "3", "--epochs", "1")
