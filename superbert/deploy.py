@@ -11,7 +11,8 @@ Files written by `export_onnx(model_dir)` (beside the weights unless `out_path` 
                             sequence-classification  logits [batch, num_labels]
                             question-answering       start_logits, end_logits [batch, sequence]
     model.int8.onnx       (int8=True) the same graph after ONNX Runtime's dynamic quantiser:
-                          QInt8 weights, activations quantised at run time.
+                          QInt8 weights with per-channel scales, activations quantised at run
+                          time.
     model.onnx.json       sidecar of each .onnx file (`<file>.json`, as the latency dataset's):
                           format, file, precision, head, inputs, outputs, opset, exporter, arch,
                           scheme, vocab_size, max_position_embeddings, torch / onnx /
@@ -62,6 +63,9 @@ DEFAULT_OPSET = 17
 OPSETS = range(14, 21)
 EXPORTER = "torch.onnx.export(dynamo=False) (TorchScript tracer)"
 INSTALL_HINT = 'pip install "superbert[onnx]" (or: pip install onnx onnxruntime)'
+# Per-channel weight scales: on MiniLM-L6 one scale per tensor moves the encoder output to
+# cosine 0.87-0.94 of FP32, one per output column to 0.99, at the same speed.
+PER_CHANNEL = True
 # An export whose outputs differ from torch's by more than this is logged as suspicious.
 CHECK_TOLERANCE = 1e-3
 
@@ -217,8 +221,10 @@ def export_model(model: nn.Module, path: str | os.PathLike, head: Head | str | N
     return outputs
 
 
-def quantize_int8(fp32_path: str | os.PathLike, int8_out: str | os.PathLike) -> None:
-    """ONNX Runtime's dynamic quantiser: QInt8 weights, activations quantised per call."""
+def quantize_int8(fp32_path: str | os.PathLike, int8_out: str | os.PathLike,
+                  per_channel: bool = PER_CHANNEL) -> None:
+    """ONNX Runtime's dynamic quantiser: QInt8 weights (a scale per output column with
+    `per_channel`), activations quantised per call."""
     require_onnx()
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -229,7 +235,8 @@ def quantize_int8(fp32_path: str | os.PathLike, int8_out: str | os.PathLike) -> 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            quantize_dynamic(str(fp32_path), str(int8_out), weight_type=QuantType.QInt8)
+            quantize_dynamic(str(fp32_path), str(int8_out), weight_type=QuantType.QInt8,
+                             per_channel=per_channel)
     finally:
         logging.disable(was)
 
@@ -300,7 +307,8 @@ def export_onnx(model_dir: str | os.PathLike, out_path: str | os.PathLike | None
             metas[q8.name] = {**meta, "file": q8.name, "precision": "int8",
                               "quantization": {"method": "onnxruntime.quantization."
                                                          "quantize_dynamic",
-                                               "weight_type": "QInt8"},
+                                               "weight_type": "QInt8",
+                                               "per_channel": PER_CHANNEL},
                               "max_abs_diff_vs_torch": check_export(model, tmp / q8.name,
                                                                     outputs)}
         for name, data in metas.items():

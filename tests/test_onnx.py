@@ -181,6 +181,7 @@ def test_int8_is_written_runs_and_stays_close(supernets, tmp_path):
     assert ops & {"MatMulInteger", "DynamicQuantizeMatMul", "DynamicQuantizeLinear"}, ops
     meta = read_sidecar(files.int8)
     assert meta["precision"] == "int8" and meta["quantization"]["weight_type"] == "QInt8"
+    assert meta["quantization"]["per_channel"] is True
     ids, mask, segments = padded_batch(3, 30)
     fp32 = OrtModel(files.fp32)(ids, mask, segments)["last_hidden_state"]
     int8 = OrtModel(files.int8)(ids, mask, segments)["last_hidden_state"]
