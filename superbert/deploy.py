@@ -47,6 +47,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .arch import Arch
@@ -403,6 +404,47 @@ class OrtModel:
                  token_type_ids: Any = None) -> dict[str, np.ndarray]:
         out = self.run(self.feed(input_ids, attention_mask, token_type_ids))
         return dict(zip(self.output_names, out))
+
+
+class OrtTaskModel(nn.Module):
+    """An exported task head behind the torch model's interface, for evaluation code written
+    against `AutoTinyBertFor{SequenceClassification,QuestionAnswering}`: called with the same
+    batch dict (labels included), it returns the same output type, loss computed as the torch
+    head computes it. Runs on CPU; outputs are CPU tensors."""
+
+    def __init__(self, path: str | os.PathLike, threads: int = 1):
+        super().__init__()
+        self.session = OrtModel(path, threads)
+        names = self.session.output_names
+        if names == ("logits",):
+            self.head = Head.SEQUENCE_CLASSIFICATION
+        elif names == ("start_logits", "end_logits"):
+            self.head = Head.QUESTION_ANSWERING
+        else:
+            raise UserError(f"{path} is an encoder graph (outputs {', '.join(names)}); export "
+                            f"the fine-tuned model with its head (--save_best_model output, "
+                            f"head 'auto')")
+        self.train(False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                return_dict: bool | None = None, **unused: Any):
+        from .modeling import QuestionAnsweringOutput, SequenceClassifierOutput
+
+        out = {k: torch.from_numpy(v)
+               for k, v in self.session(input_ids, attention_mask, token_type_ids).items()}
+        if self.head is Head.QUESTION_ANSWERING:
+            return QuestionAnsweringOutput(start_logits=out["start_logits"],
+                                           end_logits=out["end_logits"])
+        logits = out["logits"]
+        loss = None
+        if labels is not None:  # as AutoTinyBertForSequenceClassification.forward
+            labels = labels.cpu()
+            if logits.shape[-1] == 1:
+                loss = F.mse_loss(logits.view(-1).float(), labels.view(-1).float())
+            else:
+                loss = F.cross_entropy(logits.view(-1, logits.shape[-1]).float(), labels.view(-1))
+        return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
 def _as_int64(x: Any) -> np.ndarray:

@@ -15,8 +15,8 @@ import onnx  # noqa: E402
 
 from superbert import deploy  # noqa: E402
 from superbert.arch import Arch, SearchSpace  # noqa: E402
-from superbert.deploy import (Head, OrtModel, export_onnx, ort_info, read_sidecar,  # noqa: E402
-                              time_onnx)
+from superbert.deploy import (Head, OrtModel, OrtTaskModel, export_onnx, ort_info,  # noqa: E402
+                              read_sidecar, time_onnx)
 from superbert.errors import UserError  # noqa: E402
 from superbert.hf import extract_to_dir, load_model, save_model  # noqa: E402
 from superbert.latency import TimingProtocol  # noqa: E402
@@ -154,6 +154,16 @@ def test_sequence_classification_head(supernets, tmp_path):
     assert got.shape == (5, 3)
     assert max_diff(got, want) <= TOL
     assert read_sidecar(files.fp32)["num_labels"] == 3
+    # The evaluator's view: same call, same output type, same loss.
+    labels = torch.tensor([0, 2, 1, 1, 0])
+    ort_model = OrtTaskModel(files.fp32)
+    assert not ort_model.training
+    got = ort_model(input_ids=ids, attention_mask=mask, token_type_ids=segments, labels=labels)
+    with torch.no_grad():
+        want = torch_model(input_ids=ids, attention_mask=mask, token_type_ids=segments,
+                           labels=labels)
+    assert max_diff(got.logits.numpy(), want.logits) <= TOL
+    assert abs(float(got.loss) - float(want.loss)) <= TOL
 
 
 def test_question_answering_head(supernets, tmp_path):
@@ -166,9 +176,13 @@ def test_question_answering_head(supernets, tmp_path):
     got = OrtModel(files.fp32)(ids, mask, segments)
     assert max_diff(got["start_logits"], want.start_logits) <= TOL
     assert max_diff(got["end_logits"], want.end_logits) <= TOL
-    # A QA model has no pooler: its encoder export has one output.
+    qa = OrtTaskModel(files.fp32)(input_ids=ids, attention_mask=mask, token_type_ids=segments)
+    assert max_diff(qa.start_logits.numpy(), want.start_logits) <= TOL
+    # A QA model has no pooler: its encoder export has one output, and is no task model.
     enc = export_onnx(out, tmp_path / "enc.onnx")
     assert OrtModel(enc.fp32).output_names == ("last_hidden_state",)
+    with pytest.raises(UserError, match="encoder graph"):
+        OrtTaskModel(enc.fp32)
 
 
 def test_int8_is_written_runs_and_stays_close(supernets, tmp_path):
