@@ -21,13 +21,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
-
-
 from transformers import BertConfig, BertForMaskedLM, BertModel
 
 from superbert.arch import Arch

@@ -21,20 +21,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
-
-
 from transformers import BertConfig, BertForSequenceClassification
 
 from superbert.arch import Arch
 from superbert.configuration import AutoTinyBertConfig
 from superbert.finetune import BERT_ADAM_EPS, inherit
 from superbert.modeling import AutoTinyBertForSequenceClassification
-from superbert.training import BertAdam, param_groups, warmup_linear
+from superbert.optim import BertAdam, param_groups, warmup_linear
 
 SIZES = {  # supernet dims, the sub-arch (qkv == hidden so transformers' BERT can hold it), batch
     "base": (dict(layers=8, hidden=768, heads=12, ffn=3072), Arch(4, 512, 8, 512, 2048), 32),

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
-
 
 from superbert.arch import Arch
 from superbert.errors import UserError
+from superbert.latency import BERT_BASE
 from superbert.report import (best_arch, build_summary, evaluated_archs, format_summary,
                               write_summary)
 from superbert.cli import run_main, setup_logging
@@ -65,8 +64,6 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"the summary needs {', '.join(missing)}")
     if bool(args.inherited) != bool(args.further) or (args.heldout_data and not args.further):
         raise UserError("--inherited and --further go together (and --heldout_data needs both)")
-    from superbert.latency import BERT_BASE
-
     base = Arch.parse(args.base_arch) if args.base_arch else BERT_BASE
     out = Path(args.output_dir)
     summary = build_summary(args.results, args.generations, args.supernet, args.time_pt, base,

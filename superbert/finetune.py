@@ -29,24 +29,24 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from superbert.io import append_text_durably, atomic_path, atomic_write_text
-
-from .arch import Arch, arch_of_config, read_arch_file, unique, validate_arch
+from .arch import Arch, Scheme, arch_of_config, read_arch_file, unique, validate_arch
+from .cli import flag
 from .errors import UserError
 from .hf import file_md5, load_config, load_model, load_tokenizer, resolve_model_dir, save_model
 from .modeling import (AutoTinyBertForQuestionAnswering, AutoTinyBertForSequenceClassification,
                        AutoTinyBertPreTrainedModel, extract_submodel)
+from .io import append_text_durably, atomic_path, atomic_write_text
 from .results import TaskResult, format_results_block
-from .tasks import TASK_DEFAULTS, is_squad
+from .tasks import SQUAD_TASKS, TASK_DEFAULTS, canonical_task, is_squad
 from .tasks import glue, squad
 from .tasks.metrics import best_key, glue_metrics, squad_v1_evaluate, squad_v2_evaluate
-from .training import BertAdam, param_groups, warmup_linear
+from .optim import BertAdam, make_optimizer, warmup_linear
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,8 @@ FEATURES_VERSION = 1  # bump when the feature layout changes (invalidates --cach
 # ---- configuration ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TaskConfig:
-    """The hyper-parameters of one task after the per-task defaults and the explicit flags."""
+    """The hyper-parameters of one task after the per-task defaults and the explicit flags;
+    checked once, here."""
 
     task: str
     data_dir: str
@@ -81,15 +82,44 @@ class TaskConfig:
     max_answer_length: int = 30
     null_score_diff_threshold: float = 0.0
 
+    def __post_init__(self) -> None:
+        def positive(name: str, allow_none: bool = False) -> None:
+            value = getattr(self, name)
+            if value is None and allow_none:
+                return
+            if value is None or value <= 0:
+                raise UserError(f"--{name} must be positive, got {value}")
+
+        for name in ("num_train_epochs", "max_seq_length", "learning_rate", "eval_step",
+                     "train_batch_size", "eval_batch_size", "gradient_accumulation_steps",
+                     "doc_stride", "max_query_length", "n_best_size", "max_answer_length"):
+            positive(name)
+        for name in ("max_steps", "max_train_examples", "max_eval_examples"):
+            positive(name, allow_none=True)
+        if self.train_batch_size < self.gradient_accumulation_steps:
+            raise UserError(f"--train_batch_size {self.train_batch_size} is smaller than "
+                            f"--gradient_accumulation_steps {self.gradient_accumulation_steps}")
+        if not 0 <= self.warmup_proportion < 1:
+            raise UserError(f"--warmup_proportion must be in [0, 1), got {self.warmup_proportion}")
+        if self.weight_decay < 0:
+            raise UserError(f"--weight_decay must be >= 0, got {self.weight_decay}")
+
     @property
     def version_2(self) -> bool:
         return self.task == "squad2"
 
 
+# The flags whose default comes from the task's row of the original's table, and the value
+# when the row leaves it open.
 TABLE_KEYS = ("num_train_epochs", "max_seq_length", "learning_rate", "eval_step",
               "train_batch_size")
 FLAG_DEFAULTS = {"num_train_epochs": 3.0, "max_seq_length": 128, "learning_rate": 5e-5,
                  "train_batch_size": 32}
+# The flags that apply to every task unchanged.
+COMMON_KEYS = ("eval_batch_size", "weight_decay", "warmup_proportion",
+               "gradient_accumulation_steps", "max_steps", "max_train_examples",
+               "max_eval_examples", "doc_stride", "max_query_length", "n_best_size",
+               "max_answer_length", "null_score_diff_threshold")
 
 
 def resolve_task_config(task: str, data_dir: str, explicit: dict[str, Any],
@@ -103,31 +133,118 @@ def resolve_task_config(task: str, data_dir: str, explicit: dict[str, Any],
         if value is None:
             value = row[key] if row[key] is not None else FLAG_DEFAULTS[key]
         values[key] = value
-    cfg = TaskConfig(task=task, data_dir=data_dir, **values, **common)
-    check_task_config(cfg)
-    return cfg
+    return TaskConfig(task=task, data_dir=data_dir, **values, **common)
 
 
-def check_task_config(cfg: TaskConfig) -> None:
-    def positive(name: str, value: float | None, allow_none: bool = False) -> None:
-        if value is None and allow_none:
-            return
-        if value is None or value <= 0:
-            raise UserError(f"--{name} must be positive, got {value}")
+def _split(value: str, name: str) -> list[str]:
+    items = value.split()
+    if not items:
+        raise UserError(f"--{name} is empty")
+    return items
 
-    for name in ("num_train_epochs", "max_seq_length", "learning_rate", "eval_step",
-                 "train_batch_size", "eval_batch_size", "gradient_accumulation_steps",
-                 "doc_stride", "max_query_length", "n_best_size", "max_answer_length"):
-        positive(name, getattr(cfg, name))
-    for name in ("max_steps", "max_train_examples", "max_eval_examples"):
-        positive(name, getattr(cfg, name), allow_none=True)
-    if cfg.train_batch_size < cfg.gradient_accumulation_steps:
-        raise UserError(f"--train_batch_size {cfg.train_batch_size} is smaller than "
-                        f"--gradient_accumulation_steps {cfg.gradient_accumulation_steps}")
-    if not 0 <= cfg.warmup_proportion < 1:
-        raise UserError(f"--warmup_proportion must be in [0, 1), got {cfg.warmup_proportion}")
-    if cfg.weight_decay < 0:
-        raise UserError(f"--weight_decay must be >= 0, got {cfg.weight_decay}")
+
+def resolve_task_names(names: list[str], version_2_with_negative: int | None) -> list[str]:
+    """Registry names of `--task_name`; `--version_2_with_negative` picks the SQuAD version of
+    a plain `squad` and must agree with an explicit squad1 / squad2."""
+    tasks = [canonical_task(n) for n in names]
+    if version_2_with_negative is not None:
+        wanted = "squad2" if version_2_with_negative else "squad1"
+        for i, name in enumerate(names):
+            if not is_squad(tasks[i]):
+                continue
+            if name.lower() in SQUAD_TASKS and tasks[i] != wanted:
+                raise UserError(f"--version_2_with_negative {version_2_with_negative} "
+                                f"contradicts task {name}")
+            tasks[i] = wanted
+        if not any(is_squad(t) for t in tasks):
+            raise UserError("--version_2_with_negative needs a squad task")
+    if len(set(tasks)) != len(tasks):
+        raise UserError(f"--task_name lists a task twice: {' '.join(names)}")
+    return tasks
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """The evaluation stage (superbert_run_en_classifier.py): its flags, declared once.
+
+    `__post_init__` checks them and resolves `tasks` (one TaskConfig per --task_name, the
+    table's defaults under the explicit flags), `seeds` and `scheme`.
+    """
+
+    data_dir: str = flag(help="space-separated task data directories, one per --task_name")
+    model: str = flag(help="the supernet (or sub-model) directory")
+    task_name: str = flag(help="space-separated task names")
+    output_dir: str = flag(help="created if missing; results appended")
+    cache_dir: str = flag("", help="keep tokenized task features here and reuse them in later "
+                                   "runs on the same files and settings (e.g. every search "
+                                   "generation)")
+    arches_file: str = flag("", help="candidate archs, one per line; default: the model's "
+                                     "full arch")
+    super_model: str | None = flag(None, type=str.upper, choices=("MLM", "KD"),
+                                   help="the supernet's attention scheme; default: the one "
+                                        "saved in its config.json (a contradiction is an error)")
+    seed: str = flag("42", help="space-separated seeds; everything runs per seed")
+    do_lower_case: bool = flag(False)
+    # Per-task defaults apply to these unless given (None = not given).
+    max_seq_length: int | None = flag(None, type=int, help="default: per task (128)")
+    train_batch_size: int | None = flag(None, type=int, help="default: per task (32)")
+    learning_rate: float | None = flag(None, type=float, help="default: per task (5e-5)")
+    num_train_epochs: float | None = flag(None, type=float, help="default: per task (3)")
+    eval_step: int | None = flag(None, type=int,
+                                 help="evaluate every N optimizer steps; default: per task")
+    eval_batch_size: int = flag(32, type=int)
+    weight_decay: float = flag(0.01, "--weight_decay", "--wd", type=float,
+                               help="BertAdam weight decay (not on biases / LayerNorm); "
+                                    "default 0.01")
+    warmup_proportion: float = flag(0.1, type=float)
+    gradient_accumulation_steps: int = flag(1, type=int)
+    no_cuda: bool = flag(False)
+    fp16: bool = flag(False, help="float16 autocast with loss scaling on a GPU (float32 on "
+                                  "CPU, warned)")
+    # SQuAD
+    doc_stride: int = flag(128, type=int)
+    max_query_length: int = flag(64, type=int)
+    n_best_size: int = flag(20, type=int)
+    max_answer_length: int = flag(30, type=int)
+    version_2_with_negative: int | None = flag(None, type=int, choices=(0, 1),
+                                               help="1: the squad task is SQuAD 2.0 (same as "
+                                                    "task squad2)")
+    null_score_diff_threshold: float = flag(0.0, type=float)
+    verbose_logging: bool = flag(False, help="debug-level logging")
+    # Proxy evaluation (deviation from the paper: cheap, noisier scores for search).
+    max_train_examples: int | None = flag(None, type=int, help="proxy: use only the first N "
+                                          "training examples (questions for SQuAD)")
+    max_eval_examples: int | None = flag(None, type=int,
+                                         help="proxy: score only the first N dev examples")
+    max_steps: int | None = flag(None, type=int, help="proxy: stop after N optimizer steps "
+                                 "(replaces the epoch count)")
+    save_best_model: bool = flag(False, help="save the best fine-tuned sub-model per task and "
+                                 "seed to <output_dir>/<task>_seed<seed>[_<arch>]")
+    progress: bool = True  # a progress bar per fine-tuning (not a flag)
+    # Resolved from the flags above by __post_init__.
+    tasks: tuple[TaskConfig, ...] = field(init=False)
+    seeds: tuple[int, ...] = field(init=False)
+    scheme: Scheme | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        dirs = _split(self.data_dir, "data_dir")
+        names = _split(self.task_name, "task_name")
+        if len(dirs) != len(names):
+            raise UserError(f"--data_dir lists {len(dirs)} directories but --task_name lists "
+                            f"{len(names)} tasks; give one directory per task")
+        tasks = resolve_task_names(names, self.version_2_with_negative)
+        try:
+            seeds = tuple(int(s) for s in _split(self.seed, "seed"))
+        except ValueError:
+            raise UserError(f"--seed must be space-separated integers, got {self.seed!r}") from None
+        explicit = {k: getattr(self, k) for k in TABLE_KEYS}
+        common = {k: getattr(self, k) for k in COMMON_KEYS}
+        task_cfgs = tuple(resolve_task_config(t, d, explicit, common)
+                          for t, d in zip(tasks, dirs))
+        object.__setattr__(self, "tasks", task_cfgs)
+        object.__setattr__(self, "seeds", seeds)
+        object.__setattr__(self, "scheme",
+                           Scheme.parse(self.super_model) if self.super_model else None)
 
 
 # ---- data ---------------------------------------------------------------------------------------
@@ -244,7 +361,7 @@ class TaskModels:
     from the model directory once and kept on the CPU. It is never trained: every arch is
     fine-tuned in a dense copy of its slice (`inherit`), so the supernet stays pristine."""
 
-    def __init__(self, model_dir: Path, scheme: str | None):
+    def __init__(self, model_dir: Path, scheme: Scheme | None):
         self.model_dir, self.scheme = model_dir, scheme
         self._cache: dict[tuple, AutoTinyBertPreTrainedModel] = {}
 
@@ -390,47 +507,59 @@ def evaluate(model: AutoTinyBertPreTrainedModel, data: TaskData, features: Any, 
     return EvalOutcome(metrics, metrics[best_key(task)], 1000 * infer_s, batches)
 
 
-def finetune(supernet: AutoTinyBertPreTrainedModel, arch: Arch, data: TaskData, seed: int,
-             device: torch.device, fp16: bool = False, keep_best_model: bool = False,
-             on_eval: Callable[[dict[str, Any], EvalOutcome], None] | None = None,
-             progress: bool = True) -> FinetuneResult:
-    """Fine-tune the sub-model `arch` inherited from `supernet` on `data`, evaluating every
-    `eval_step` optimizer steps and after the last one; returns the best dev score."""
-    cfg = data.cfg
-    task = data.task
-    model = inherit(supernet, arch, seed, device)
-    torch.manual_seed(seed)  # dropout
-    order = torch.Generator().manual_seed(seed)  # data order
+@dataclass(frozen=True)
+class StepPlan:
+    """How many micro-batches and optimizer steps one fine-tuning runs."""
 
+    micro_batch_size: int   # train_batch_size / gradient_accumulation_steps
+    micro_per_epoch: int    # partial last batches are skipped, as the original
+    t_total: int            # optimizer steps (--max_steps, else epochs x steps per epoch)
+    warmup: int             # warm-up steps of the schedule
+
+
+def plan_steps(cfg: TaskConfig, n_train: int) -> StepPlan:
+    """Count the run's steps over `n_train` training features (SQuAD: windows)."""
     gas = cfg.gradient_accumulation_steps
     micro_bs = cfg.train_batch_size // gas
-    n = len(data.train)
-    micro_per_epoch = n // micro_bs  # partial last batches are skipped, as the original
+    micro_per_epoch = n_train // micro_bs
     steps_per_epoch = micro_per_epoch // gas
     if steps_per_epoch == 0:
-        raise UserError(f"{task}: the {n} training {'windows' if is_squad(task) else 'examples'} "
-                        f"do not fill one batch of {cfg.train_batch_size}")
+        raise UserError(f"{cfg.task}: the {n_train} training "
+                        f"{'windows' if is_squad(cfg.task) else 'examples'} do not fill one "
+                        f"batch of {cfg.train_batch_size}")
     t_total = cfg.max_steps or max(1, int(steps_per_epoch * cfg.num_train_epochs))
-    warmup = int(cfg.warmup_proportion * t_total)
-    optimizer = BertAdam(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
-                         eps=BERT_ADAM_EPS, weight_decay=cfg.weight_decay, max_grad_norm=1.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_linear(s, t_total, warmup))
-    scaler = torch.amp.GradScaler("cuda", enabled=fp16 and device.type == "cuda")
+    return StepPlan(micro_bs, micro_per_epoch, t_total, int(cfg.warmup_proportion * t_total))
 
-    result = FinetuneResult(None, None, 0.0, 0, 0, [])
-    best_score = -math.inf
-    best_state = None
+
+def make_schedule(model: torch.nn.Module, cfg: TaskConfig, plan: StepPlan,
+                  device: torch.device) -> tuple[BertAdam, torch.optim.lr_scheduler.LambdaLR]:
+    """The original evaluator's BertAdam (per-tensor clipping at 1.0) under its warm-up-linear
+    schedule."""
+    optimizer = make_optimizer(model, "bertadam", cfg.learning_rate, BERT_ADAM_EPS,
+                               cfg.weight_decay, max_grad_norm=1.0, device=device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_linear(s, plan.t_total, plan.warmup))
+    return optimizer, scheduler
+
+
+def train_steps(model: AutoTinyBertPreTrainedModel, data: TaskData, plan: StepPlan,
+                optimizer: BertAdam, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                order: torch.Generator, device: torch.device, fp16: bool,
+                bar: Any) -> Iterator[tuple[int, float]]:
+    """The training loop. Yields `(step, mean training loss so far)` after every optimizer
+    step at which the dev set is due (every `eval_step` steps, and the last step)."""
+    cfg = data.cfg
+    gas = cfg.gradient_accumulation_steps
+    n = len(data.train)
+    scaler = torch.amp.GradScaler("cuda", enabled=fp16 and device.type == "cuda")
     loss_sum, loss_steps = torch.zeros((), device=device), 0  # summed on the device: no sync
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    bar = tqdm(total=t_total, desc=f"{task} {arch.short()}", disable=not progress or None,
-               leave=False)
     step = micro = 0
-    while step < t_total:
+    while step < plan.t_total:
         perm = torch.randperm(n, generator=order)
-        for b in range(micro_per_epoch):
-            index = perm[b * micro_bs:(b + 1) * micro_bs]
+        for b in range(plan.micro_per_epoch):
+            index = perm[b * plan.micro_batch_size:(b + 1) * plan.micro_batch_size]
             batch = _batch(data.train, index, device, with_labels=True)
             with autocast(device, fp16):
                 loss = model(**batch).loss
@@ -446,58 +575,81 @@ def finetune(supernet: AutoTinyBertPreTrainedModel, arch: Arch, data: TaskData, 
             optimizer.zero_grad(set_to_none=True)
             step += 1
             bar.update(1)
-            if step % cfg.eval_step == 0 or step == t_total:
-                outcome = evaluate(model, data, data.dev, task, device, fp16, data.dev_examples)
-                result.infer_ms += outcome.infer_ms
-                result.infer_cnt += outcome.infer_batches
-                train_loss = float(loss_sum) / max(loss_steps, 1)
-                record = {**outcome.metrics, "global_step": step, "loss": train_loss,
-                          "cls_loss": train_loss,
-                          "infer_cnt": result.infer_cnt, "infer_time": result.infer_ms}
-                result.history.append(record)
-                if outcome.score > best_score:
-                    best_score = outcome.score
-                    if is_squad(task):
-                        result.best, result.em = outcome.metrics["f1"], outcome.metrics["em"]
-                    else:
-                        result.best = outcome.metrics[best_key(task)]
-                    result.best_predictions = outcome.predictions
-                    if keep_best_model:
-                        best_state = {k: v.detach().to("cpu", copy=True)
-                                      for k, v in model.state_dict().items()}
-                if on_eval is not None:
-                    on_eval(record, outcome)
-                bar.set_postfix(score=f"{outcome.score:.4g}")
-            if step >= t_total:
+            if step % cfg.eval_step == 0 or step == plan.t_total:
+                yield step, float(loss_sum) / max(loss_steps, 1)
+            if step >= plan.t_total:
                 break
+
+
+@dataclass
+class _Best:
+    """The best evaluation so far (and, if kept, the weights that made it)."""
+
+    score: float = -math.inf
+    state: dict[str, torch.Tensor] | None = None
+
+
+def record_evaluation(result: FinetuneResult, best: _Best, outcome: EvalOutcome, step: int,
+                      train_loss: float, task: str, model: AutoTinyBertPreTrainedModel,
+                      keep_best_model: bool) -> dict[str, Any]:
+    """Add one dev evaluation to `result`, keep it if it beats the best so far, and return the
+    record written to eval_results.txt."""
+    result.infer_ms += outcome.infer_ms
+    result.infer_cnt += outcome.infer_batches
+    record = {**outcome.metrics, "global_step": step, "loss": train_loss,
+              "cls_loss": train_loss, "infer_cnt": result.infer_cnt,
+              "infer_time": result.infer_ms}
+    result.history.append(record)
+    if outcome.score > best.score:
+        best.score = outcome.score
+        if is_squad(task):
+            result.best, result.em = outcome.metrics["f1"], outcome.metrics["em"]
+        else:
+            result.best = outcome.metrics[best_key(task)]
+        result.best_predictions = outcome.predictions
+        if keep_best_model:
+            best.state = {k: v.detach().to("cpu", copy=True)
+                          for k, v in model.state_dict().items()}
+    return record
+
+
+def finetune(supernet: AutoTinyBertPreTrainedModel, arch: Arch, data: TaskData, seed: int,
+             device: torch.device, fp16: bool = False, keep_best_model: bool = False,
+             on_eval: Callable[[dict[str, Any], EvalOutcome], None] | None = None,
+             progress: bool = True) -> FinetuneResult:
+    """Fine-tune the sub-model `arch` inherited from `supernet` on `data`, evaluating every
+    `eval_step` optimizer steps and after the last one; returns the best dev score."""
+    task = data.task
+    model = inherit(supernet, arch, seed, device)
+    torch.manual_seed(seed)  # dropout
+    order = torch.Generator().manual_seed(seed)  # data order
+    plan = plan_steps(data.cfg, len(data.train))
+    optimizer, scheduler = make_schedule(model, data.cfg, plan, device)
+
+    result = FinetuneResult(None, None, 0.0, 0, 0, [])
+    best = _Best()
+    bar = tqdm(total=plan.t_total, desc=f"{task} {arch.short()}", disable=not progress or None,
+               leave=False)
+    for step, train_loss in train_steps(model, data, plan, optimizer, scheduler, order, device,
+                                        fp16, bar):
+        outcome = evaluate(model, data, data.dev, task, device, fp16, data.dev_examples)
+        record = record_evaluation(result, best, outcome, step, train_loss, task, model,
+                                   keep_best_model)
+        if on_eval is not None:
+            on_eval(record, outcome)
+        bar.set_postfix(score=f"{outcome.score:.4g}")
+        result.global_step = step
     bar.close()
-    result.global_step = step
     if data.dev_mm is not None:
         # The original scores MNLI-mismatched once, with the final model.
         result.final_mm = evaluate(model, data, data.dev_mm, "mnli-mm", device, fp16).metrics
-    if keep_best_model and best_state is not None:
-        model.load_state_dict(best_state)
+    if keep_best_model and best.state is not None:
+        model.load_state_dict(best.state)
         result.best_model = model.cpu()
     return result
 
 
 # ---- the whole run ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RunConfig:
-    model: str
-    output_dir: str
-    tasks: tuple[TaskConfig, ...]
-    seeds: tuple[int, ...] = (42,)
-    arches_file: str | None = None
-    super_model: str | None = None
-    do_lower_case: bool = False
-    no_cuda: bool = False
-    fp16: bool = False
-    save_best_model: bool = False
-    cache_dir: str | None = None
-    progress: bool = True
-
-
 def pick_device(no_cuda: bool) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() and not no_cuda else "cpu")
 
@@ -510,11 +662,9 @@ def _arch_tag(arch: Arch) -> str:
     return arch.short().replace("/", "_")
 
 
-def run(cfg: RunConfig) -> list[TaskResult]:
-    """Evaluate every arch on every task for every seed; append one `subbert.results` block per
-    (seed, arch, task) as soon as it is known."""
-    model_dir = resolve_model_dir(cfg.model, need_weights=True)
-    config = load_config(model_dir, cfg.super_model)  # a --super_model contradiction fails here
+def load_archs(cfg: RunConfig, config: Any) -> list[Arch]:
+    """The archs to evaluate (--arches_file, de-duplicated, else the model's full arch), each
+    checked to fit the supernet."""
     if cfg.arches_file:
         archs = read_arch_file(cfg.arches_file)
         if not archs:
@@ -531,30 +681,52 @@ def run(cfg: RunConfig) -> list[TaskResult]:
         except UserError as err:
             where = f"{cfg.arches_file}: " if cfg.arches_file else ""
             raise UserError(f"{where}{err}") from None
-    for t in cfg.tasks:
+    return archs
+
+
+def check_sequence_lengths(tasks: tuple[TaskConfig, ...], config: Any) -> None:
+    for t in tasks:
         if t.max_seq_length > config.max_position_embeddings:
             raise UserError(f"{t.task}: max_seq_length {t.max_seq_length} exceeds the model's "
                             f"max_position_embeddings {config.max_position_embeddings} (pass "
                             f"--max_seq_length)")
-    device = pick_device(cfg.no_cuda)
-    fp16 = cfg.fp16
+
+
+def resolve_precision(device: torch.device, fp16: bool) -> bool:
+    """float16 only on a GPU; asked for on the CPU, it is warned about and dropped."""
     if fp16 and device.type != "cuda":
         warnings.warn("--fp16 needs a GPU: running in float32 on the CPU")
         logger.warning("--fp16 needs a GPU: running in float32 on the CPU")
-        fp16 = False
+        return False
+    return fp16
 
+
+def load_all_task_data(cfg: RunConfig, model_dir: Path) -> list[TaskData]:
+    """Every task's files read and tokenized before any training, so bad data fails fast."""
     tokenizer = load_tokenizer(model_dir, cfg.do_lower_case)
-    # Every task's files are read and tokenized before any training: bad data fails fast.
     vocab = model_dir / "vocab.txt"
     tok_id = f"{file_md5(vocab) if vocab.is_file() else 'bundled'}-lower{int(cfg.do_lower_case)}"
-    datas = [load_task_data(t, tokenizer, cfg.cache_dir, tok_id) for t in cfg.tasks]
+    datas = [load_task_data(t, tokenizer, cfg.cache_dir or None, tok_id) for t in cfg.tasks]
     for data in datas:
         logger.info("%s: %d train / %d dev %s", data.task, len(data.train), len(data.dev),
                     "windows" if is_squad(data.task) else "examples")
+    return datas
+
+
+def run(cfg: RunConfig) -> list[TaskResult]:
+    """Evaluate every arch on every task for every seed; append one `subbert.results` block per
+    (seed, arch, task) as soon as it is known."""
+    model_dir = resolve_model_dir(cfg.model, need_weights=True)
+    config = load_config(model_dir, cfg.scheme)  # a --super_model contradiction fails here
+    archs = load_archs(cfg, config)
+    check_sequence_lengths(cfg.tasks, config)
+    device = pick_device(cfg.no_cuda)
+    fp16 = resolve_precision(device, cfg.fp16)
+    datas = load_all_task_data(cfg, model_dir)
 
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    models = TaskModels(model_dir, cfg.super_model)
+    models = TaskModels(model_dir, cfg.scheme)
     results: list[TaskResult] = []
     logger.info("evaluating %d arch(s) x %d task(s) x %d seed(s) on %s (%s scheme)", len(archs),
                 len(datas), len(cfg.seeds), device, config.attention_scheme.upper())
@@ -569,6 +741,7 @@ def run(cfg: RunConfig) -> list[TaskResult]:
 def _run_one(cfg: RunConfig, models: TaskModels, arch: Arch, data: TaskData, seed: int,
              device: torch.device, fp16: bool, config, model_dir: Path, out_dir: Path,
              several: bool) -> TaskResult:
+    """Fine-tune one arch on one task for one seed and write everything it produced."""
     task = data.task
     model = models.get(data)
     tag = {"task": task, "seed": seed, "arch": str(arch)}
@@ -577,23 +750,9 @@ def _run_one(cfg: RunConfig, models: TaskModels, arch: Arch, data: TaskData, see
         append_text_durably(out_dir / EVAL_RESULTS_FILE, _format_kv({**record, **tag}))
 
     t0 = time.perf_counter()
-    res = finetune(model, arch, data, seed, device, fp16, keep_best_model=cfg.save_best_model,
-                   on_eval=on_eval, progress=cfg.progress)
-    if res.best_predictions is not None:
-        preds, nbest, odds = res.best_predictions
-        atomic_write_text(out_dir / "predictions.json", json.dumps(preds, indent=4) + "\n")
-        atomic_write_text(out_dir / "nbest_predictions.json", json.dumps(nbest, indent=4) + "\n")
-        if data.cfg.version_2:
-            atomic_write_text(out_dir / "null_odds.json", json.dumps(odds, indent=4) + "\n")
-    if res.final_mm is not None:
-        mm_dir = out_dir.parent / f"{out_dir.name}-MM"
-        append_text_durably(mm_dir / EVAL_RESULTS_FILE, _format_kv(
-            {**res.final_mm, "global_step": res.global_step, **tag, "task": "mnli-mm"}))
-    if cfg.save_best_model and res.best_model is not None:
-        name = f"{task}_seed{seed}" + (f"_{_arch_tag(arch)}" if several else "")
-        vocab = model_dir / "vocab.txt"
-        save_model(res.best_model, out_dir / name, vocab if vocab.is_file() else None,
-                   do_lower_case=cfg.do_lower_case)
+    res = finetune(model, arch, data, seed, device, fp16,
+                   keep_best_model=cfg.save_best_model, on_eval=on_eval, progress=cfg.progress)
+    _write_side_outputs(cfg, res, data, arch, seed, tag, model_dir, out_dir, several)
     result = TaskResult(task=task, arch=arch,
                         param_count=arch.param_count(config.vocab_size,
                                                      config.max_position_embeddings,
@@ -607,3 +766,24 @@ def _run_one(cfg: RunConfig, models: TaskModels, arch: Arch, data: TaskData, see
     logger.info("seed %d %s %s: best %s (%d steps, %.1f s)", seed, arch.short(), task, shown,
                 res.global_step, time.perf_counter() - t0)
     return result
+
+
+def _write_side_outputs(cfg: RunConfig, res: FinetuneResult, data: TaskData, arch: Arch,
+                        seed: int, tag: dict[str, Any], model_dir: Path, out_dir: Path,
+                        several: bool) -> None:
+    """SQuAD predictions of the best evaluation, MNLI-mismatched scores, the best model."""
+    if res.best_predictions is not None:
+        preds, nbest, odds = res.best_predictions
+        atomic_write_text(out_dir / "predictions.json", json.dumps(preds, indent=4) + "\n")
+        atomic_write_text(out_dir / "nbest_predictions.json", json.dumps(nbest, indent=4) + "\n")
+        if data.cfg.version_2:
+            atomic_write_text(out_dir / "null_odds.json", json.dumps(odds, indent=4) + "\n")
+    if res.final_mm is not None:
+        mm_dir = out_dir.parent / f"{out_dir.name}-MM"
+        append_text_durably(mm_dir / EVAL_RESULTS_FILE, _format_kv(
+            {**res.final_mm, "global_step": res.global_step, **tag, "task": "mnli-mm"}))
+    if cfg.save_best_model and res.best_model is not None:
+        name = f"{data.task}_seed{seed}" + (f"_{_arch_tag(arch)}" if several else "")
+        vocab = model_dir / "vocab.txt"
+        save_model(res.best_model, out_dir / name, vocab if vocab.is_file() else None,
+                   do_lower_case=cfg.do_lower_case)

@@ -14,18 +14,24 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
+from huggingface_hub import snapshot_download
+from safetensors.torch import load_file, save_file
+from transformers import BertTokenizer, BertTokenizerFast
 
+from .arch import Arch, Scheme, validate_arch
+from .cli import flag
 from .configuration import AutoTinyBertConfig
 from .errors import UserError
-from .io import file_digest, read_text
+from .io import atomic_path, file_digest, read_text, staging_dir
 from .modeling import (AutoTinyBertForMaskedLM, AutoTinyBertForQuestionAnswering,
                        AutoTinyBertForSequenceClassification, AutoTinyBertModel,
-                       AutoTinyBertPreTrainedModel)
-from superbert.io import atomic_path, staging_dir
+                       AutoTinyBertPreTrainedModel, extract_submodel)
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +64,6 @@ REMOTE_CODE_FILES = ("configuration.py", "layers.py", "modeling.py")
 
 def register_auto_classes() -> None:
     """Make transformers' Auto classes build our models for model_type "autotinybert"."""
-    import transformers
-
     try:
         transformers.AutoConfig.register("autotinybert", AutoTinyBertConfig)
     except ValueError:
@@ -128,8 +132,6 @@ def resolve_model_dir(name_or_path: str, need_weights: bool = False) -> Path:
 
 def _from_hf_cache(repo_id: str, need_weights: bool) -> Path | None:
     try:
-        from huggingface_hub import snapshot_download
-
         path = Path(snapshot_download(repo_id, local_files_only=True))
     except Exception:  # not cached, or not a valid repo id: the caller tries the next source
         return None
@@ -140,8 +142,6 @@ def _from_hf_cache(repo_id: str, need_weights: bool) -> Path | None:
 
 def _from_hub(repo_id: str) -> Path | None:
     try:
-        from huggingface_hub import snapshot_download
-
         return Path(snapshot_download(repo_id, allow_patterns=[
             "config.json", "vocab.txt", "tokenizer*", "special_tokens_map.json",
             "model.safetensors", "pytorch_model.bin"]))
@@ -182,19 +182,19 @@ def read_config_json(model_dir: str | os.PathLike) -> dict[str, Any]:
     if not Path(model_dir).is_dir():
         raise UserError(f"model directory not found: {model_dir}")
     path = Path(model_dir) / "config.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not path.exists():
         raise UserError(f"no config.json in {model_dir} (run setup_superbert_model.sh to make "
-                        f"a supernet directory)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                        f"a supernet directory)")
+    try:
+        data = json.loads(read_text(path, "model config"))
+    except json.JSONDecodeError as err:
         raise UserError(f"{path} is not valid JSON: {err}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path} does not hold a JSON object")
     return data
 
 
-def config_from_dict(data: dict[str, Any], scheme: str | None = None,
+def config_from_dict(data: dict[str, Any], scheme: str | Scheme | None = None,
                      source: str = "config") -> AutoTinyBertConfig:
     """An AutoTinyBertConfig from any BERT-like config dict, checked for consistency."""
     model_type = data.get("model_type", "bert")
@@ -211,18 +211,12 @@ def config_from_dict(data: dict[str, Any], scheme: str | None = None,
     fields = {k: data[k] for k in CONFIG_FIELDS if k in data and data[k] is not None}
     if "id2label" in fields:
         fields["id2label"] = {int(k): v for k, v in fields["id2label"].items()}
-    saved = str(data.get("attention_scheme", "")).lower() or None
-    if scheme is not None:
-        scheme = scheme.lower()
-        if saved and saved != scheme:
-            raise UserError(f"{source}: the model was trained with the {saved.upper()} attention "
-                            f"scheme, but {scheme.upper()} was requested (--kd / --super_model)")
-        fields["attention_scheme"] = scheme
-    elif saved:
-        fields["attention_scheme"] = saved
-    if fields.get("attention_scheme", "mlm") not in ("mlm", "kd"):
-        raise UserError(f"{source}: attention_scheme must be mlm or kd, "
-                        f"got {fields['attention_scheme']!r}")
+    try:
+        saved = Scheme.parse(data["attention_scheme"]) if data.get("attention_scheme") else None
+    except UserError as err:
+        raise UserError(f"{source}: attention_scheme: {err}") from None
+    # A plain str in the config (and config.json); a contradiction with `scheme` fails here.
+    fields["attention_scheme"] = Scheme.resolve(saved, scheme, what=source).value
     if fields.get("hidden_act", "gelu") not in ("gelu", "relu", "swish", "silu", "gelu_new"):
         raise UserError(f"{source}: unsupported hidden_act {fields['hidden_act']!r}")
     config = AutoTinyBertConfig(**fields)
@@ -232,7 +226,8 @@ def config_from_dict(data: dict[str, Any], scheme: str | None = None,
     return config
 
 
-def load_config(model_dir: str | os.PathLike, scheme: str | None = None) -> AutoTinyBertConfig:
+def load_config(model_dir: str | os.PathLike,
+                scheme: str | Scheme | None = None) -> AutoTinyBertConfig:
     """The config of a model directory; checks it against the directory's vocab.txt."""
     config = config_from_dict(read_config_json(model_dir), scheme, f"{model_dir}/config.json")
     vocab = Path(model_dir) / "vocab.txt"
@@ -245,8 +240,8 @@ def load_config(model_dir: str | os.PathLike, scheme: str | None = None) -> Auto
 
 
 def count_vocab(vocab_file: str | os.PathLike) -> int:
-    with open(vocab_file, "rb") as fh:
-        return sum(1 for _ in fh)
+    """The number of tokens of a vocab.txt (read as `read_vocab` reads it, errors included)."""
+    return len(read_vocab(vocab_file))
 
 
 # ---- weights -----------------------------------------------------------------------------------
@@ -257,8 +252,6 @@ def read_state_dict(model_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise UserError(f"no weights in {model_dir}: expected {' or '.join(WEIGHT_FILES)}")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt or truncated file: any reader error means "unreadable"
@@ -305,7 +298,8 @@ _NEW_OK = ("cls.", "classifier.", "qa_outputs.", "bert.pooler.", "bert.dense_fit
 
 
 def load_model(model_dir: str | os.PathLike, cls: type[AutoTinyBertPreTrainedModel] = AutoTinyBertForMaskedLM,
-               scheme: str | None = None, **config_overrides: Any) -> AutoTinyBertPreTrainedModel:
+               scheme: str | Scheme | None = None,
+               **config_overrides: Any) -> AutoTinyBertPreTrainedModel:
     """Build `cls` from a model directory's config and load its weights by name."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -390,8 +384,6 @@ def save_model(model: AutoTinyBertPreTrainedModel, out_dir: str | os.PathLike,
     vocab.txt + tokenizer files, and, when qkv_size != hidden_size, the model code for
     `trust_remote_code=True`.
     """
-    from safetensors.torch import save_file
-
     out_dir = Path(out_dir)
     vocab = _vocab_file(vocab_source)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -449,14 +441,10 @@ def load_tokenizer(model_dir_or_vocab: str | os.PathLike | None = None, do_lower
     """
     vocab = _vocab_file(model_dir_or_vocab)
     try:
-        from transformers import BertTokenizer
-
         if getattr(BertTokenizer, "__module__", "").endswith("tokenization_bert") and \
                 "TokenizersBackend" in [c.__name__ for c in BertTokenizer.__mro__]:
             tokenizer = BertTokenizer(vocab=str(vocab), do_lower_case=do_lower_case)
         else:  # transformers 4.x
-            from transformers import BertTokenizerFast
-
             tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=do_lower_case)
     except (OSError, ValueError, UnicodeDecodeError) as err:
         raise UserError(f"cannot build a tokenizer from {vocab}: {err}") from None
@@ -499,13 +487,31 @@ def make_supernet_dir(out_dir: str | os.PathLike, config: AutoTinyBertConfig,
 
 
 # ---- extraction to a directory -----------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class ExtractConfig:
+    """The extraction stage (submodel_extractor.py): its flags, declared once; `arch` is
+    parsed here (Python repr or JSON dict, or an Arch)."""
+
+    model: str = flag(help="supernet directory (config.json + weights)")
+    arch: Arch = flag(help="the sub-arch, as the original's dict (Python repr or JSON)")
+    output: str = flag(help="directory to write (created if missing)")
+    kd: bool = flag(False, help="the supernet uses the KD scheme (all heads, per-head slices); "
+                                "it is recorded in the supernet config, so this only "
+                                "double-checks it")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "arch", Arch.coerce(self.arch))
+
+    @property
+    def scheme(self) -> Scheme | None:
+        """The scheme asked for: KD with --kd, else whatever the supernet was saved with."""
+        return Scheme.KD if self.kd else None
+
+
 def extract_to_dir(model_dir: str | os.PathLike, arch: Any, output: str | os.PathLike,
-                   scheme: str | None = None) -> tuple[AutoTinyBertPreTrainedModel, Path]:
+                   scheme: str | Scheme | None = None) -> tuple[AutoTinyBertPreTrainedModel, Path]:
     """Slice `arch` out of the supernet in `model_dir` and save it as a complete directory
     (MLM head and dense_fit kept, so further training continues from them)."""
-    from .arch import Arch, validate_arch
-    from .modeling import extract_submodel
-
     arch = Arch.coerce(arch)
     model_dir, output = Path(model_dir), Path(output)
     if output.resolve() == model_dir.resolve():

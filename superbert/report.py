@@ -19,9 +19,16 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
+from transformers import AutoModelForMaskedLM
+from transformers.utils import logging as hf_logging
 
 from .arch import Arch, read_arch_file
+from .data import MaskingCollator, PretrainingDataset
 from .errors import UserError
+from .hf import load_config, load_model, read_vocab, resolve_model_dir
+from .io import atomic_path, atomic_write_text
+from .latency import LatencyPredictor, Timer, TimingProtocol
 from .results import fitness, parse_results
 
 logger = logging.getLogger(__name__)
@@ -58,14 +65,9 @@ def best_arch(evaluated: Sequence[Evaluated]) -> Evaluated:
 
 def plot_search_progress(path: str | os.PathLike, evaluated: Sequence[Evaluated]) -> Path:
     """Fitness of every evaluated arch per generation, with the best-so-far line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from superbert.io import atomic_path
-
     gens = sorted({e.generation for e in evaluated})
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))  # no pyplot: no global backend or figure registry to manage
+    ax = fig.subplots()
     xs = [e.generation for e in evaluated]
     ax.scatter(xs, [e.fitness for e in evaluated], alpha=0.6, label="evaluated arch")
     best, running = [], -math.inf
@@ -82,7 +84,6 @@ def plot_search_progress(path: str | os.PathLike, evaluated: Sequence[Evaluated]
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=100)
-    plt.close(fig)
     return path
 
 
@@ -96,9 +97,6 @@ def heldout_mlm_loss(model_dir: str | os.PathLike, data_dir: str | os.PathLike,
     The masks are a pure function of `seed` and the sequence index, so two models compared on
     the same data see exactly the same masked positions and replacements.
     """
-    from .data import MaskingCollator, PretrainingDataset, read_vocab
-    from .hf import load_model, resolve_model_dir
-
     model_dir = resolve_model_dir(str(model_dir), need_weights=True)
     model = load_model(model_dir).eval()
     vocab_file = model_dir / "vocab.txt"
@@ -129,8 +127,6 @@ def measure_speedup(config: Any, scheme: str, arch: Arch, base: Arch, threads: i
                     infer_cnt: int = 10, rounds: int = 3) -> tuple[float, float]:
     """(base ms, arch ms): both timed under the latency protocol, `rounds` interleaved rounds,
     median over all runs of each."""
-    from .latency import Timer, TimingProtocol
-
     timer = Timer(config, scheme, TimingProtocol(threads=threads, infer_cnt=infer_cnt))
     base_ms, arch_ms = [], []
     timer.time_reference(base)  # warms the process up; not counted
@@ -143,9 +139,6 @@ def measure_speedup(config: Any, scheme: str, arch: Arch, base: Arch, threads: i
 def load_with_transformers(model_dir: str | os.PathLike) -> tuple[str, int]:
     """Load a model directory through transformers' Auto classes, as a user would; returns
     (class name, parameters of the encoder: embeddings + layers + pooler, without dense_fit)."""
-    from transformers import AutoModelForMaskedLM
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()
     mlm = AutoModelForMaskedLM.from_pretrained(str(model_dir), trust_remote_code=True).eval()
     with torch.inference_mode():
@@ -257,9 +250,6 @@ def build_summary(results_file: str | os.PathLike, generation_files: Sequence[st
                   extra_plots: Sequence[str] = (), top: int = 5,
                   final_results: str | os.PathLike | None = None) -> Summary:
     """Gather everything the summary shows; see the module docstring."""
-    from .hf import load_config, resolve_model_dir
-    from .latency import LatencyPredictor
-
     evaluated = evaluated_archs(results_file, generation_files)
     chosen = best_arch(evaluated)
     config = load_config(resolve_model_dir(str(supernet_dir)))
@@ -303,8 +293,6 @@ def build_summary(results_file: str | os.PathLike, generation_files: Sequence[st
 
 def write_summary(summary: Summary, output_dir: str | os.PathLike) -> tuple[Path, Path]:
     """`summary.md` and `summary.json` under `output_dir` (atomic)."""
-    from superbert.io import atomic_write_text
-
     out = Path(output_dir)
     md, js = out / "summary.md", out / "summary.json"
     atomic_write_text(md, format_summary(summary))

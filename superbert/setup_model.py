@@ -2,11 +2,50 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
-from .arch import normalize_scheme
-from .cli import run_main
+from .arch import Scheme
+from .cli import add_flags, config_from_args, flag, run_main
 from .configuration import AutoTinyBertConfig
-from .hf import make_supernet_dir
+from .errors import UserError
+from .hf import _vocab_file, count_vocab, make_supernet_dir
+
+
+@dataclass(frozen=True, kw_only=True)
+class SetupConfig:
+    """The supernet directory's flags, declared once and checked in `__post_init__`."""
+
+    output: str = flag("experiments/models/superbert_model")
+    layers: int = flag(8, type=int)
+    hidden: int = flag(768, type=int)
+    heads: int = flag(12, type=int)
+    ffn: int = flag(3072, type=int)
+    qkv: int | None = flag(None, type=int, help="total Q/K/V width (default: hidden)")
+    max_position_embeddings: int = flag(512, type=int)
+    scheme: Scheme = flag("mlm", type=str.lower, choices=["mlm", "kd"],
+                          help="attention slicing the supernet will be trained with (MLM: "
+                               "first h heads; KD: all heads, leading qkv/H dims each)")
+    vocab: str | None = flag(None, help="vocab.txt to use (default: the bundled "
+                                        "bert-base-uncased vocab)")
+    force: bool = flag(False, help="overwrite a different existing config")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scheme", Scheme.parse(self.scheme))
+        for name in ("layers", "hidden", "heads", "ffn", "max_position_embeddings"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name} must be positive")
+        if self.qkv_size % self.heads:
+            raise UserError(f"--qkv {self.qkv_size} is not divisible by --heads {self.heads}")
+
+    @property
+    def qkv_size(self) -> int:
+        return self.qkv or self.hidden
+
+    def model_config(self, vocab_size: int) -> AutoTinyBertConfig:
+        return AutoTinyBertConfig(
+            vocab_size=vocab_size, hidden_size=self.hidden, num_hidden_layers=self.layers,
+            num_attention_heads=self.heads, intermediate_size=self.ffn, qkv_size=self.qkv_size,
+            max_position_embeddings=self.max_position_embeddings, attention_scheme=self.scheme)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,42 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write a SuperBERT model directory (config.json with qkv_size, vocab.txt, "
                     "tokenizer files) without network access. Defaults: the original's "
                     "8 layers / hidden 768 / 12 heads / FFN 3072 / qkv 768 / vocab 30522.")
-    p.add_argument("--output", default="experiments/models/superbert_model")
-    p.add_argument("--layers", type=int, default=8)
-    p.add_argument("--hidden", type=int, default=768)
-    p.add_argument("--heads", type=int, default=12)
-    p.add_argument("--ffn", type=int, default=3072)
-    p.add_argument("--qkv", type=int, default=None, help="total Q/K/V width (default: hidden)")
-    p.add_argument("--max_position_embeddings", type=int, default=512)
-    p.add_argument("--scheme", default="mlm", type=str.lower, choices=["mlm", "kd"],
-                   help="attention slicing the supernet will be trained with (MLM: first h "
-                        "heads; KD: all heads, leading qkv/H dims each)")
-    p.add_argument("--vocab", default=None,
-                   help="vocab.txt to use (default: the bundled bert-base-uncased vocab)")
-    p.add_argument("--force", action="store_true", help="overwrite a different existing config")
+    add_flags(p, SetupConfig)
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .errors import UserError
-    from .hf import count_vocab, _vocab_file
-
-    args = build_parser().parse_args(argv)
-    qkv = args.qkv or args.hidden
-    for name in ("layers", "hidden", "heads", "ffn", "max_position_embeddings"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name} must be positive")
-    if qkv % args.heads:
-        raise UserError(f"--qkv {qkv} is not divisible by --heads {args.heads}")
-    config = AutoTinyBertConfig(
-        vocab_size=count_vocab(_vocab_file(args.vocab)), hidden_size=args.hidden,
-        num_hidden_layers=args.layers, num_attention_heads=args.heads,
-        intermediate_size=args.ffn, qkv_size=qkv,
-        max_position_embeddings=args.max_position_embeddings,
-        attention_scheme=normalize_scheme(args.scheme))
-    out = make_supernet_dir(args.output, config, args.vocab, force=args.force)
-    print(f"wrote {out}/config.json and vocab.txt: {args.layers} layers, hidden {args.hidden}, "
-          f"{args.heads} heads, qkv {qkv}, FFN {args.ffn}, {args.scheme.upper()} scheme")
+    cfg = config_from_args(SetupConfig, build_parser().parse_args(argv))
+    config = cfg.model_config(count_vocab(_vocab_file(cfg.vocab)))
+    out = make_supernet_dir(cfg.output, config, cfg.vocab, force=cfg.force)
+    print(f"wrote {out}/config.json and vocab.txt: {cfg.layers} layers, hidden {cfg.hidden}, "
+          f"{cfg.heads} heads, qkv {cfg.qkv_size}, FFN {cfg.ffn}, {cfg.scheme.upper()} scheme")
 
 
 if __name__ == "__main__":

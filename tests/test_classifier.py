@@ -57,11 +57,10 @@ def cli(*argv: str) -> subprocess.CompletedProcess:
 
 
 def run_inproc(argv: list[str]):
-    from superbert_run_en_classifier import build_parser, config_from_args
+    from superbert_run_en_classifier import parse_config
     from superbert.finetune import run
 
-    cfg = config_from_args(build_parser().parse_args(argv))
-    return run(cfg)
+    return run(parse_config(argv))
 
 
 def test_readme_command_shape(tmp_path, supernet, data):
@@ -152,24 +151,23 @@ def test_kd_supernet_and_scheme_contradiction(tmp_path, data):
               "--arches_file", str(cands), *PROXY]
     res = run_inproc([*common, "--output_dir", str(tmp_path / "o1"), "--super_model", "KD"])
     assert res[0].best is not None
-    with pytest.raises(UserError, match="KD attention scheme, but MLM was requested"):
+    with pytest.raises(UserError, match="KD attention scheme, but MLM was asked for"):
         run_inproc([*common, "--output_dir", str(tmp_path / "o2"), "--super_model", "MLM"])
 
 
 def test_explicit_flags_override_task_defaults():
-    from superbert_run_en_classifier import build_parser, config_from_args
+    from superbert_run_en_classifier import parse_config
 
     base = ["--model", "m", "--output_dir", "o"]
-    cfg = config_from_args(build_parser().parse_args(
-        [*base, "--data_dir", "a b c", "--task_name", "mnli squad cola"]))
+    cfg = parse_config([*base, "--data_dir", "a b c", "--task_name", "mnli squad cola"])
     mnli, sq, cola = cfg.tasks
     assert (mnli.num_train_epochs, mnli.max_seq_length, mnli.learning_rate, mnli.eval_step,
             mnli.train_batch_size) == (4, 128, 3e-5, 500, 32)
     assert (sq.task, sq.max_seq_length, sq.train_batch_size) == ("squad1", 384, 16)
     assert (cola.max_seq_length, cola.learning_rate, cola.train_batch_size) == (64, 1e-5, 32)
-    cfg = config_from_args(build_parser().parse_args(
-        [*base, "--data_dir", "a b", "--task_name", "mnli squad", "--learning_rate", "1e-4",
-         "--train_batch_size", "8", "--version_2_with_negative", "1", "--seed", "1 2"]))
+    cfg = parse_config([*base, "--data_dir", "a b", "--task_name", "mnli squad",
+                        "--learning_rate", "1e-4", "--train_batch_size", "8",
+                        "--version_2_with_negative", "1", "--seed", "1 2"])
     assert [t.learning_rate for t in cfg.tasks] == [1e-4, 1e-4]
     assert [t.train_batch_size for t in cfg.tasks] == [8, 8]
     assert cfg.tasks[1].task == "squad2" and cfg.seeds == (1, 2)
@@ -227,7 +225,7 @@ def test_dense_copy_trains_like_the_slice_in_place(scheme):
     from helpers import tiny_config
     from superbert.finetune import init_head, inherit
     from superbert.modeling import AutoTinyBertForSequenceClassification, active_state_dict
-    from superbert.training import BertAdam, param_groups
+    from superbert.optim import BertAdam, param_groups
 
     torch.manual_seed(0)
     cfg = tiny_config(scheme, layers=2, hidden=32, heads=4, qkv=32, ffn=64, vocab_size=50,

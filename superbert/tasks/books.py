@@ -34,12 +34,13 @@ import logging
 import math
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from ..cli import flag
 from ..errors import UserError
-from superbert.io import atomic_path
+from ..io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -335,17 +336,32 @@ def write_corpus(path: Path, chapters: dict[str, list[Chapter]]) -> None:
                 f.write("\n".join(c.sentences) + "\n\n")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BookTasksConfig:
-    books_dir: Path = field(default_factory=default_books_dir)
-    seed: int = 42
-    dev_fraction: float = 0.2
-    train_examples: int = 2000
-    dev_examples: int = 500
-    sst2_books: tuple[str, str] = ("prideprejudice", "warofworlds")
-    mismatched_book: str = "twentythousandleagues"
-    context_sentences: int = 5
-    max_chapters_per_book: int | None = None
+    """make_book_tasks.py's flags (all but --output_dir), declared once."""
+
+    books_dir: Path = flag(default_books_dir(), type=Path, help="folder of books in corpus "
+                           "format, *.txt.gz or *.txt (default: data/books)")
+    seed: int = flag(42, type=int)
+    dev_fraction: float = flag(0.2, type=float, help="fraction of each book's chapters held "
+                               "out for dev (default %(default)s)")
+    train_examples: int = flag(2000, type=int,
+                               help="examples in each task's train file (default %(default)s)")
+    dev_examples: int = flag(500, type=int, help="examples in each dev file (default %(default)s)")
+    sst2_books: tuple[str, str] = flag(("prideprejudice", "warofworlds"), nargs=2,
+                                       metavar=("BOOK0", "BOOK1"),
+                                       help="the two books of the SST-2-style task (labels 0 "
+                                            "and 1; default %(default)s)")
+    mismatched_book: str = flag("twentythousandleagues", help="book used only for MNLI "
+                                "dev_mismatched (default %(default)s)")
+    context_sentences: int = flag(5, type=int, help="sentences per SQuAD context paragraph "
+                                  "(default %(default)s)")
+    max_chapters_per_book: int | None = flag(None, type=int, help="use only each book's first N "
+                                             "chapters (small smoke-test sets)")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "books_dir", Path(self.books_dir))
+        object.__setattr__(self, "sst2_books", tuple(self.sst2_books))
 
 
 def _md5(path: Path) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..io import read_text
 
 logger = logging.getLogger(__name__)
 
@@ -80,19 +81,10 @@ GLUE: dict[str, GlueTask] = {
 
 
 def read_tsv(path: str | os.PathLike) -> list[list[str]]:
-    """Rows of a tab-separated file, no quoting (as GLUE is distributed)."""
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as fh:
-            text = fh.read()
-    except FileNotFoundError:
-        raise UserError(f"GLUE file not found: {path}") from None
-    except IsADirectoryError:
-        raise UserError(f"{path} is a directory, expected a TSV file") from None
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
-    except OSError as err:
-        raise UserError(f"cannot read {path}: {err.strerror}") from None
-    return [line.rstrip("\r").split("\t") for line in text.split("\n") if line.strip()]
+    """Rows of a tab-separated file, no quoting (as GLUE is distributed); a leading BOM is
+    dropped."""
+    text = read_text(path, "GLUE file").removeprefix("\ufeff")
+    return [line.split("\t") for line in text.split("\n") if line.strip()]
 
 
 def split_file(task: GlueTask, split: str) -> str:

@@ -18,6 +18,8 @@ import string
 from typing import Mapping, Sequence
 
 import numpy as np
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import f1_score, matthews_corrcoef
 
 
 # ---- GLUE --------------------------------------------------------------------------------------
@@ -26,16 +28,12 @@ def simple_accuracy(preds: np.ndarray, labels: np.ndarray) -> float:
 
 
 def acc_and_f1(preds: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    from sklearn.metrics import f1_score
-
     acc = simple_accuracy(preds, labels)
     f1 = float(f1_score(y_true=labels, y_pred=preds, zero_division=0))
     return {"acc": acc, "f1": f1, "acc_and_f1": (acc + f1) / 2}
 
 
 def pearson_and_spearman(preds: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    from scipy.stats import pearsonr, spearmanr
-
     preds, labels = np.asarray(preds, dtype=np.float64), np.asarray(labels, dtype=np.float64)
     if np.ptp(preds) == 0 or np.ptp(labels) == 0:
         # A constant vector has no correlation; SciPy would warn and return NaN.
@@ -47,8 +45,6 @@ def pearson_and_spearman(preds: np.ndarray, labels: np.ndarray) -> dict[str, flo
 
 
 def matthews(preds: np.ndarray, labels: np.ndarray) -> float:
-    from sklearn.metrics import matthews_corrcoef
-
     return float(matthews_corrcoef(labels, preds))
 
 

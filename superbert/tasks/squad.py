@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..io import read_text
 
 logger = logging.getLogger(__name__)
 
@@ -47,14 +48,9 @@ def read_squad(path: str | os.PathLike, is_training: bool, version_2: bool,
     """Questions of a SQuAD JSON file, in file order. Training questions whose answer text is
     not at its `answer_start` are skipped with a warning (as the original did)."""
     path = Path(path)
+    text = read_text(path, "SQuAD file")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"SQuAD file not found: {path}") from None
-    except IsADirectoryError:
-        raise UserError(f"{path} is a directory, expected a SQuAD JSON file") from None
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path} is not UTF-8 text ({err.reason})") from None
+        data = json.loads(text)
     except json.JSONDecodeError as err:
         raise UserError(f"{path} is not valid JSON: {err.msg} at line {err.lineno}") from None
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
