@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import random
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Iterable, Iterator, Mapping
@@ -27,6 +29,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import numpy as np
 
 from .errors import UserError
+from .io import atomic_write_text, read_text
 
 class Scheme(StrEnum):
     """How a supernet's attention is sliced (see the module docstring). A `str`, so it is
@@ -212,28 +215,73 @@ def encoder_flops(layers, hidden, qkv, ffn, seq_len=128):
 
 
 # ---- reading and writing arch files -----------------------------------------------------------
-def read_arch_file(path: str) -> list[Arch]:
-    """Read a candidate / .cands file: one arch per line (repr or JSON), blank lines skipped."""
+def read_arch_file(path: str | os.PathLike, what: str = "arch file",
+                   missing_hint: str | None = None) -> list[Arch]:
+    """The archs of a candidate / .cands / arch file, in file order (duplicates kept; see
+    `unique`): one per line, repr or JSON in any key order, text after a tab ignored, blank
+    lines skipped. Streamed, since a candidate file can hold millions of lines; a bad line is
+    an error naming `path:line`, a missing file one naming `what` (and `missing_hint`)."""
+    archs: list[Arch] = []
     try:
         with open(path, encoding="utf-8") as fh:
-            lines = fh.readlines()
-    except FileNotFoundError:
-        raise UserError(f"arch file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"cannot read arch file {path}: {err}") from None
-    archs = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            archs.append(Arch.parse(line.split("\t")[0]))
-        except UserError as err:
-            raise UserError(f"{path}:{number}: {err}") from None
+            for number, line in enumerate(fh, 1):
+                if line.strip():
+                    archs.append(_parse_line(line.split("\t")[0].strip(), path, number))
+    except (OSError, UnicodeDecodeError):
+        raise _read_error(path, what, missing_hint) from None
     return archs
 
 
+def _parse_line(text: str, path: str | os.PathLike, number: int) -> Arch:
+    arch = _parse_canonical(text)
+    if arch is not None:
+        return arch
+    try:
+        return Arch.parse(text)
+    except UserError as err:
+        raise UserError(f"{path}:{number}: {err}") from None
+
+
+_KEY_RE = {k: re.compile(rf"'{k}': (\[[\d, ]*\]|\d+)") for k in KEYS}
+
+
+def _parse_canonical(text: str) -> Arch | None:
+    """A line in the canonical form `str(arch)`, read without literal_eval (large candidate
+    files); None for anything else, which `Arch.parse` then reads (or rejects)."""
+    vals = []
+    for rx in _KEY_RE.values():
+        m = rx.search(text)
+        if m is None:
+            return None
+        vals.append(m.group(1))
+    try:
+        layers, heads, qkv, hidden, ffn = (int(v.strip("[]").split(",")[0]) for v in vals)
+        arch = Arch(layers, hidden, heads, qkv, ffn)
+    except (ValueError, UserError):
+        return None
+    return arch if str(arch) == text else None  # exactly canonical: same value as Arch.parse
+
+
+def _read_error(path: str | os.PathLike, what: str, missing_hint: str | None) -> UserError:
+    """The UserError for an arch file that cannot be opened or decoded, worded by
+    `io.read_text` (the project's one wording of file-read errors)."""
+    try:
+        read_text(path, what)
+    except UserError as err:
+        if missing_hint and not os.path.exists(path):
+            return UserError(f"{err} ({missing_hint})")
+        return err
+    return UserError(f"cannot read {what} {path}")
+
+
 def format_arch_lines(archs: Iterable[Arch]) -> str:
+    """The file form of `archs`: one canonical line each (what `read_arch_file` reads)."""
     return "".join(f"{a}\n" for a in archs)
+
+
+def write_arch_file(path: str | os.PathLike, archs: Iterable[Arch]) -> None:
+    """Write `archs` one canonical line each, atomically."""
+    atomic_write_text(path, format_arch_lines(archs))
 
 
 def unique(archs: Iterable[Arch]) -> list[Arch]:
@@ -260,7 +308,7 @@ class SearchSpace:
     of the KD scheme. Both come from the supernet (`SearchSpace.for_supernet`).
     """
 
-    scheme: str = "mlm"
+    scheme: Scheme = Scheme.MLM
     layers: tuple[int, int] = (1, 8)
     hidden: tuple[int, int] = (128, 768)
     qkv: tuple[int, int] = (180, 768)
@@ -273,7 +321,7 @@ class SearchSpace:
     kd_heads: int = 12
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "scheme", normalize_scheme(self.scheme))
+        object.__setattr__(self, "scheme", Scheme.parse(self.scheme))
         for name in ("layers", "hidden", "qkv", "ffn", "heads"):
             rng = getattr(self, name)
             if len(rng) != 2:
@@ -290,13 +338,14 @@ class SearchSpace:
                             f"{self.kd_heads} heads divide")
 
     @classmethod
-    def for_supernet(cls, config: Any, scheme: str | None = None, **overrides: Any) -> "SearchSpace":
+    def for_supernet(cls, config: Any, scheme: str | Scheme | None = None,
+                     **overrides: Any) -> "SearchSpace":
         """The space of the seed README, clipped to what the supernet `config` can hold.
 
         Explicit `overrides` (from the `--*_space` / `--*_step` flags) win over the clipping,
         and `validate_against` then checks them.
         """
-        scheme = normalize_scheme(scheme or getattr(config, "attention_scheme", "mlm"))
+        scheme = Scheme.parse(scheme or getattr(config, "attention_scheme", Scheme.MLM))
         H = int(config.num_attention_heads)
         qkv_max = int(getattr(config, "qkv_size", None) or config.hidden_size)
         head_dim = qkv_max // H
@@ -323,18 +372,18 @@ class SearchSpace:
 
     def head_values(self) -> list[int]:
         """Head counts (MLM); the KD scheme has one, `kd_heads`."""
-        if self.scheme == "kd":
+        if self.scheme == Scheme.KD:
             return [self.kd_heads]
         return [h for h in _inclusive(*self.heads, 1)]
 
     def qkv_values(self) -> list[int]:
         """qkv sizes: head_dim * h for MLM, the qkv grid (divisible by the heads) for KD."""
-        if self.scheme == "mlm":
+        if self.scheme == Scheme.MLM:
             return [self.head_dim * h for h in self.head_values()]
         return [q for q in _inclusive(*self.qkv, self.qkv_step) if q % self.kd_heads == 0]
 
     def size(self) -> int:
-        n_attn = len(self.head_values()) if self.scheme == "mlm" else len(self.qkv_values())
+        n_attn = len(self.head_values()) if self.scheme == Scheme.MLM else len(self.qkv_values())
         return len(self.layer_values()) * len(self.hidden_values()) * len(self.ffn_values()) * n_attn
 
     def with_steps(self, hidden_step: int | None = None, ffn_step: int | None = None,
@@ -347,7 +396,7 @@ class SearchSpace:
     def sample(self, rng: random.Random) -> Arch:
         """One arch, each dimension uniform and independent, in the original's draw order."""
         L = rng.choice(self.layer_values())
-        if self.scheme == "kd":
+        if self.scheme == Scheme.KD:
             d = rng.choice(self.hidden_values())
             f = rng.choice(self.ffn_values())
             q = rng.choice(self.qkv_values())
@@ -374,7 +423,7 @@ class SearchSpace:
         L = np.asarray(self.layer_values())
         d = np.asarray(self.hidden_values())
         f = np.asarray(self.ffn_values())
-        if self.scheme == "kd":
+        if self.scheme == Scheme.KD:
             q = np.asarray(self.qkv_values())
             h = np.full_like(q, self.kd_heads)
         else:
@@ -404,7 +453,7 @@ class SearchSpace:
         out("layers", arch.layers, self.layers)
         out("hidden size", arch.hidden, self.hidden, self.hidden_step)
         out("FFN size", arch.ffn, self.ffn, self.ffn_step)
-        if self.scheme == "kd":
+        if self.scheme == Scheme.KD:
             if arch.heads != self.kd_heads:
                 raise UserError(f"arch {arch.short()}: the KD scheme keeps all {self.kd_heads} "
                                 f"heads, got {arch.heads}")
@@ -446,9 +495,9 @@ def add_space_args(parser: Any, original_defaults: bool) -> None:
                                 "clipped to the supernet)"))
 
 
-def validate_arch(arch: Arch, config: Any, scheme: str | None = None) -> None:
+def validate_arch(arch: Arch, config: Any, scheme: str | Scheme | None = None) -> None:
     """Check that `arch` can be sliced from the supernet described by `config`."""
-    scheme = normalize_scheme(scheme or getattr(config, "attention_scheme", "mlm"))
+    scheme = Scheme.parse(scheme or getattr(config, "attention_scheme", Scheme.MLM))
     H = int(config.num_attention_heads)
     qkv_max = int(getattr(config, "qkv_size", None) or config.hidden_size)
     limits = [("layers", arch.layers, int(config.num_hidden_layers)),
@@ -460,7 +509,7 @@ def validate_arch(arch: Arch, config: Any, scheme: str | None = None) -> None:
         if value > limit:
             raise UserError(f"arch {arch.short()}: {name} {value} exceeds the supernet's "
                             f"{limit}")
-    if scheme == "kd":
+    if scheme == Scheme.KD:
         if arch.heads != H:
             raise UserError(f"arch {arch.short()}: a KD supernet keeps all {H} heads "
                             f"(got {arch.heads}); the qkv size sets the head width")
