@@ -117,7 +117,7 @@ class PretrainConfig:
     kd: bool = flag(False, group=OBJECTIVE,
                     help="distillation objective (the default; contradicts --mlm_loss)")
     super_model: Scheme | None = flag(
-        None, group=OBJECTIVE, type=str.lower, choices=["mlm", "kd"],
+        None, group=OBJECTIVE, type=str.lower, choices=[s.value for s in Scheme],
         help="slicing scheme, must agree with the objective (default: MLM with --mlm_loss, "
              "else KD)")
     scratch: bool = flag(False, group=OBJECTIVE,
@@ -825,7 +825,8 @@ def load_run_teacher(cfg: PretrainConfig, env: DistEnv, vocab: Vocab) -> Teacher
     return teacher
 
 
-def build_student(cfg: PretrainConfig, model_dir: Path, teacher_width: int | None):
+def build_student(cfg: PretrainConfig, model_dir: Path, teacher_width: int | None
+                  ) -> tuple[AutoTinyBertForMaskedLM, Arch | None, SearchSpace | None]:
     """(model, fixed arch or None, search space or None) as the flags say."""
     if cfg.further_train:
         config = load_config(model_dir, cfg.super_model)
