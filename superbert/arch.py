@@ -28,6 +28,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
+from .cli import add_flags, flag
 from .errors import UserError
 from .io import atomic_write_text, read_text
 
@@ -386,12 +387,6 @@ class SearchSpace:
         n_attn = len(self.head_values()) if self.scheme == Scheme.MLM else len(self.qkv_values())
         return len(self.layer_values()) * len(self.hidden_values()) * len(self.ffn_values()) * n_attn
 
-    def with_steps(self, hidden_step: int | None = None, ffn_step: int | None = None,
-                   qkv_step: int | None = None) -> "SearchSpace":
-        kw = {k: v for k, v in dict(hidden_step=hidden_step, ffn_step=ffn_step,
-                                     qkv_step=qkv_step).items() if v is not None}
-        return SearchSpace(**{**self.__dict__, **kw})
-
     # ---- sampling, enumeration, membership ----
     def sample(self, rng: random.Random) -> Arch:
         """One arch, each dimension uniform and independent, in the original's draw order."""
@@ -484,15 +479,52 @@ ORIGINAL_SPACE = {"layer_num": SearchSpace.layers, "hidden_size": SearchSpace.hi
                   "head_num": SearchSpace.heads}
 
 
+def _space_flag(name: str, original_default: bool) -> Any:
+    return flag(ORIGINAL_SPACE[name] if original_default else None, nargs=2, type=int,
+                metavar=("MIN", "MAX"), help="inclusive range" + (
+                    "" if original_default else " (default: the seed README's, clipped to the "
+                    "supernet)"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpaceFlags:
+    """The `--{layer_num,hidden_size,qkv_size,intermediate_size,head_num}_space MIN MAX` flags,
+    the seed README's space by default; a stage's config inherits them."""
+
+    layer_num_space: tuple[int, int] | None = _space_flag("layer_num", True)
+    hidden_size_space: tuple[int, int] | None = _space_flag("hidden_size", True)
+    qkv_size_space: tuple[int, int] | None = _space_flag("qkv_size", True)
+    intermediate_size_space: tuple[int, int] | None = _space_flag("intermediate_size", True)
+    head_num_space: tuple[int, int] | None = _space_flag("head_num", True)
+
+    def __post_init__(self) -> None:
+        for name in SPACE_FLAGS:
+            value = getattr(self, f"{name}_space")
+            if value is not None:
+                object.__setattr__(self, f"{name}_space", tuple(value))
+
+    def space_ranges(self) -> dict[str, tuple[int, int] | None]:
+        """SearchSpace's keywords; None where the flag was left to the supernet."""
+        return dict(layers=self.layer_num_space, hidden=self.hidden_size_space,
+                    qkv=self.qkv_size_space, ffn=self.intermediate_size_space,
+                    heads=self.head_num_space)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SupernetSpaceFlags(SpaceFlags):
+    """The same flags, unset by default: the space is the seed README's clipped to the supernet."""
+
+    layer_num_space: tuple[int, int] | None = _space_flag("layer_num", False)
+    hidden_size_space: tuple[int, int] | None = _space_flag("hidden_size", False)
+    qkv_size_space: tuple[int, int] | None = _space_flag("qkv_size", False)
+    intermediate_size_space: tuple[int, int] | None = _space_flag("intermediate_size", False)
+    head_num_space: tuple[int, int] | None = _space_flag("head_num", False)
+
+
 def add_space_args(parser: Any, original_defaults: bool) -> None:
-    """The `--{layer_num,hidden_size,qkv_size,intermediate_size,head_num}_space MIN MAX` flags:
-    defaults are the seed README's space, or None (the caller clips to its supernet)."""
-    for name in SPACE_FLAGS:
-        default = list(ORIGINAL_SPACE[name]) if original_defaults else None
-        parser.add_argument(f"--{name}_space", nargs=2, type=int, default=default,
-                            metavar=("MIN", "MAX"), help="inclusive range" + (
-                                "" if original_defaults else " (default: the seed README's, "
-                                "clipped to the supernet)"))
+    """Declare the space flags on `parser`: defaults are the seed README's space, or None (the
+    caller clips to its supernet)."""
+    add_flags(parser, SpaceFlags if original_defaults else SupernetSpaceFlags)
 
 
 def validate_arch(arch: Arch, config: Any, scheme: str | Scheme | None = None) -> None:
@@ -524,8 +556,3 @@ def arch_of_config(config: Any) -> Arch:
     return Arch(layers=int(config.num_hidden_layers), hidden=int(config.hidden_size),
                 heads=int(config.num_attention_heads), qkv=qkv,
                 ffn=int(config.intermediate_size))
-
-
-def features_array(archs: Iterable[Arch]) -> np.ndarray:
-    return np.asarray([a.features() for a in archs], dtype=np.float64).reshape(-1, 4)
-
