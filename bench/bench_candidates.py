@@ -19,17 +19,16 @@ is predicted exactly: coarse 0.1 s + 0.4 s writing, fine 3.9 s + 13.8 s writing.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-
-from superbert.arch import SearchSpace
+from superbert.arch import Scheme, SearchSpace
 from superbert.latency import LatencyPredictor
-from superbert.search import (FINE_STEPS, ORIGINAL_STEPS, LatencyWindow, _dims,
-                              _features, enumerate_candidates, write_candidates)
+from superbert.search import (FINE_STEPS, ORIGINAL_STEPS, LatencyWindow, enumerate_candidates,
+                              write_candidates)
+from superbert.search.candidates import _dims, _features
 from superbert.cli import run_main, setup_logging
 
 
@@ -75,12 +74,12 @@ def main(argv=None):
     p.add_argument("--skip_fine", action="store_true")
     args = p.parse_args(argv)
     setup_logging()
-    pred = LatencyPredictor.load(args.ckpt_path, scheme=args.model.lower() if args.model else None)
-    scheme = pred.scheme or "kd"
+    pred = LatencyPredictor.load(args.ckpt_path, scheme=args.model)
+    scheme = pred.scheme or Scheme.KD
     window = LatencyWindow(pred.base_latency_ms, args.latency_constraint)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    print(f"predictor: {pred.describe()}, {scheme.upper()} scheme; {window.describe()}")
+    print(f"predictor: {pred.describe()}, {scheme.name} scheme; {window.describe()}")
     grids = [("coarse (16/32/12)", ORIGINAL_STEPS, 5.0)]
     if not args.skip_fine:
         grids.append(("fine (4/4/12)", FINE_STEPS, 120.0))

@@ -29,23 +29,21 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-
-from superbert.arch import FEATURE_NORM, LATENCY_NORM
-from superbert.latency import (BERT_BASE, _Drift, Timer, TimingProtocol, TrainConfig,
-                               collect_latency_dataset, dataset_arrays, load_supernet_config,
-                               read_latency_dataset, regression_metrics,
-                               train_from_dataset, train_predictor)
+from superbert.arch import FEATURE_NORM, LATENCY_NORM, SearchSpace
+from superbert.cli import run_main, setup_logging
+from superbert.latency import (BERT_BASE, Drift, LatencyConfig, Timer, TimingProtocol,
+                               TrainConfig, collect_latency_dataset, dataset_arrays,
+                               load_supernet_config, read_latency_dataset, regression_metrics,
+                               sample_archs, time_against_reference, train_from_dataset,
+                               train_predictor)
 from superbert.search import (ORIGINAL_STEPS, LatencyWindow, enumerate_candidates,
                               sample_generation)
-from superbert.arch import SearchSpace
-from superbert.cli import run_main, setup_logging
 
 
 def main(argv=None):
@@ -82,15 +80,16 @@ def main(argv=None):
     setup_logging()
     out = Path(args.out_dir)
     data = out / "lat.tmp"
-    protocol = TimingProtocol(infer_cnt=args.infer_cnt, clock=args.clock,
-                              drift_ref=not args.no_drift_ref, statistic=args.statistic)
-
+    dataset_cfg = LatencyConfig(output=str(data), num_archs=args.num_archs, seed=args.seed,
+                                passes=args.passes, infer_cnt=args.infer_cnt, clock=args.clock,
+                                statistic=args.statistic, drift_ref=not args.no_drift_ref,
+                                hidden_step=4, ffn_step=4)
+    protocol = dataset_cfg.protocol
     if args.drift_check:
         return drift_check(args.drift_check, protocol, args.seed)
     # 1. the dataset (the whole space on the training grid, every layer count)
     t0 = time.perf_counter()
-    _, side, _ = collect_latency_dataset(data, None, dict(hidden_step=4, ffn_step=4), protocol,
-                                         args.num_archs, False, args.seed, passes=args.passes)
+    _, side, _ = collect_latency_dataset(dataset_cfg)
     records = read_latency_dataset(data)
     archs, ms = dataset_arrays(records)
     print(f"dataset: {len(archs)} archs x {len(records) / len(archs):.3g} passes, {ms.min():.2f}.."
@@ -111,7 +110,7 @@ def main(argv=None):
     else:
         rng = random.Random(args.seed)
         idx = rng.sample(range(len(archs)), min(args.repeat, len(archs)))
-        drift = _Drift(timer) if side["protocol"].get("drift_ref") else None
+        drift = Drift(timer) if side["protocol"].get("drift_ref") else None
         again = []
         for i in idx:  # timed like the dataset: drift-corrected when the dataset is
             t = timer.time(archs[i]).ms
@@ -151,14 +150,13 @@ def main(argv=None):
     cands = enumerate_candidates(pred, space, window, progress=False)
     picked = sample_generation(cands.archs(), pred, window, args.n_searched,
                                random.Random(args.seed), fast=True)
-    base_now = timer.time(BERT_BASE).ms
+    timed = time_against_reference(timer, picked, BERT_BASE)
+    base_now = timed.reference_ms
     lo_x, hi_x = base_now / window.hi, base_now / window.lo
     print(f"{len(cands):,} candidates for {args.latency_constraint:g}x; BERT-base now "
           f"{base_now:.2f} ms; target speedup window {lo_x:.2f}x..{hi_x:.2f}x")
     devs = []
-    for a in picked:
-        m = timer.time(a).ms
-        x = base_now / m
+    for a, m, x in zip(timed.archs, timed.arch_ms, timed.speedups):
         dev = 0.0 if lo_x <= x <= hi_x else (x - hi_x) / hi_x if x > hi_x else (x - lo_x) / lo_x
         devs.append(dev)
         print(f"  {a.short():<26} predicted {pred.predict_one(a):7.2f} ms  measured {m:7.2f} ms  "
@@ -169,11 +167,9 @@ def main(argv=None):
 
 
 def drift_check(n: int, protocol: TimingProtocol, seed: int) -> None:
-    from superbert.latency import sample_archs
-
     config, scheme, _ = load_supernet_config(None)
     timer = Timer(config, scheme, protocol)
-    drift = _Drift(timer)
+    drift = Drift(timer)
     ref0 = drift.now()
     archs = sample_archs(SearchSpace(scheme=scheme), n, seed)
     passes = []

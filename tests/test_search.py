@@ -290,6 +290,7 @@ def test_latency_predictor_get_candidates(files, tmp_path):
 def test_measure_times_bert_base_around_the_archs(monkeypatch):
     """--measure: speedups come from timings, BERT-base before (warmed up) and after the archs."""
     import superbert.latency as latency
+    import superbert.search.measure as measure
     from superbert.search import measure_archs
 
     calls = []
@@ -307,7 +308,7 @@ def test_measure_times_bert_base_around_the_archs(monkeypatch):
             ms = 90.0 if arch == latency.BERT_BASE else 10.0 * arch.layers
             return latency.Timing(arch, ms, ms, 1)
 
-    monkeypatch.setattr(latency, "Timer", FakeTimer)
+    monkeypatch.setattr(measure, "Timer", FakeTimer)
     pred = LatencyPredictor(linear_predictor(), base_latency_ms=BASE_MS, scheme="kd")
     archs = [Arch(2, 256, 12, 192, 512), Arch(3, 256, 12, 192, 512)]
     base, rows = measure_archs(archs, pred, None, "kd", protocol=latency.TimingProtocol())

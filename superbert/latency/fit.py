@@ -1,0 +1,291 @@
+"""Fitting a latency predictor: the original's recipe, the split, the metrics, the plot.
+
+The MLP is trained as the original: Adam 1e-5, 5000 steps of 128 random training examples, MSE
+on ms / 200; seeded here. The cost model is fitted in closed form. Both are scored on a seeded
+80/10/10 split beside a FLOPs-proportional baseline fitted on the same training split.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from scipy.stats import kendalltau
+from torch import nn
+from tqdm import tqdm
+
+from ..arch import FEATURE_NORM, LATENCY_NORM, Arch, Scheme, SpaceFlags
+from ..cli import flag
+from ..errors import UserError
+from ..io import atomic_path
+from .dataset import dataset_arrays, read_latency_dataset, read_sidecar
+from .predictors import (ORIGINAL_BASE_LATENCY_MS, PREDICTOR_KINDS, CostModel, FlopsBaseline,
+                         LatencyMLP, LatencyPredictor)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    n: int
+    rmse_ms: float
+    mape: float  # percent
+    kendall_tau: float
+
+    def line(self) -> str:
+        return (f"RMSE {self.rmse_ms:.3f} ms, MAPE {self.mape:.2f}%, Kendall tau "
+                f"{self.kendall_tau:.4f} (n={self.n})")
+
+
+def regression_metrics(pred: np.ndarray, true: np.ndarray) -> Metrics:
+    pred, true = np.asarray(pred, dtype=np.float64), np.asarray(true, dtype=np.float64)
+    if len(true) == 0:
+        return Metrics(0, float("nan"), float("nan"), float("nan"))
+    tau = kendalltau(pred, true).statistic if len(true) > 1 else float("nan")
+    return Metrics(len(true), float(np.sqrt(np.mean((pred - true) ** 2))),
+                   float(100.0 * np.mean(np.abs(pred - true) / true)), float(tau))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    predictor: str = "mlp"  # the original MLP, or "cost": CostModel
+    feature_dim: int = 4
+    hidden_dim: int = 2000
+    hidden_layer_num: int = 3
+    train_steps: int = 5000
+    bsz: int = 128
+    lr: float = 1e-5
+    feature_norm: tuple[float, ...] = FEATURE_NORM
+    lat_norm: float = LATENCY_NORM
+    seed: int = 0
+    log_every: int = 100
+
+    def __post_init__(self) -> None:
+        if self.feature_dim != 4:
+            raise UserError(f"--feature_dim must be 4 (features [hidden, layers, mean FFN, mean "
+                            f"qkv]), got {self.feature_dim}")
+        if (len(self.feature_norm) != 4 or any(v <= 0 for v in self.feature_norm)
+                or self.lat_norm <= 0):
+            raise UserError("--feature_norm needs 4 positive values and --lat_norm a positive value")
+        if self.predictor not in PREDICTOR_KINDS:
+            raise UserError(f"--predictor must be one of {', '.join(PREDICTOR_KINDS)}, got "
+                            f"{self.predictor!r}")
+        for name in ("hidden_dim", "train_steps", "bsz"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name} must be at least 1")
+
+
+@dataclass
+class TrainReport:
+    train: Metrics
+    valid: Metrics
+    test: Metrics
+    flops_test: Metrics
+    flops: FlopsBaseline
+    test_archs: list[Arch]
+    test_true: np.ndarray
+    test_pred: np.ndarray
+    test_flops_pred: np.ndarray
+    seconds: float
+
+
+def split_indices(n: int, seed: int, fractions: tuple[float, float] = (0.8, 0.1)) -> tuple[np.ndarray, ...]:
+    """Shuffled train/valid/test indices, 80/10/10 (at least one test example when n >= 3)."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_train = int(round(fractions[0] * n))
+    n_valid = int(round(fractions[1] * n))
+    if n >= 3:
+        n_train = min(n_train, n - 2)
+        n_valid = max(1, min(n_valid, n - n_train - 1))
+    return order[:n_train], order[n_train:n_train + n_valid], order[n_train + n_valid:]
+
+
+def _train_mlp(X: torch.Tensor, Y: torch.Tensor, tr: np.ndarray, va: np.ndarray, cfg: TrainConfig,
+               rng: random.Random, progress: bool) -> LatencyMLP:
+    """The original's recipe: Adam, MSE on ms / lat_norm, random batches of the training split."""
+    model = LatencyMLP(cfg.feature_dim, cfg.hidden_dim, cfg.hidden_layer_num)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    loss_fn = nn.MSELoss()
+    train_list = tr.tolist()
+    bar = tqdm(range(cfg.train_steps), desc="training predictor", unit="step", disable=not progress)
+    for step in bar:
+        batch = rng.sample(train_list, min(cfg.bsz, len(train_list)))
+        model.train()
+        loss = loss_fn(model(X[batch]).squeeze(-1), Y[batch])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if len(va) and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.train_steps):
+            model.eval()
+            with torch.no_grad():
+                vloss = loss_fn(model(X[va]).squeeze(-1), Y[va]).item()
+            bar.set_postfix(train_loss=f"{loss.item():.3g}", valid_loss=f"{vloss:.3g}")
+    return model
+
+
+def train_predictor(archs: Sequence[Arch], ms: np.ndarray, cfg: TrainConfig = TrainConfig(),
+                    base_latency_ms: float | None = None, scheme: str | Scheme | None = None,
+                    meta: dict[str, Any] | None = None,
+                    progress: bool = True) -> tuple[LatencyPredictor, TrainReport]:
+    if len(archs) < 10:
+        raise UserError(f"the latency dataset holds {len(archs)} distinct archs; at least 10 are "
+                        f"needed for a train/valid/test split")
+    start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    ms = np.asarray(ms, dtype=np.float64)
+    tr, va, te = split_indices(len(archs), cfg.seed)
+    X = torch.tensor([a.features() for a in archs], dtype=torch.float32) / torch.tensor(cfg.feature_norm)
+    Y = torch.tensor(ms / cfg.lat_norm, dtype=torch.float32)
+    if cfg.predictor == "cost":
+        model = CostModel().fit(X[tr], Y[tr])
+    else:
+        model = _train_mlp(X, Y, tr, va, cfg, rng, progress)
+    meta = dict(meta or {})
+    meta.update(train_config=asdict(cfg))
+    pred = LatencyPredictor(model, tuple(cfg.feature_norm), cfg.lat_norm, base_latency_ms,
+                            scheme, meta)
+    all_pred = pred.predict(archs)
+    flops = FlopsBaseline.fit([archs[i] for i in tr], ms[tr])
+    test_archs = [archs[i] for i in te]
+    flops_pred = flops.predict(test_archs)
+    report = TrainReport(regression_metrics(all_pred[tr], ms[tr]),
+                         regression_metrics(all_pred[va], ms[va]),
+                         regression_metrics(all_pred[te], ms[te]),
+                         regression_metrics(flops_pred, ms[te]), flops, test_archs, ms[te],
+                         all_pred[te], flops_pred, time.perf_counter() - start)
+    pred.meta["metrics"] = {"test": asdict(report.test), "valid": asdict(report.valid),
+                            "flops_baseline_test": asdict(report.flops_test),
+                            "split": [len(tr), len(va), len(te)]}
+    return pred, report
+
+
+def plot_predictions(path: str | os.PathLike, true: np.ndarray, pred: np.ndarray,
+                     baseline: np.ndarray | None = None, title: str = "latency predictor") -> None:
+    """Predicted-vs-measured scatter (log axes), with the FLOPs baseline when given."""
+    fig = Figure(figsize=(5.5, 5))
+    ax = fig.subplots()
+    lo = float(min(np.min(true), np.min(pred))) * 0.9
+    hi = float(max(np.max(true), np.max(pred))) * 1.1
+    if baseline is not None:
+        ax.scatter(true, baseline, s=10, alpha=0.5, label="FLOPs baseline", color="tab:gray")
+    ax.scatter(true, pred, s=10, alpha=0.8, label="MLP predictor", color="tab:blue")
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("measured latency (ms)")
+    ax.set_ylabel("predicted latency (ms)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=120)
+
+
+def train_from_dataset(dataset: str | os.PathLike, ckpt_path: str | os.PathLike, cfg: TrainConfig,
+                       base_latency_ms: float | None = None, scheme: str | Scheme | None = None,
+                       plot: str | os.PathLike | None = None,
+                       progress: bool = True) -> tuple[LatencyPredictor, TrainReport]:
+    """Train on a `lat.tmp` (+ sidecar), save `time.pt`, optionally plot the test split."""
+    records = read_latency_dataset(dataset)
+    sidecar = read_sidecar(dataset)
+    archs, ms = dataset_arrays(records)
+    if len(records) != len(archs):
+        logger.info("%d repeated timings averaged", len(records) - len(archs))
+    saved_scheme = sidecar.get("scheme") if sidecar else None
+    if scheme or saved_scheme:
+        scheme = Scheme.resolve(saved_scheme, scheme, what=f"the latency dataset {dataset}")
+    if base_latency_ms is None and sidecar:
+        base_latency_ms = sidecar.get("base_latency_ms")
+    if base_latency_ms is None:
+        base_latency_ms = ORIGINAL_BASE_LATENCY_MS[scheme or Scheme.MLM]
+        logger.warning("%s has no sidecar with a measured BERT-base latency: recording the "
+                       "original's %.0f ms (authors' CPU); pass --base_latency with the value "
+                       "measured on this machine", dataset, base_latency_ms)
+    meta = {"dataset": str(dataset), "n_archs": len(archs),
+            "timing": {k: sidecar[k] for k in ("machine", "protocol", "timing_subject", "base_arch")
+                       if k in sidecar} if sidecar else None}
+    predictor, report = train_predictor(archs, ms, cfg, base_latency_ms, scheme, meta, progress)
+    predictor.save(ckpt_path)
+    if plot:
+        plot_predictions(plot, report.test_true, report.test_pred, report.test_flops_pred,
+                         title=f"latency predictor, test split (n={report.test.n})")
+    return predictor, report
+
+
+# ---- latency_predictor.py's flags ---------------------------------------------------------------
+MLP_ONLY = ("hidden_dim", "hidden_layer_num", "train_steps", "bsz", "lr")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PredictorConfig(SpaceFlags):
+    """latency_predictor.py: train a predictor on a dataset, or (--get_candidates) list the
+    archs a trained one places in the latency window."""
+
+    lat_dataset_path: str = flag("./latency_dataset/lat.tmp",
+                                 help="latency dataset written by inference_time_evaluation.py")
+    ckpt_path: str = flag("latency_dataset/ckpts/time.pt",
+                          help="where time.pt is saved (training) or read (--get_candidates)")
+    feature_norm: tuple[float, ...] | None = flag(
+        None, nargs=4, type=float, metavar=("D", "L", "F", "Q"),
+        help=f"feature divisors (default {list(FEATURE_NORM)})")
+    lat_norm: float | None = flag(None, type=float,
+                                  help=f"latency divisor in ms (default {LATENCY_NORM:g})")
+    predictor: str = flag("mlp", choices=list(PREDICTOR_KINDS),
+                          help="mlp: the original's MLP; cost: least squares on per-layer cost "
+                               "terms (L*d*f, L*d*q, L*d, L*f, L*q, L, d, 1), exact enumeration "
+                               "on any grid")
+    feature_dim: int | None = flag(None, type=int, help="default 4")
+    hidden_dim: int | None = flag(None, type=int, help="default 2000")
+    hidden_layer_num: int | None = flag(None, type=int, help="default 3")
+    train_steps: int | None = flag(None, type=int, help="MLP only (default 5000)")
+    bsz: int | None = flag(None, type=int, help="MLP only (default 128)")
+    lr: float | None = flag(None, type=float, help="MLP only (default 1e-5)")
+    seed: int = flag(0, type=int, help="split, initialisation and batches")
+    base_latency: float | None = flag(
+        None, type=float, help="BERT-base latency (ms) to record (default: the one measured in "
+                               "the dataset's sidecar)")
+    plot: str | None = flag(None, metavar="PNG",
+                            help="write a predicted-vs-measured plot of the test split")
+    get_candidates: bool = flag(False, help="list candidates instead of training")
+    model: str | None = flag(None, type=str.upper, choices=["MLM", "KD"],
+                             help="attention scheme (default: the one recorded in the dataset / "
+                                  "time.pt)")
+    candidate_file: str = flag("", help="output of --get_candidates")
+    latency_constraint: float = flag(7, type=float, help="target speedup vs BERT-base")
+    lat_min_ratio: float = flag(0.85, type=float)
+    lat_max_ratio: float = flag(1.1, type=float)
+    no_progress: bool = flag(False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.feature_norm is not None:
+            object.__setattr__(self, "feature_norm", tuple(self.feature_norm))
+        if self.get_candidates:
+            if not self.candidate_file:
+                raise UserError("--get_candidates needs --candidate_file")
+            return
+        given = [f"--{k}" for k in MLP_ONLY if getattr(self, k) is not None]
+        if self.predictor == "cost" and given:
+            raise UserError(f"{', '.join(given)}: for --predictor mlp only (the cost model is "
+                            f"fitted in closed form)")
+        self.train_config()  # TrainConfig validates the recipe
+
+    @property
+    def scheme(self) -> Scheme | None:
+        return Scheme.parse(self.model) if self.model else None
+
+    def train_config(self) -> TrainConfig:
+        """The training recipe; flags left unset take TrainConfig's defaults (the original's)."""
+        given = {k: getattr(self, k) for k in ("feature_dim", *MLP_ONLY)
+                 if getattr(self, k) is not None}
+        return TrainConfig(predictor=self.predictor,
+                           feature_norm=tuple(self.feature_norm or FEATURE_NORM),
+                           lat_norm=self.lat_norm or LATENCY_NORM, seed=self.seed, **given)
