@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -454,22 +454,25 @@ def _as_int64(x: Any) -> np.ndarray:
 
 
 # ---- timing ------------------------------------------------------------------------------------
-def time_onnx(path: str | os.PathLike, protocol: Any = None, arch: Arch | None = None,
-              runs: int | None = None, warmup: int | None = None):
-    """Time an ONNX file under `latency.TimingProtocol` (the torch backend's protocol: threads,
-    batch x seq_len of the timing token, warm-up, `infer_cnt` timed runs, wall or CPU clock,
-    median or min). Returns a `latency.Timing`; `arch` defaults to the sidecar's."""
+def time_onnx(path: "str | os.PathLike | OrtModel", protocol: Any = None,
+              arch: Arch | None = None, runs: int | None = None, warmup: int | None = None):
+    """Time an ONNX file (or an open `OrtModel` with the protocol's threads) under
+    `latency.TimingProtocol`, the torch backend's protocol: threads, batch x seq_len of the
+    timing token, `warmup` untimed and `infer_cnt` timed runs, wall or CPU clock, median or
+    min. Returns a `latency.Timing`; `arch` defaults to the sidecar's."""
     from .latency import TIMING_TOKEN_ID, Timing, TimingProtocol
 
     protocol = protocol or TimingProtocol()
     if protocol.subject != "extracted":
         raise UserError("an ONNX file holds an extracted model; the sliced-supernet subject "
                         "(--time_supernet) is for the torch backend only")
-    model = OrtModel(path, protocol.threads)
+    model = path if isinstance(path, OrtModel) else OrtModel(path, protocol.threads)
+    if model.threads != protocol.threads:
+        raise ValueError(f"session has {model.threads} threads, the protocol {protocol.threads}")
     meta = model.meta or {}
     if arch is None:
         if "arch" not in meta:
-            raise UserError(f"{path} has no sidecar naming its arch; pass the arch")
+            raise UserError(f"{model.path} has no sidecar naming its arch; pass the arch")
         arch = Arch.parse(meta["arch"])
     vocab = int(meta.get("vocab_size", TIMING_TOKEN_ID + 1))
     positions = meta.get("max_position_embeddings")
@@ -491,19 +494,73 @@ def time_onnx(path: str | os.PathLike, protocol: Any = None, arch: Arch | None =
                   float(np.min(times)), protocol.statistic)
 
 
-def time_model_onnx(model: nn.Module, arch: Arch, protocol: Any = None, int8: bool = False,
-                    opset: int = DEFAULT_OPSET):
-    """Export an in-memory model (e.g. `latency.Timer.build(arch)`, random weights) to a
-    temporary file, optionally quantise it, and time it with `time_onnx`: the onnxruntime
-    backends of the latency dataset."""
-    with tempfile.TemporaryDirectory(prefix="superbert-onnx-") as tmp:
-        path = Path(tmp) / "model.onnx"
-        outputs = export_model(model, path, Head.ENCODER, opset)
-        if int8:
+BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8")
+
+
+class OnnxTimingBackend:
+    """The onnxruntime backends of the latency dataset: an arch's model (random weights:
+    latency depends on shapes only) is exported once, quantised for "onnxruntime-int8", and
+    timed with `time_onnx`. The graphs of the last `keep` archs stay in a temporary directory,
+    so a reference timed between every arch is not re-exported; `close()` removes them."""
+
+    def __init__(self, backend: str = "onnxruntime", opset: int = DEFAULT_OPSET, keep: int = 2):
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1, got {keep}")
+        if backend not in BACKENDS[1:]:
+            raise UserError(f"unknown ONNX backend {backend!r}: expected one of "
+                            f"{', '.join(BACKENDS[1:])}")
+        require_onnx()
+        self.backend, self.int8, self.opset, self.keep = backend, backend.endswith("int8"), opset, keep
+        self._tmp = tempfile.TemporaryDirectory(prefix="superbert-onnx-")
+        # arch -> its graph and open session; insertion order = least recently used first
+        self._models: dict[Arch, OrtModel] = {}
+        self._count = 0
+
+    def info(self) -> dict[str, Any]:
+        """For the dataset sidecar: backend, precision, opset, runtime version and providers."""
+        return {"backend": self.backend, "precision": "int8" if self.int8 else "fp32",
+                "opset": self.opset, "exporter": EXPORTER, **ort_info()}
+
+    def session(self, arch: Arch, build: Callable[[], nn.Module], threads: int) -> OrtModel:
+        """The session of `arch`, exported from `build()` unless it is among the last kept."""
+        if arch in self._models and self._models[arch].threads == threads:
+            self._models[arch] = self._models.pop(arch)
+            return self._models[arch]
+        self._models.pop(arch, None)
+        while len(self._models) >= self.keep:
+            old = self._models.pop(next(iter(self._models))).path
+            for f in old.parent.glob(old.name.split(".")[0] + ".*"):
+                f.unlink()
+        model = build()
+        self._count += 1
+        path = Path(self._tmp.name) / f"arch{self._count}.onnx"
+        outputs = export_model(model, path, Head.ENCODER, self.opset)
+        if self.int8:
             quantize_int8(path, int8_path(path))
+            path.unlink()
             path = int8_path(path)
         # The sidecar tells time_onnx the vocab (timing token) and the position limit.
-        meta = _sidecar(model, Path(tmp), path.name, Head.ENCODER, outputs, opset,
-                        "int8" if int8 else "fp32")
+        meta = _sidecar(model, Path("<in memory>"), path.name, Head.ENCODER, outputs,
+                        self.opset, "int8" if self.int8 else "fp32")
         sidecar_path(path).write_text(json.dumps(meta))
-        return time_onnx(path, protocol, arch)
+        self._models[arch] = OrtModel(path, threads)
+        return self._models[arch]
+
+    def time(self, arch: Arch, build: Callable[[], nn.Module], protocol: Any = None,
+             runs: int | None = None, warmup: int | None = None):
+        """`arch` timed under `protocol` (a `latency.Timing`); `build()` makes its model."""
+        from .latency import TimingProtocol
+
+        protocol = protocol or TimingProtocol()
+        session = self.session(arch, build, protocol.threads)
+        return time_onnx(session, protocol, arch, runs=runs, warmup=warmup)
+
+    def close(self) -> None:
+        self._models.clear()
+        self._tmp.cleanup()
+
+    def __enter__(self) -> "OnnxTimingBackend":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

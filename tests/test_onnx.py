@@ -3,6 +3,7 @@ the extracted torch model computes, at batch and sequence sizes it was not trace
 import json
 import random
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -224,17 +225,33 @@ def test_time_onnx_follows_the_timing_protocol(supernets, tmp_path):
     assert "CPUExecutionProvider" in info["providers"] and info["ort_version"]
 
 
-def test_time_model_onnx_times_an_in_memory_model(supernets):
+def test_onnx_timing_backend_exports_each_arch_once(supernets, monkeypatch):
     from superbert.hf import load_config
     from superbert.modeling import sub_config
 
-    arch = Arch(1, 24, 4, 24, 48)
-    config = sub_config(load_config(supernets["kd"]), arch)
-    config.vocab_size = 5000  # below the timing token: the last id is used instead
-    model = AutoTinyBertModel(config).eval()
-    for int8 in (False, True):
-        t = deploy.time_model_onnx(model, arch, TimingProtocol(infer_cnt=2, seq_len=8), int8=int8)
-        assert t.arch == arch and t.runs == 2 and t.ms > 0
+    base = load_config(supernets["kd"])
+    base.vocab_size = 5000  # below the timing token: the last id is used instead
+    built = []
+
+    def build(arch):
+        built.append(arch)
+        return AutoTinyBertModel(sub_config(base, arch)).eval()
+
+    a, b, c = Arch(1, 24, 4, 24, 48), Arch(1, 32, 4, 48, 64), Arch(2, 16, 4, 16, 32)
+    protocol = TimingProtocol(infer_cnt=2, seq_len=8)
+    for backend in ("onnxruntime", "onnxruntime-int8"):
+        built.clear()
+        with deploy.OnnxTimingBackend(backend, keep=2) as timer:
+            for arch in (a, b, a, c, a, b):
+                t = timer.time(arch, lambda: build(arch), protocol)
+                assert t.arch == arch and t.runs == 2 and t.ms > 0
+            assert built == [a, b, c, b]  # a stays among the last two used; b was dropped
+            assert len(list(Path(timer._tmp.name).glob("*.onnx"))) == 2
+            assert timer.info()["precision"] == ("int8" if backend.endswith("int8") else "fp32")
+            tmp = Path(timer._tmp.name)
+        assert not tmp.exists()
+    with pytest.raises(UserError, match="unknown ONNX backend"):
+        deploy.OnnxTimingBackend("tensorrt")
 
 
 # ---- user errors -------------------------------------------------------------------------------
