@@ -21,8 +21,9 @@ Files written by `export_onnx(model_dir)` (beside the weights unless `out_path` 
 
 The exporter is torch's TorchScript tracer (`torch.onnx.export(dynamo=False)`): it works offline
 with torch alone, while the dynamo exporter needs onnxscript. The tracer puts the module in eval
-mode and then restores the mode of the module it was given, recursively: it is handed a wrapper
-that is itself in eval mode, so the model stays in eval afterwards.
+mode and afterwards restores the mode of the module it was given, recursively (a wrapper left in
+training mode would switch dropout on in the model it wraps); `export_model` restores the
+model's own mode itself.
 
 `time_onnx` times an ONNX file under `latency.TimingProtocol` (threads, batch x seq of token
 9333, warm-up, timed runs, median/min, wall/cpu clock), so its numbers sit beside the torch
@@ -192,6 +193,11 @@ def example_inputs(batch: int, seq: int, vocab_size: int, seed: int = 0,
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
 
+def check_opset(opset: int) -> None:
+    if opset not in OPSETS:
+        raise UserError(f"opset {opset} is not supported: choose {OPSETS.start}..{OPSETS.stop - 1}")
+
+
 def export_model(model: nn.Module, path: str | os.PathLike, head: Head | str | None = None,
                  opset: int = DEFAULT_OPSET) -> tuple[str, ...]:
     """Trace an in-memory model to an ONNX file at `path` (written in place: callers stage it).
@@ -201,8 +207,7 @@ def export_model(model: nn.Module, path: str | os.PathLike, head: Head | str | N
     """
     require_onnx()
     head = Head.parse(head)
-    if opset not in OPSETS:
-        raise UserError(f"opset {opset} is not supported: choose {OPSETS.start}..{OPSETS.stop - 1}")
+    check_opset(opset)
     outputs = output_names(model, head)
     axes: dict[str, dict[int, str]] = {n: {0: "batch", 1: "sequence"} for n in INPUT_NAMES}
     for name in outputs:
@@ -210,15 +215,19 @@ def export_model(model: nn.Module, path: str | os.PathLike, head: Head | str | N
                                                                                1: "sequence"}
     # Batch and sequence differ, so the tracer cannot mistake one for the other.
     example = example_inputs(2, 7, int(model.config.vocab_size), pad_from=5)
+    was_training = model.training
     graph = _Graph(model, outputs).eval()
-    with warnings.catch_warnings(), torch.no_grad():
-        # TracerWarnings about Python branches on sizes fixed by the config, and the
-        # deprecation notice of the TorchScript exporter.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(graph, tuple(example[n] for n in INPUT_NAMES), str(path), dynamo=False,
-                          opset_version=opset, input_names=list(INPUT_NAMES),
-                          output_names=list(outputs), dynamic_axes=axes,
-                          do_constant_folding=True)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            # TracerWarnings about Python branches on sizes fixed by the config, and the
+            # deprecation notice of the TorchScript exporter.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(graph, tuple(example[n] for n in INPUT_NAMES), str(path),
+                              dynamo=False, opset_version=opset, input_names=list(INPUT_NAMES),
+                              output_names=list(outputs), dynamic_axes=axes,
+                              do_constant_folding=True)
+    finally:
+        model.train(was_training)
     return outputs
 
 
@@ -291,8 +300,7 @@ def export_onnx(model_dir: str | os.PathLike, out_path: str | os.PathLike | None
         fp32 = fp32 / "model.onnx"
     if fp32.suffix != ".onnx":
         raise UserError(f"the ONNX output must end in .onnx, got {fp32}")
-    if opset not in OPSETS:
-        raise UserError(f"opset {opset} is not supported: choose {OPSETS.start}..{OPSETS.stop - 1}")
+    check_opset(opset)
     model = load_for_export(model_dir, head)
     q8 = int8_path(fp32) if int8 else None
     with staging_dir(fp32) as tmp:
@@ -319,6 +327,12 @@ def export_onnx(model_dir: str | os.PathLike, out_path: str | os.PathLike | None
             os.replace(tmp / name, fp32.parent / name)
         for name in metas:
             os.replace(sidecar_path(tmp / name), sidecar_path(fp32.parent / name))
+    stale = int8_path(fp32)
+    if q8 is None and stale.exists():
+        # An INT8 graph of an earlier export would sit beside a FP32 graph it no longer matches.
+        logger.info("removing %s, left by an earlier export", stale)
+        stale.unlink()
+        sidecar_path(stale).unlink(missing_ok=True)
     logger.info("wrote %s%s (%s, opset %d, max |onnx - torch| %.2g)", fp32,
                 f" and {q8.name}" if q8 else "", head.value, opset, meta["max_abs_diff_vs_torch"])
     return OnnxFiles(fp32, q8, tuple(sidecar_path(fp32.parent / n) for n in metas))

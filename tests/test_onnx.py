@@ -81,6 +81,10 @@ def test_encoder_matches_torch_on_padded_batches_of_new_lengths(supernets, schem
     files = export_onnx(model_dir)
     assert files.fp32 == model_dir / "model.onnx" and files.int8 is None
     torch_model = load_model(model_dir, AutoTinyBertModel)
+    torch_model.train()
+    deploy.export_model(torch_model, tmp_path / "again.onnx")
+    assert torch_model.training  # its mode is restored
+    torch_model.eval()
     session = OrtModel(files.fp32, threads=1)
     # Traced at batch 2 x 7: other batch sizes and lengths run through the same graph.
     for B, T in ((3, 13), (1, 40), (4, 5)):
@@ -205,6 +209,9 @@ def test_int8_is_written_runs_and_stays_close(supernets, tmp_path):
     cosine = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
     assert cosine > 0.9, cosine
     assert not np.array_equal(a, b)  # it really is another graph
+    # Exporting FP32 alone again removes the INT8 graph that no longer matches it.
+    export_onnx(model_dir)
+    assert not files.int8.exists() and not deploy.sidecar_path(files.int8).exists()
 
 
 def test_time_onnx_follows_the_timing_protocol(supernets, tmp_path):
