@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from superbert.arch import Scheme
 from superbert.cli import add_flags, config_from_args, run_main, setup_logging
 from superbert.latency import LatencyConfig, collect_latency_dataset
 
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     path, sidecar, n = collect_latency_dataset(cfg)
     logger.info("%s: %d archs requested; reference %s = %.2f ms (%s, %s scheme)", path, n,
                 cfg.reference.short(), sidecar["base_latency_ms"], sidecar["timing_subject"],
-                sidecar["scheme"].upper())
+                Scheme.parse(sidecar["scheme"]).name)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
           f"[ms = {report.flops.a:.4g} * FLOPs + {report.flops.b:.4g}]")
     print(f"valid {name}: {report.valid.line()}")
     print(f"saved {cfg.ckpt_path} (base latency {predictor.base_latency_ms:.2f} ms, scheme "
-          f"{(predictor.scheme or 'unknown').upper()})" + (f"; plot {cfg.plot}" if cfg.plot else ""))
+          f"{predictor.scheme.name if predictor.scheme else 'UNKNOWN'})" + (f"; plot {cfg.plot}" if cfg.plot else ""))
 
 
 if __name__ == "__main__":

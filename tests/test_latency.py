@@ -1,5 +1,6 @@
 """Latency dataset (timing, resume, sidecar), predictor (training, time.pt, bare state dict), errors."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,15 +11,17 @@ import torch
 
 import inference_time_evaluation
 import latency_predictor
-from superbert.arch import Arch
+import searcher
+from superbert.arch import Arch, SearchSpace
+from superbert.cli import config_from_args, run_main
 from superbert.errors import UserError
-from superbert.search import LatencyWindow
-from superbert.arch import SearchSpace
-from superbert.latency import (COST_TERMS, CostModel, LatencyMLP, LatencyPredictor, TimingProtocol,
-                               Timer, TrainConfig, dataset_arrays, read_latency_dataset,
-                               regression_metrics, sample_archs, split_indices, train_predictor)
-from tests.helpers import make_tiny_supernet
-from superbert.cli import run_main
+from superbert.latency import (COST_TERMS, CostModel, LatencyConfig, LatencyMLP, LatencyPredictor,
+                               PredictorConfig, Timer, Timing, TimingProtocol, TrainConfig,
+                               dataset_arrays, read_latency_dataset, regression_metrics,
+                               sample_archs, split_indices, time_against_reference,
+                               train_predictor)
+from superbert.search import LatencyWindow, SearchConfig
+from tests.helpers import make_tiny_supernet, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = Arch(3, 64, 4, 64, 128)  # a tiny reference keeps the run short
@@ -58,8 +61,6 @@ def test_dataset_written_resumed_and_described(dataset):
 
 
 def test_second_pass_appends_one_more_line_per_arch_and_is_averaged(dataset, tmp_path):
-    import shutil
-
     d, model, out, argv = dataset
     copy = tmp_path / "lat.tmp"
     shutil.copy(out, copy)
@@ -157,8 +158,6 @@ def test_cost_model_recovers_a_known_cost_law():
 
 
 def test_cost_predictor_cli_time_pt_and_search(dataset, tmp_path, capsys):
-    import searcher
-
     d, model, out, argv = dataset
     ckpt = tmp_path / "time.pt"
     latency_predictor.main(["--lat_dataset_path", str(out), "--ckpt_path", str(ckpt),
@@ -233,8 +232,6 @@ def test_bare_original_state_dict_loads(tmp_path, caplog):
 
 
 def test_timer_subjects_agree_on_shapes():
-    from tests.helpers import tiny_config
-
     cfg = tiny_config("kd", layers=2, hidden=64, heads=4, ffn=128)
     for subject in ("extracted", "supernet"):
         t = Timer(cfg, "kd", TimingProtocol(infer_cnt=1, warmup=0, seq_len=16, subject=subject))
@@ -243,8 +240,6 @@ def test_timer_subjects_agree_on_shapes():
 
 
 def test_statistic_picks_what_is_recorded():
-    from tests.helpers import tiny_config
-
     cfg = tiny_config("kd", layers=2, hidden=64, heads=4, ffn=128)
     arch = Arch(2, 32, 4, 32, 64)
     t = Timer(cfg, "kd", TimingProtocol(infer_cnt=5, warmup=0, seq_len=16, statistic="min")).time(arch)
@@ -277,3 +272,88 @@ def test_bad_input_exits_2(tmp_path, capsys, monkeypatch):
     assert len(lines) == 1 and lines[0].startswith("error: ") and "lat.tmp:1" in lines[0], proc.stderr
     assert bad.read_text() == "{'sample_layer_num': 1}\t3.0\n"
     assert not (tmp_path / "latency_dataset").exists()
+
+
+class RecordingTimer:
+    """Stands in for Timer: records what is timed; the reference drifts slower each time."""
+
+    def __init__(self):
+        self.calls, self.reference_runs = [], 0
+
+    def time_reference(self, arch):
+        self.calls.append(("reference", arch))
+        return Timing(arch, 100.0, 100.0, 1)
+
+    def time(self, arch):
+        self.calls.append(("time", arch))
+        if arch == BASE:
+            self.reference_runs += 1
+            ms = 100.0 + 10 * self.reference_runs
+        else:
+            ms = 10.0 * arch.layers + len(self.calls)
+        return Timing(arch, ms, ms, 1)
+
+
+def test_time_against_reference_brackets_every_round():
+    """The one speedup measurement: the reference (warmed up) first, then each round of archs
+    followed by the reference; medians of each."""
+    a, b = Arch(1, 32, 4, 32, 64), Arch(2, 32, 4, 32, 64)
+    timer = RecordingTimer()
+    got = time_against_reference(timer, [a, b], BASE, rounds=2)
+    assert timer.calls == [("reference", BASE), ("time", a), ("time", b), ("time", BASE),
+                           ("time", a), ("time", b), ("time", BASE)]
+    assert got.reference_ms == 110.0  # median of 100, 110, 120
+    assert got.arch_ms == (np.median([12.0, 15.0]), np.median([23.0, 26.0]))
+    assert got.speedups == pytest.approx((110.0 / 13.5, 110.0 / 24.5))
+    with pytest.raises(UserError, match="round"):
+        time_against_reference(RecordingTimer(), [a], BASE, rounds=0)
+
+
+def test_latency_config_is_the_flags_and_validates_once():
+    parsed = inference_time_evaluation.build_parser().parse_args([])
+    assert config_from_args(LatencyConfig, parsed) == LatencyConfig()  # one set of defaults
+    cfg = LatencyConfig(qkv_size_space=[16, 64], base_arch=str(BASE))
+    assert cfg.qkv_size_space == (16, 64) and cfg.reference == BASE and cfg.scheme is None
+    assert cfg.space_overrides() == dict(layers=None, hidden=None, qkv=(16, 64), ffn=None,
+                                         heads=None, hidden_step=4, ffn_step=4)
+    assert LatencyConfig(full_grid=True, qkv_step=24).space_overrides()["hidden_step"] == 16
+    assert LatencyConfig(kd=True).scheme == "kd" and LatencyConfig(mlm=True).scheme == "mlm"
+    assert LatencyConfig(time_supernet=True, clock="cpu").protocol == TimingProtocol(
+        subject="supernet", clock="cpu")
+    for kwargs, says in ((dict(mlm=True, kd=True), "contradict"), (dict(passes=0), "--passes"),
+                         (dict(num_archs=0), "--num_archs"), (dict(infer_cnt=0), "infer_cnt"),
+                         (dict(clock="cpu", threads=2), "--threads 1"),
+                         (dict(base_arch="{'sample_layer_num': 1}"), "missing")):
+        with pytest.raises(UserError, match=says):
+            LatencyConfig(**kwargs)
+
+
+def test_predictor_config_is_the_flags_and_validates_once():
+    parsed = latency_predictor.build_parser().parse_args([])
+    cfg = config_from_args(PredictorConfig, parsed)
+    assert cfg == PredictorConfig() and cfg.train_config() == TrainConfig()
+    cfg = PredictorConfig(hidden_dim=64, lr=1e-3, feature_norm=[1, 2, 3, 4], model="KD")
+    assert cfg.train_config() == TrainConfig(hidden_dim=64, lr=1e-3, feature_norm=(1, 2, 3, 4))
+    assert cfg.scheme == "kd"
+    for kwargs, says in ((dict(get_candidates=True), "--candidate_file"),
+                         (dict(predictor="cost", bsz=8), "--bsz"),
+                         (dict(feature_dim=5), "feature_dim"), (dict(train_steps=0), "train_steps")):
+        with pytest.raises(UserError, match=says):
+            PredictorConfig(**kwargs)
+    # --get_candidates is searcher.py's Candidate method on this script's coarser grid
+    cands = SearchConfig.candidates_of(PredictorConfig(get_candidates=True, candidate_file="c",
+                                                       latency_constraint=4, hidden_dim=64))
+    assert cands.method == "Candidate" and cands.candidate_file == "c"
+    assert cands.latency_constraint == 4 and cands.hidden_dim == 64
+    assert cands.steps() == {"hidden_step": 32, "ffn_step": 64, "qkv_step": 12}
+
+
+def test_scheme_flag_contradicting_the_supernet_exits_2(dataset, tmp_path, capsys):
+    d, model, out, argv = dataset
+    with pytest.raises(SystemExit) as exc:
+        run_main(inference_time_evaluation.main, ["--bert_model", str(model), "--mlm", "--output",
+                                                  str(tmp_path / "lat.tmp"), "--num_archs", "1"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "KD" in err and "MLM" in err
+    assert not (tmp_path / "lat.tmp").exists()

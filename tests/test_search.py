@@ -1,6 +1,7 @@
 """Search: candidates, Random/Fast/Evolved/Pareto files that chain, window and rules on every line,
 canonical de-duplication, exhaustion and bad input."""
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,13 +10,18 @@ import numpy as np
 import pytest
 import torch
 
+import latency_predictor
 import searcher
+import superbert.latency as latency
+import superbert.search.measure as measure
 from superbert.arch import Arch, SearchSpace
+from superbert.cli import config_from_args, run_main
 from superbert.errors import UserError
 from superbert.latency import LatencyMLP, LatencyPredictor
 from superbert.results import TaskResult, format_results_block
-from superbert.search import (Evolver, LatencyWindow, MutationGrid, enumerate_candidates,
-                              is_efficient, read_candidates, roulette, write_candidates)
+from superbert.search import (CandidateSet, Evolver, LatencyWindow, MutationGrid, SearchConfig,
+                              build_window, enumerate_candidates, is_efficient, load_predictor,
+                              measure_archs, read_candidates, roulette, write_candidates)
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_MS = 300.0
@@ -58,8 +64,6 @@ def run(argv, capsys=None):
 
 
 def run_error(argv, capsys) -> str:
-    from superbert.cli import run_main
-
     with pytest.raises(SystemExit) as exc:
         run_main(searcher.main, [str(a) for a in list(argv) + SMALL_FLAGS + ["--no_progress"]])
     assert exc.value.code == 2
@@ -222,8 +226,6 @@ def test_interpolated_enumeration_matches_exact():
 
 
 def test_candidate_lines_are_canonical(tmp_path):
-    from superbert.search import CandidateSet
-
     archs = [Arch(1, 128, 12, 180, 128), Arch(8, 768, 12, 768, 3072), Arch(3, 256, 4, 256, 512)]
     c = CandidateSet(*(np.asarray([getattr(a, k) for a in archs]) for k in
                        ("layers", "hidden", "heads", "qkv", "ffn")),
@@ -276,8 +278,6 @@ def test_bad_input_exits_2(files, tmp_path, capsys):
 
 
 def test_latency_predictor_get_candidates(files, tmp_path):
-    import latency_predictor
-
     out = tmp_path / "c"
     latency_predictor.main(["--get_candidates", "--ckpt_path", str(files / "time.pt"),
                             "--candidate_file", str(out), "--latency_constraint", str(SPEEDUP),
@@ -289,10 +289,6 @@ def test_latency_predictor_get_candidates(files, tmp_path):
 
 def test_measure_times_bert_base_around_the_archs(monkeypatch):
     """--measure: speedups come from timings, BERT-base before (warmed up) and after the archs."""
-    import superbert.latency as latency
-    import superbert.search.measure as measure
-    from superbert.search import measure_archs
-
     calls = []
 
     class FakeTimer:
@@ -325,3 +321,34 @@ def test_measure_times_bert_base_around_the_archs(monkeypatch):
     calls.clear()
     measure_archs(archs[:1], pred, None, "kd", protocol=latency.TimingProtocol())
     assert calls == [("reference", custom), ("time", archs[0]), ("time", custom)]
+
+
+def test_search_config_is_the_flags_and_validates_once():
+    parsed = searcher.build_parser().parse_args(["--candidate_file", "c", "--method", "eVoLvEd",
+                                                 "--arch_perfs_file", "r", "--crossover"])
+    cfg = config_from_args(SearchConfig, parsed)
+    assert cfg == SearchConfig(candidate_file="c", method="Evolved", arch_perfs_file="r",
+                               crossover=0.5)  # one set of defaults: the parser's are the config's
+    assert cfg.layer_num_space == (1, 8) and cfg.scheme is None
+    assert cfg.steps() == {"hidden_step": 16, "ffn_step": 32, "qkv_step": 12}
+    assert SearchConfig(candidate_file="c", fine_grid=True, ffn_step=8).steps() == {
+        "hidden_step": 4, "ffn_step": 8, "qkv_step": 12}
+    assert SearchConfig(candidate_file="c", model="KD").scheme == "kd"
+    for kwargs, says in ((dict(), "needs --candidate_file (from --method Candidate)"),
+                         (dict(method="Candidate"), "needs --candidate_file (where"),
+                         (dict(method="Pareto", candidate_file="c"), "--arch_perfs_file"),
+                         (dict(method="Best", candidate_file="c"), "unknown --method"),
+                         (dict(candidate_file="c", measure=-1), "--measure")):
+        with pytest.raises(UserError, match=re.escape(says)):
+            SearchConfig(**kwargs)
+
+
+def test_window_needs_a_reference_latency(tmp_path):
+    LatencyPredictor(linear_predictor(), scheme="kd").save(tmp_path / "time.pt")
+    cfg = SearchConfig(ckpt_path=str(tmp_path / "time.pt"), candidate_file="c")
+    pred = load_predictor(cfg)
+    with pytest.raises(UserError, match="--base_latency"):
+        build_window(cfg, pred)
+    given = SearchConfig(ckpt_path=cfg.ckpt_path, candidate_file="c", base_latency=BASE_MS)
+    window = build_window(given, load_predictor(given))
+    assert window.base_ms == BASE_MS and window.base_name == "BERT-base"

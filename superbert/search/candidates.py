@@ -87,7 +87,7 @@ def enumerate_candidates(predictor: LatencyPredictor, space: SearchSpace, window
         method = "exact" if cost <= budget_flops or total < 50_000 else "interp"
     start = time.perf_counter()
     logger.info("enumerating %d archs (%s scheme, steps hidden %d / FFN %d / qkv %d), %s "
-                "prediction", total, space.scheme.upper(), space.hidden_step, space.ffn_step,
+                "prediction", total, space.scheme.name, space.hidden_step, space.ffn_step,
                 space.qkv_step, method)
     if method == "exact":
         out = _enumerate_exact(predictor, space, window, chunk, progress)
