@@ -51,7 +51,8 @@ def verify_checkpoint(directory: Path) -> dict[str, Any]:
         info = json.loads(read_text(manifest, "checkpoint manifest"))
     except json.JSONDecodeError:
         raise UserError(f"{manifest} is damaged") from None
-    if not isinstance(info, dict) or not info.get("complete") or not isinstance(info.get("files"), dict):
+    if (not isinstance(info, dict) or not info.get("complete")
+            or not isinstance(info.get("files"), dict)):
         raise UserError(f"{manifest} does not describe a complete checkpoint")
     for rel, meta in info["files"].items():
         path = directory / rel

@@ -68,9 +68,6 @@ from .hf import (load_config, load_model, normalize_keys, read_state_dict, read_
 from .io import atomic_path
 from .modeling import AutoTinyBertForMaskedLM
 from .optim import make_optimizer, resolve_warmup, warmup_linear
-# Re-exported until finetune.py, bench/bench_finetune.py and tests/test_classifier.py import
-# them from their home, optim.py.
-from .optim import BertAdam, param_groups  # noqa: F401
 
 logger = logging.getLogger(__name__)
 

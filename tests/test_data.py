@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from superbert.data import (JSON_SHARD, DataConfig, MaskingCollator, PretrainingDataset, _Packer,
-                            generate_pretraining_data, token_dtype, vocab_md5)
+from superbert.data import (JSON_SHARD, DataConfig, MaskingCollator, PretrainingDataset,
+                            _Packer, generate_pretraining_data, token_dtype, vocab_md5)
 from superbert.errors import UserError
 from superbert.hf import bundled_vocab_path, load_tokenizer
 
