@@ -16,7 +16,7 @@ import argparse
 import logging
 
 from superbert.arch import SPACE_FLAGS, add_space_args
-from superbert.cli import add_flags, config_from_args, run_main, setup_logging
+from superbert.cli import add_flags, config_from_args, group_of, run_main, setup_logging
 from superbert.distributed import cleanup, init_distributed
 from superbert.errors import UserError
 from superbert.training import RUN, SPACE, PretrainConfig, run_pretraining
@@ -36,17 +36,12 @@ REMOVED = {
 }
 
 
-def _group(parser: argparse.ArgumentParser, title: str):
-    """The --help section `add_flags` made for `title`, to add the flags declared elsewhere."""
-    return next(g for g in parser._action_groups if g.title == title)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_flags(p, PretrainConfig)
-    add_space_args(_group(p, SPACE), original_defaults=False)
-    _group(p, RUN).add_argument("--local_rank", "--local-rank", type=int, default=-1,
+    add_space_args(group_of(p, SPACE), original_defaults=False)
+    group_of(p, RUN).add_argument("--local_rank", "--local-rank", type=int, default=-1,
                                 help="set by torch.distributed.launch (torchrun sets LOCAL_RANK)")
     g = p.add_argument_group("removed flags of the original (an error if given)")
     for name, why in REMOVED.items():

@@ -60,9 +60,17 @@ def config_flags(cls: type) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if _FLAG in f.metadata]
 
 
+def group_of(parser: argparse.ArgumentParser, title: str) -> Any:
+    """The parser's --help section titled `title`, made on first use (so flags declared in
+    different places land in one section)."""
+    for group in parser._action_groups:  # argparse keeps no public index of its groups
+        if group.title == title:
+            return group
+    return parser.add_argument_group(title)
+
+
 def add_flags(parser: argparse.ArgumentParser, cls: type, skip: Iterable[str] = ()) -> None:
     """Declare every `flag()` field of `cls` on `parser`, grouped by their `group`."""
-    groups: dict[str, Any] = {}
     skip = set(skip)
     for f in config_flags(cls):
         if f.name in skip:
@@ -75,11 +83,7 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, skip: Iterable[str] = 
             kwargs["default"] = f.default
             if f.default is False and "action" not in kwargs:
                 kwargs["action"] = "store_true"
-        target: Any = parser
-        if spec["group"]:
-            if spec["group"] not in groups:
-                groups[spec["group"]] = parser.add_argument_group(spec["group"])
-            target = groups[spec["group"]]
+        target: Any = group_of(parser, spec["group"]) if spec["group"] else parser
         target.add_argument(*(spec["names"] or (f"--{f.name}",)), dest=f.name, **kwargs)
 
 
