@@ -271,8 +271,10 @@ class LatencyConfig(SupernetSpaceFlags):
             raise UserError("--num_archs must be at least 1")
         if self.passes < 1:
             raise UserError("--passes must be at least 1")
-        self.protocol  # noqa: B018 -- TimingProtocol and Arch validate the values
-        self.reference
+        # TimingProtocol and Arch.parse check the timing flags and --base_arch: build both once
+        # here, so a bad value fails before any model is loaded
+        self.protocol  # noqa: B018
+        self.reference  # noqa: B018
 
     @property
     def scheme(self) -> Scheme | None:
