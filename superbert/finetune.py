@@ -39,14 +39,14 @@ from .arch import Arch, Scheme, arch_of_config, read_arch_file, unique, validate
 from .cli import flag
 from .errors import UserError
 from .hf import file_md5, load_config, load_model, load_tokenizer, resolve_model_dir, save_model
+from .io import append_text_durably, atomic_path, atomic_write_text
 from .modeling import (AutoTinyBertForQuestionAnswering, AutoTinyBertForSequenceClassification,
                        AutoTinyBertPreTrainedModel, extract_submodel)
-from .io import append_text_durably, atomic_path, atomic_write_text
+from .optim import BertAdam, make_optimizer, warmup_linear
 from .results import TaskResult, format_results_block
 from .tasks import SQUAD_TASKS, TASK_DEFAULTS, canonical_task, is_squad
 from .tasks import glue, squad
 from .tasks.metrics import best_key, glue_metrics, squad_v1_evaluate, squad_v2_evaluate
-from .optim import BertAdam, make_optimizer, warmup_linear
 
 logger = logging.getLogger(__name__)
 

@@ -385,7 +385,7 @@ def save_model(model: AutoTinyBertPreTrainedModel, out_dir: str | os.PathLike,
     `trust_remote_code=True`.
     """
     out_dir = Path(out_dir)
-    vocab = _vocab_file(vocab_source)
+    vocab = vocab_path(vocab_source)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     config = model.config
     with staging_dir(out_dir) as tmp:
@@ -421,7 +421,8 @@ def _move_into(staged: Path, out_dir: Path) -> None:
         os.replace(staged / name, target)
 
 
-def _vocab_file(source: str | os.PathLike | None) -> Path:
+def vocab_path(source: str | os.PathLike | None) -> Path:
+    """The vocab.txt of a model directory or vocab path; None is the bundled vocab."""
     if source is None:
         return bundled_vocab_path()
     path = Path(source)
@@ -439,7 +440,7 @@ def load_tokenizer(model_dir_or_vocab: str | os.PathLike | None = None, do_lower
     Built from vocab.txt directly (transformers' `BertTokenizerFast(vocab_file=...)` silently
     builds a 5-token vocab in 5.x), and checked to hold every line of the vocab.
     """
-    vocab = _vocab_file(model_dir_or_vocab)
+    vocab = vocab_path(model_dir_or_vocab)
     try:
         if getattr(BertTokenizer, "__module__", "").endswith("tokenization_bert") and \
                 "TokenizersBackend" in [c.__name__ for c in BertTokenizer.__mro__]:
@@ -465,7 +466,7 @@ def make_supernet_dir(out_dir: str | os.PathLike, config: AutoTinyBertConfig,
     An existing directory with a different config is left alone unless `force`.
     """
     out_dir = Path(out_dir)
-    vocab = _vocab_file(vocab_source)
+    vocab = vocab_path(vocab_source)
     if vocab_source is None and file_md5(vocab) != VOCAB_MD5:
         raise UserError(f"the bundled vocab {vocab} is damaged (md5 mismatch); reinstall")
     n = count_vocab(vocab)

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from transformers import AutoModelForMaskedLM
 from transformers.utils import logging as hf_logging
 
-from .arch import Arch, read_arch_file
+from .arch import Arch, Scheme, read_arch_file
 from .data import MaskingCollator, PretrainingDataset
 from .errors import UserError
 from .hf import load_config, load_model, read_vocab, resolve_model_dir
@@ -123,7 +123,7 @@ def heldout_mlm_loss(model_dir: str | os.PathLike, data_dir: str | os.PathLike,
 
 
 # ---- speedup, measured --------------------------------------------------------------------------
-def measure_speedup(config: Any, scheme: str, arch: Arch, base: Arch, threads: int = 1,
+def measure_speedup(config: Any, scheme: str | Scheme, arch: Arch, base: Arch, threads: int = 1,
                     infer_cnt: int = 10, rounds: int = 3) -> tuple[float, float]:
     """(base ms, arch ms): both timed under the latency protocol, `rounds` interleaved rounds,
     median over all runs of each."""
@@ -254,7 +254,7 @@ def build_summary(results_file: str | os.PathLike, generation_files: Sequence[st
     chosen = best_arch(evaluated)
     config = load_config(resolve_model_dir(str(supernet_dir)))
     predictor = LatencyPredictor.load(time_pt)
-    scheme = config.attention_scheme
+    scheme = Scheme.parse(config.attention_scheme)
     base_ms, arch_ms = measure_speedup(config, scheme, chosen.arch, base_arch, threads, infer_cnt)
     cls_name, hf_params = (None, None)
     if further_dir is not None:

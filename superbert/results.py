@@ -21,6 +21,7 @@ original's mean(MNLI acc x 100, SQuAD F1) when those two tasks were evaluated.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from typing import Iterable
 
 from .arch import Arch
 from .errors import UserError
+from .io import read_text
 
 logger = logging.getLogger(__name__)
 
@@ -103,16 +105,9 @@ def _parse_best(value: str, where: str) -> tuple[float | None, float | None]:
                         f"'f1: <F1>; em: <EM>'") from None
 
 
-def read_results(path: str) -> list[TaskResult]:
+def read_results(path: str | os.PathLike) -> list[TaskResult]:
     """Every block of a `subbert.results` file, in file order."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            lines = fh.read().splitlines()
-    except FileNotFoundError:
-        raise UserError(f"results file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"cannot read results file {path}: {err}") from None
-
+    lines = read_text(path, "results file").splitlines()
     out: list[TaskResult] = []
     block: dict[str, tuple[int, str]] | None = None
     start = 0

@@ -8,7 +8,7 @@ from .arch import Scheme
 from .cli import add_flags, config_from_args, flag, run_main
 from .configuration import AutoTinyBertConfig
 from .errors import UserError
-from .hf import _vocab_file, count_vocab, make_supernet_dir
+from .hf import count_vocab, make_supernet_dir, vocab_path
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     cfg = config_from_args(SetupConfig, build_parser().parse_args(argv))
-    config = cfg.model_config(count_vocab(_vocab_file(cfg.vocab)))
+    config = cfg.model_config(count_vocab(vocab_path(cfg.vocab)))
     out = make_supernet_dir(cfg.output, config, cfg.vocab, force=cfg.force)
     print(f"wrote {out}/config.json and vocab.txt: {cfg.layers} layers, hidden {cfg.hidden}, "
           f"{cfg.heads} heads, qkv {cfg.qkv_size}, FFN {cfg.ffn}, {cfg.scheme.upper()} scheme")

@@ -4,7 +4,7 @@ import random
 import pytest
 
 from superbert.arch import (Arch, SearchSpace, format_arch_lines, read_arch_file, unique,
-                            validate_arch)
+                            validate_arch, write_arch_file)
 from superbert.errors import UserError
 from tests.helpers import tiny_config
 
@@ -116,3 +116,25 @@ def test_arch_file_round_trip_and_errors(tmp_path):
         read_arch_file(str(path))
     with pytest.raises(UserError, match="not found"):
         read_arch_file(str(tmp_path / "missing"))
+
+
+def test_arch_file_reader_takes_every_form_and_writer_round_trips(tmp_path):
+    """One reader for candidate and evaluation files: canonical lines (the fast path), JSON,
+    other key orders, a tab-separated suffix; anything else is read by Arch.parse's rules."""
+    a, b = Arch(2, 128, 2, 128, 256), Arch(4, 256, 4, 256, 1024)
+    path = tmp_path / "mixed.cands"
+    reordered = "{" + ", ".join(f"{k!r}: {v!r}" for k, v in reversed(b.to_dict().items())) + "}"
+    path.write_text(f"{a}\n\n{json.dumps(b.to_dict())}\t3.5\n{reordered}\n{a}\n")
+    assert read_arch_file(path) == [a, b, b, a]  # duplicates kept; `unique` drops them
+    extra = str(a)[:-1] + ", 'extra': 1}"
+    path.write_text(f"{a}\n{extra}\n")
+    with pytest.raises(UserError, match=r"mixed.cands:2: .*unknown extra"):
+        read_arch_file(path)
+    out = tmp_path / "out" / "gen.cands"
+    write_arch_file(out, [a, b])
+    assert out.read_text() == format_arch_lines([a, b]) and read_arch_file(out) == [a, b]
+    with pytest.raises(UserError, match=r"candidate file not found: .*\(make it\)"):
+        read_arch_file(tmp_path / "none", "candidate file", missing_hint="make it")
+    (tmp_path / "bad").write_bytes(b"\xff\n")
+    with pytest.raises(UserError, match="not UTF-8"):
+        read_arch_file(tmp_path / "bad")

@@ -174,6 +174,26 @@ def test_explicit_flags_override_task_defaults():
     assert cfg.tasks[0].num_train_epochs == 4  # not given: still the table's
 
 
+def test_run_config_checks_once_whoever_builds_it():
+    """RunConfig validates in __post_init__: built from flags or directly, the same checks."""
+    from superbert.arch import Scheme
+    from superbert.finetune import RunConfig
+    from superbert_run_en_classifier import parse_config
+
+    base = dict(model="m", output_dir="o", data_dir="a", task_name="mnli")
+    cfg = RunConfig(**base, super_model="kd")
+    assert cfg.scheme is Scheme.KD and cfg.seeds == (42,) and cfg.tasks[0].task == "mnli"
+    assert parse_config(["--model", "m", "--output_dir", "o", "--data_dir", "a", "--task_name",
+                         "mnli", "--super_model", "kd"]).scheme is Scheme.KD
+    assert RunConfig(**base).scheme is None
+    with pytest.raises(UserError, match="--eval_batch_size must be positive"):
+        RunConfig(**base, eval_batch_size=0)
+    with pytest.raises(UserError, match="--version_2_with_negative 0 contradicts task squad2"):
+        RunConfig(**{**base, "task_name": "squad2"}, version_2_with_negative=0)
+    with pytest.raises(UserError, match="--seed must be space-separated integers"):
+        RunConfig(**base, seed="1 x")
+
+
 @pytest.mark.parametrize("case", ["mismatch", "unknown", "missing_tsv", "bad_json", "arch",
                                   "short_tsv"])
 def test_bad_input_one_line_exit_2(tmp_path, supernet, data, case):

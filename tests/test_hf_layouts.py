@@ -221,3 +221,36 @@ def test_extractor_bad_model_dirs(supernet, tmp_path):
     assert_user_error(extractor(supernet, ARCH, tmp_path / "o8", "--kd"), "MLM attention scheme")
     for i in range(1, 9):
         assert not (tmp_path / f"o{i}").exists()
+
+
+def test_stage_configs_parse_and_check_once(tmp_path):
+    """ExtractConfig and SetupConfig: the flags' values, parsed and checked in __post_init__."""
+    from superbert.arch import Arch, Scheme
+    from superbert.hf import ExtractConfig
+    from superbert.setup_model import SetupConfig
+
+    arch = Arch(2, 64, 2, 64, 128)
+    cfg = ExtractConfig(model="m", arch=str(arch), output="o")
+    assert cfg.arch == arch and cfg.scheme is None
+    assert ExtractConfig(model="m", arch=arch, output="o", kd=True).scheme is Scheme.KD
+    with pytest.raises(UserError, match="cannot parse arch"):
+        ExtractConfig(model="m", arch="{oops", output="o")
+    setup = SetupConfig(layers=2, hidden=64, heads=4, ffn=128, scheme="KD")
+    assert setup.scheme is Scheme.KD and setup.qkv_size == 64
+    config = setup.model_config(30522)
+    assert config.attention_scheme == "kd" and type(config.attention_scheme) is str
+    with pytest.raises(UserError, match="--qkv 66 is not divisible by --heads 4"):
+        SetupConfig(hidden=64, heads=4, qkv=66)
+    with pytest.raises(UserError, match="--ffn must be positive"):
+        SetupConfig(ffn=0)
+
+
+def test_vocab_count_reads_as_the_vocab_reader(tmp_path):
+    from superbert.hf import count_vocab, read_vocab
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_bytes(b"[PAD]\r\n[UNK]\na\nb")  # CRLF line, no final newline
+    assert count_vocab(vocab) == len(read_vocab(vocab)) == 4
+    vocab.write_bytes(b"[PAD]\n\xff\n")
+    with pytest.raises(UserError, match="vocab file .* is not UTF-8"):
+        count_vocab(vocab)
