@@ -102,8 +102,9 @@ def supernet_from_pretrained(model_dir: str | os.PathLike, scheme: "str | Scheme
     Reads any HF BERT/ELECTRA encoder, a released AutoTinyBERT checkpoint or one of ours.
     Parameters the checkpoint lacks (the MLM head of an encoder, `dense_fit` when `fit_size` is
     asked for, a missing pooler) are initialised fresh and returned, by parameter name, as the
-    second value. Wrong-shape weights and a scheme the checkpoint cannot be sliced in are
-    UserErrors.
+    second value; a fresh `dense_fit` as wide as the checkpoint starts as the identity (and
+    `apply_permutation` keeps it mapping onto the teacher's, unpermuted, features). Wrong-shape
+    weights and a scheme the checkpoint cannot be sliced in are UserErrors.
     """
     from .hf import load_config, load_weights, normalize_keys, read_config_json, \
         read_state_dict, resolve_model_dir
@@ -133,6 +134,14 @@ def supernet_from_pretrained(model_dir: str | os.PathLike, scheme: "str | Scheme
     load_weights(model, state, str(model_dir))  # shapes checked there (UserError)
     own = [k for k in model.state_dict() if not k.startswith("cls.predictions.decoder.")]
     fresh = sorted(k for k in own if k not in state)
+    fit = model.bert.dense_fit
+    if "bert.dense_fit.weight" in fresh and fit.out_features == fit.in_features:
+        # A teacher as wide as the checkpoint is, when growing, usually the checkpoint itself:
+        # the identity makes self-distillation start at zero loss at full width (a random
+        # projection would first have to be learnt while it spoils the pretrained weights).
+        with torch.no_grad():
+            fit.weight.copy_(torch.eye(fit.out_features))
+            fit.bias.zero_()
     return model.eval(), fresh
 
 

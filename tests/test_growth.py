@@ -277,6 +277,32 @@ def test_taylor_scores_are_informative_at_full_width_on_minilm(minilm, text_batc
     assert all(a < 0.8 * b for a, b in zip(after, before)), (before, after)
 
 
+def test_self_distillation_starts_at_zero_loss_after_growth_and_reorder(text_batch):
+    """Grown from MiniLM with MiniLM as the teacher: the fresh dense_fit is the identity, and
+    after reordering it maps the permuted features back onto the teacher's, so the KD losses
+    at full width stay zero (to rounding)."""
+    from superbert.distill import kd_counts, kd_loss_sums, load_teacher
+
+    teacher = load_teacher(str(MINILM))
+    model, fresh = supernet_from_pretrained(MINILM, "kd", fit_size=teacher.hidden_size)
+    assert "bert.dense_fit.weight" in fresh
+    ids, mask = text_batch["input_ids"], text_batch["attention_mask"]
+    target = teacher(ids, mask, text_batch["token_type_ids"])
+
+    def losses():
+        with torch.no_grad():
+            out = model.bert(ids, mask, text_batch["token_type_ids"], output_attention_scores=True)
+            rep, att = kd_loss_sums(model.bert.dense_fit(out.last_hidden_state),
+                                    out.last_attention_scores, target, mask)
+        n_rep, n_att = kd_counts(mask, *ids.shape, 384, 12)
+        return rep.item() / n_rep, att.item() / n_att  # the two MSEs
+
+    assert max(losses()) < 1e-9
+    perm = reorder(model, [text_batch], "kd", "taylor")
+    assert perm.hidden != tuple(range(384))
+    assert max(losses()) < 1e-9
+
+
 # ---- Permutation -------------------------------------------------------------------------------
 def test_permutation_json_round_trip_identity_and_composition():
     model = tiny_model("mlm")
