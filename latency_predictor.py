@@ -4,7 +4,9 @@ Training (default): the original MLP on [hidden, layers, mean FFN, mean qkv] (`-
 cost`: a non-negative per-layer cost model on the same features, fitted in milliseconds, usually
 more accurate on a few hundred archs); seeded 80/10/10 split; prints RMSE (ms), MAPE and
 Kendall tau on the test split beside a FLOPs-proportional baseline fitted on the training
-split. `--get_candidates` lists the archs whose predicted latency meets `--latency_constraint`
+split. Several datasets of one backend and protocol can be given (`--lat_dataset_path A B`);
+the backend they were timed with (torch / onnxruntime / onnxruntime-int8) is saved in time.pt,
+and datasets of different backends are refused. `--get_candidates` lists the archs whose predicted latency meets `--latency_constraint`
 (the original's candidate mode; searcher.py --method Candidate does the same on the searcher's
 grid).
 """
@@ -42,7 +44,8 @@ def main(argv: list[str] | None = None) -> None:
           f"[ms = {report.flops.a:.4g} * FLOPs + {report.flops.b:.4g}]")
     print(f"valid {name}: {report.valid.line()}")
     print(f"saved {cfg.ckpt_path} (base latency {predictor.base_latency_ms:.2f} ms, scheme "
-          f"{predictor.scheme.name if predictor.scheme else 'UNKNOWN'})" + (f"; plot {cfg.plot}" if cfg.plot else ""))
+          f"{predictor.scheme.name if predictor.scheme else 'UNKNOWN'}, {predictor.backend} "
+          f"timings)" + (f"; plot {cfg.plot}" if cfg.plot else ""))
 
 
 if __name__ == "__main__":

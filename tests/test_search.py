@@ -295,6 +295,9 @@ def test_measure_times_bert_base_around_the_archs(monkeypatch):
         def __init__(self, config, scheme, protocol):
             self.n = 0
 
+        def close(self):
+            pass
+
         def time_reference(self, arch):
             calls.append(("reference", arch))
             return latency.Timing(arch, 110.0, 110.0, 1)

@@ -2,8 +2,13 @@
 
 `lat.tmp` is the original's file: one `repr(arch)<TAB>ms` line per timing, appended as each arch
 is timed (with several passes an arch has several lines, averaged when the dataset is read). The
-JSON sidecar `<file>.json` names the machine, threads, backend, torch version, protocol, scheme
-and the reference (BERT-base) latency measured on the same machine.
+JSON sidecar `<file>.json` names the machine, threads, torch version, protocol, scheme, the
+backend ("torch", "onnxruntime" or "onnxruntime-int8"; absent in older sidecars: torch) with
+its runtime (for ONNX Runtime: version, providers, precision, opset, exporter), and the
+reference (BERT-base) latency measured on the same machine with the same backend. Every field
+read back is type-checked (`read_sidecar`): a wrong type is one error naming the file and field.
+
+A dataset holds one backend's latencies: resuming it with another backend is refused.
 """
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ import logging
 import math
 import os
 import random
+import sys
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,8 +32,11 @@ from ..cli import flag
 from ..configuration import AutoTinyBertConfig
 from ..errors import UserError
 from ..hf import load_config, read_config_json, resolve_model_dir
+from ..deploy import require_onnx
 from ..io import append_text_durably, atomic_write_text
-from .timing import BERT_BASE, TIMING_TOKEN_ID, Drift, Timer, TimingProtocol, machine_info
+from .checks import check_output, field
+from .timing import (BERT_BASE, TIMING_TOKEN_ID, Drift, Timer, TimingProtocol, check_backend,
+                     machine_info)
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +87,22 @@ def dataset_arrays(records: Iterable[tuple[Arch, float]]) -> tuple[list[Arch], n
     return archs, np.asarray([float(np.mean(sums[a])) for a in archs])
 
 
+# The sidecar's fields and their types (all optional: older sidecars lack some).
+SIDECAR_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "version": int, "machine": dict, "protocol": dict, "scheme": str, "timing_subject": str,
+    "base_arch": str, "supernet": str, "token_id": int, "base_latency_ms": float,
+    "base_latency_mean_ms": float, "drift_ref_arch": str, "drift_ref_ms": float,
+    "backend": str, "runtime": dict}
+MACHINE_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "hostname": str, "cpu_model": str, "cpu_count": int, "threads": int, "backend": str,
+    "torch_version": str, "python_version": str, "platform": str}
+RUNTIME_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "backend": str, "precision": str, "opset": int, "exporter": str, "ort_version": str,
+    "providers": list, "torch_version": str}
+
+
 def read_sidecar(dataset: str | os.PathLike) -> dict[str, Any] | None:
+    """The sidecar of a dataset (None when there is none), every known field type-checked."""
     path = sidecar_path(dataset)
     if not path.is_file():
         return None
@@ -87,7 +112,38 @@ def read_sidecar(dataset: str | os.PathLike) -> dict[str, Any] | None:
         raise UserError(f"cannot read the latency dataset sidecar {path}: {err}") from None
     if not isinstance(data, dict) or data.get("format") != DATASET_FORMAT:
         raise UserError(f"{path} is not a latency dataset sidecar")
+    for key, kind in SIDECAR_FIELDS.items():
+        field(data, key, kind, path)
+    for parent, fields in (("machine", MACHINE_FIELDS), ("runtime", RUNTIME_FIELDS)):
+        for key, kind in fields.items():
+            field(data.get(parent) or {}, key, kind, f"{path}: {parent}")
+    for key in ("base_latency_ms", "drift_ref_ms"):
+        if key in data and data[key] <= 0:
+            raise UserError(f"{path}: field {key!r} must be a positive number of ms, got "
+                            f"{data[key]!r}")
+    if "scheme" in data:
+        try:
+            Scheme.parse(data["scheme"])
+        except UserError as err:
+            raise UserError(f"{path}: field 'scheme': {err}") from None
+    if "base_arch" in data:
+        try:
+            Arch.parse(data["base_arch"])
+        except UserError as err:
+            raise UserError(f"{path}: field 'base_arch': {err}") from None
+    TimingProtocol.from_record(data.get("protocol"), str(path))
+    try:
+        check_backend(sidecar_backend(data))
+    except UserError as err:
+        raise UserError(f"{path}: field 'backend': {err}") from None
     return data
+
+
+def sidecar_backend(sidecar: dict[str, Any] | None) -> str:
+    """The backend a dataset was timed with; a sidecar older than the field (or none) means torch."""
+    if not sidecar:
+        return "torch"
+    return sidecar.get("backend") or (sidecar.get("protocol") or {}).get("backend") or "torch"
 
 
 def write_sidecar(dataset: str | os.PathLike, data: dict[str, Any]) -> None:
@@ -134,16 +190,20 @@ class DatasetRun:
     base_arch: Arch = BERT_BASE
     supernet: str = "default"
 
-    def expected_sidecar(self) -> dict[str, Any]:
+    def expected_sidecar(self, runtime: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The sidecar this run writes; `runtime` is its Timer's `info()`."""
         return {"format": DATASET_FORMAT, "version": 1,
                 "machine": machine_info(self.protocol.threads),
+                "backend": self.protocol.backend,
+                "runtime": runtime or {"backend": self.protocol.backend},
                 "protocol": asdict(self.protocol), "scheme": str(self.scheme),
                 "timing_subject": self.protocol.subject, "base_arch": str(self.base_arch),
                 "supernet": self.supernet,
                 "token_id": TIMING_TOKEN_ID if TIMING_TOKEN_ID < self.config.vocab_size
                 else self.config.vocab_size - 1}
 
-    def check_resume(self, existing: dict[str, Any] | None, have_lines: bool) -> None:
+    def check_resume(self, existing: dict[str, Any] | None, have_lines: bool,
+                     runtime: dict[str, Any] | None = None) -> None:
         if existing is None:
             if have_lines:
                 raise UserError(f"{self.output} exists but has no sidecar "
@@ -151,8 +211,20 @@ class DatasetRun:
                                 f"are unknown, so new timings cannot be appended; use another "
                                 f"--output")
             return
-        now = self.expected_sidecar()
-        for key in ("protocol", "scheme", "base_arch"):
+        now = self.expected_sidecar(runtime)
+        was = sidecar_backend(existing)
+        if was != self.protocol.backend:
+            raise UserError(f"{self.output} holds latencies timed with --backend {was}, this run "
+                            f"uses --backend {self.protocol.backend}; a dataset holds one "
+                            f"backend's timings: use another --output")
+        saved = TimingProtocol.from_record(existing.get("protocol"), str(sidecar_path(self.output)))
+        if saved != self.protocol:
+            differ = [f"{k} {getattr(saved, k)!r} vs {getattr(self.protocol, k)!r}"
+                      for k in TimingProtocol.__dataclass_fields__
+                      if getattr(saved, k) != getattr(self.protocol, k)]
+            raise UserError(f"{self.output} was timed with another protocol ({'; '.join(differ)}); "
+                            f"use another --output")
+        for key in ("scheme", "base_arch"):
             if existing.get(key) != now[key]:
                 raise UserError(f"{self.output} was timed with {key} = {existing.get(key)}, "
                                 f"this run uses {now[key]}; use another --output")
@@ -161,19 +233,31 @@ class DatasetRun:
                 raise UserError(f"{self.output} was timed on another machine or software "
                                 f"({key} {existing.get('machine', {}).get(key)!r} vs "
                                 f"{now['machine'][key]!r}); use another --output")
+        old = (existing.get("runtime") or {}).get("ort_version")
+        new = now["runtime"].get("ort_version")
+        if old != new and self.protocol.backend != "torch":
+            raise UserError(f"{self.output} was timed with onnxruntime {old}, this run has "
+                            f"{new}; use another --output")
 
     def run(self, archs: Sequence[Arch], progress: bool = True, passes: int = 1) -> dict[str, Any]:
-        have = read_latency_dataset(self.output) if self.output.exists() else []
-        existing = read_sidecar(self.output)
-        self.check_resume(existing, bool(have))
+        """Time what is missing. `progress`: a bar on a terminal; off a terminal (or with
+        `progress=False`) a log line every `ProgressLog.every` archs or ~10 s."""
         if passes < 1:
             raise UserError("--passes must be at least 1")
-        done = Counter(a for a, _ in have)
-        # pass-major: each pass sweeps every arch, so a slow drift of the machine's speed lands
-        # on different archs in different passes and averages out (repeats are averaged on reading)
-        todo = [a for k in range(passes) for a in dict.fromkeys(archs) if done[a] <= k]
-        timer = Timer(self.config, self.scheme, self.protocol)
-        sidecar = existing or self.expected_sidecar()
+        have = read_latency_dataset(self.output) if self.output.exists() else []
+        existing = read_sidecar(self.output)
+        with Timer(self.config, self.scheme, self.protocol) as timer:
+            self.check_resume(existing, bool(have), timer.info())
+            done = Counter(a for a, _ in have)
+            # pass-major: each pass sweeps every arch, so a slow drift of the machine's speed
+            # lands on different archs in different passes and averages out (repeats are
+            # averaged on reading)
+            todo = [a for k in range(passes) for a in dict.fromkeys(archs) if done[a] <= k]
+            sidecar = existing or self.expected_sidecar(timer.info())
+            return self._time_all(timer, sidecar, archs, todo, passes, progress)
+
+    def _time_all(self, timer: Timer, sidecar: dict[str, Any], archs: Sequence[Arch],
+                  todo: list[Arch], passes: int, progress: bool) -> dict[str, Any]:
         drift = Drift(timer) if self.protocol.drift_ref else None
         if drift is not None and "drift_ref_ms" not in sidecar:
             sidecar.update(drift_ref_arch=str(drift.arch), drift_ref_ms=drift.now())
@@ -185,9 +269,10 @@ class DatasetRun:
                         self.protocol.statistic, base.ms, base.mean_ms)
             self.output.parent.mkdir(parents=True, exist_ok=True)
             write_sidecar(self.output, sidecar)
-        logger.info("%d archs requested x %d pass(es), %d timings to take", len(archs), passes,
-                    len(todo))
-        bar = tqdm(todo, desc="timing", unit="arch", disable=not progress)
+        logger.info("%d archs requested x %d pass(es), %d timings to take (backend %s)",
+                    len(archs), passes, len(todo), self.protocol.backend)
+        bar = tqdm(todo, desc="timing", unit="arch", disable=not (progress and sys.stdout.isatty()))
+        log = ProgressLog(len(todo)) if bar.disable else None
         for arch in bar:
             t = timer.time(arch)
             ms = t.ms
@@ -195,7 +280,33 @@ class DatasetRun:
                 ms *= sidecar["drift_ref_ms"] / drift.update()
             append_text_durably(self.output, format_latency_line(arch, round(ms, 4)))
             bar.set_postfix_str(f"{arch.short()} {ms:.1f} ms (mean {t.mean_ms:.1f})")
+            if log is not None:
+                log.update()
         return sidecar
+
+
+class ProgressLog:
+    """Progress of a long loop as log lines where no bar can be drawn (a log file, a batch
+    job): count, wall ms per item and ETA, every `every` items or `seconds`, and at the end."""
+
+    def __init__(self, total: int, what: str = "timed", unit: str = "arch", every: int = 50,
+                 seconds: float = 10.0, clock: Any = time.monotonic):
+        self.total, self.what, self.unit, self.every, self.seconds = total, what, unit, every, seconds
+        self.clock = clock
+        self.start = self.last = clock()
+        self.done = 0
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = self.clock()
+        if self.done < self.total and self.done % self.every and now - self.last < self.seconds:
+            return
+        self.last = now
+        per = (now - self.start) / self.done
+        eta = int(round(per * (self.total - self.done)))
+        logger.info("%s %d/%d %ss, %.0f ms/%s, ETA %d:%02d:%02d", self.what, self.done,
+                    self.total, self.unit, 1000 * per, self.unit, eta // 3600, eta // 60 % 60,
+                    eta % 60)
 
 
 # ---- inference_time_evaluation.py's library side ------------------------------------------------
@@ -242,7 +353,11 @@ class LatencyConfig(SupernetSpaceFlags):
                        help="sweeps over the archs, one line per arch per sweep (the predictor "
                             "uses their mean): 2 roughly halves the noise a slowly wandering "
                             "machine adds")
-    threads: int = flag(1, type=int, help="torch intra-op threads")
+    threads: int = flag(1, type=int, help="intra-op threads (torch or ONNX Runtime)")
+    backend: str = flag("torch", metavar="{torch,onnxruntime,onnxruntime-int8}",
+                        help="runtime of the timed forward (the reference too): torch eager, or "
+                             "the model exported to ONNX and run by ONNX Runtime (FP32, or "
+                             "dynamic INT8); recorded in the sidecar and time.pt")
     clock: str = flag("wall", choices=["wall", "cpu"],
                       help="wall: elapsed time; cpu: the process's CPU time (1 thread only), "
                            "robust when other processes share the CPU")
@@ -271,10 +386,13 @@ class LatencyConfig(SupernetSpaceFlags):
             raise UserError("--num_archs must be at least 1")
         if self.passes < 1:
             raise UserError("--passes must be at least 1")
+        check_output("output", self.output)
         # TimingProtocol and Arch.parse check the timing flags and --base_arch: build both once
         # here, so a bad value fails before any model is loaded
         self.protocol  # noqa: B018
         self.reference  # noqa: B018
+        if self.backend != "torch":
+            require_onnx()  # one line saying how to install it, before anything is loaded
 
     @property
     def scheme(self) -> Scheme | None:
@@ -287,7 +405,8 @@ class LatencyConfig(SupernetSpaceFlags):
                               seq_len=self.max_seq_length, warmup=self.warmup,
                               infer_cnt=self.infer_cnt, clock=self.clock,
                               drift_ref=self.drift_ref, statistic=self.statistic,
-                              subject="supernet" if self.time_supernet else "extracted")
+                              subject="supernet" if self.time_supernet else "extracted",
+                              backend=self.backend)
 
     @property
     def reference(self) -> Arch:

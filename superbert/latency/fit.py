@@ -3,6 +3,11 @@
 The MLP is trained as the original: Adam 1e-5, 5000 steps of 128 random training examples, MSE
 on ms / 200; seeded here. The cost model is fitted in closed form. Both are scored on a seeded
 80/10/10 split beside a FLOPs-proportional baseline fitted on the same training split.
+
+Several datasets can be fitted on together (`--lat_dataset_path A B`, e.g. two sweeps of one
+machine): they must agree on the backend, protocol, scheme and reference, else one error says
+which; the recorded reference latency is the mean of theirs. The backend goes into time.pt, so
+the searcher's --measure times with the runtime the predictor learned.
 """
 from __future__ import annotations
 
@@ -25,7 +30,9 @@ from ..arch import FEATURE_NORM, LATENCY_NORM, Arch, Scheme, SpaceFlags
 from ..cli import flag
 from ..errors import UserError
 from ..io import atomic_path
-from .dataset import dataset_arrays, read_latency_dataset, read_sidecar
+from .checks import check_output, check_positive
+from .dataset import (dataset_arrays, read_latency_dataset, read_sidecar, sidecar_backend,
+                      sidecar_path)
 from .predictors import (ORIGINAL_BASE_LATENCY_MS, PREDICTOR_KINDS, CostModel, FlopsBaseline,
                          LatencyMLP, LatencyPredictor)
 
@@ -71,9 +78,11 @@ class TrainConfig:
         if self.feature_dim != 4:
             raise UserError(f"--feature_dim must be 4 (features [hidden, layers, mean FFN, mean "
                             f"qkv]), got {self.feature_dim}")
-        if (len(self.feature_norm) != 4 or any(v <= 0 for v in self.feature_norm)
-                or self.lat_norm <= 0):
-            raise UserError("--feature_norm needs 4 positive values and --lat_norm a positive value")
+        if len(self.feature_norm) != 4:
+            raise UserError("--feature_norm needs 4 positive values")
+        for value in self.feature_norm:
+            check_positive(feature_norm=value)
+        check_positive(lat_norm=self.lat_norm, lr=self.lr)
         if self.predictor not in PREDICTOR_KINDS:
             raise UserError(f"--predictor must be one of {', '.join(PREDICTOR_KINDS)}, got "
                             f"{self.predictor!r}")
@@ -168,55 +177,111 @@ def train_predictor(archs: Sequence[Arch], ms: np.ndarray, cfg: TrainConfig = Tr
 
 
 def plot_predictions(path: str | os.PathLike, true: np.ndarray, pred: np.ndarray,
-                     baseline: np.ndarray | None = None, title: str = "latency predictor") -> None:
-    """Predicted-vs-measured scatter (log axes), with the FLOPs baseline when given."""
+                     baseline: np.ndarray | None = None, title: str = "latency predictor",
+                     label: str = "predictor") -> None:
+    """Predicted-vs-measured scatter (log axes), with the FLOPs baseline when given; `label`
+    names the fitted predictor in the legend, each series with its MAPE and Kendall tau."""
     fig = Figure(figsize=(5.5, 5))
     ax = fig.subplots()
     lo = float(min(np.min(true), np.min(pred))) * 0.9
     hi = float(max(np.max(true), np.max(pred))) * 1.1
+    def scored(name: str, values: np.ndarray) -> str:
+        m = regression_metrics(values, true)
+        return f"{name}: MAPE {m.mape:.2f}%, Kendall tau {m.kendall_tau:.3f}"
+
     if baseline is not None:
-        ax.scatter(true, baseline, s=10, alpha=0.5, label="FLOPs baseline", color="tab:gray")
-    ax.scatter(true, pred, s=10, alpha=0.8, label="MLP predictor", color="tab:blue")
+        ax.scatter(true, baseline, s=10, alpha=0.5, label=scored("FLOPs baseline", baseline),
+                   color="tab:gray")
+    ax.scatter(true, pred, s=10, alpha=0.8, label=scored(label, pred), color="tab:blue")
     ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("measured latency (ms)")
     ax.set_ylabel("predicted latency (ms)")
-    ax.set_title(title)
-    ax.legend()
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=120)
 
 
-def train_from_dataset(dataset: str | os.PathLike, ckpt_path: str | os.PathLike, cfg: TrainConfig,
+def read_datasets(datasets: Sequence[str | os.PathLike]) -> tuple[list[tuple[Arch, float]],
+                                                                   dict[str, Any] | None]:
+    """The records of one or more datasets and the sidecar they share. Datasets of different
+    backends, protocols, schemes or references are refused (one line naming the two files);
+    the shared sidecar's reference latency is the mean of theirs."""
+    records: list[tuple[Arch, float]] = []
+    sidecars = []
+    for path in datasets:
+        records += read_latency_dataset(path)
+        sidecars.append((path, read_sidecar(path)))
+    first_path, first = sidecars[0]
+    for path, side in sidecars[1:]:
+        if sidecar_backend(side) != sidecar_backend(first):
+            raise UserError(f"the latency datasets {first_path} and {path} were timed with "
+                            f"different backends ({sidecar_backend(first)} vs "
+                            f"{sidecar_backend(side)}); a predictor learns one backend's "
+                            f"latencies: fit them separately")
+        if (side is None) != (first is None):
+            raise UserError(f"{first_path if first is None else path} has no sidecar: its "
+                            f"protocol is unknown, so it cannot be fitted together with "
+                            f"{path if first is None else first_path}")
+        if side is None:
+            continue
+        for key in ("protocol", "scheme", "base_arch"):
+            if side.get(key) != first.get(key):
+                raise UserError(f"the latency datasets {first_path} and {path} differ in "
+                                f"{key} ({first.get(key)} vs {side.get(key)}); fit them "
+                                f"separately")
+    if first is None or len(sidecars) == 1:
+        return records, first
+    shared = dict(first)
+    bases = [s["base_latency_ms"] for _, s in sidecars if "base_latency_ms" in s]
+    if bases:
+        shared["base_latency_ms"] = float(np.mean(bases))
+    return records, shared
+
+
+def train_from_dataset(dataset: str | os.PathLike | Sequence[str | os.PathLike],
+                       ckpt_path: str | os.PathLike, cfg: TrainConfig,
                        base_latency_ms: float | None = None, scheme: str | Scheme | None = None,
                        plot: str | os.PathLike | None = None,
                        progress: bool = True) -> tuple[LatencyPredictor, TrainReport]:
-    """Train on a `lat.tmp` (+ sidecar), save `time.pt`, optionally plot the test split."""
-    records = read_latency_dataset(dataset)
-    sidecar = read_sidecar(dataset)
+    """Train on one or more `lat.tmp` (+ sidecar), save `time.pt` (with the datasets' backend),
+    optionally plot the test split."""
+    datasets = [dataset] if isinstance(dataset, (str, os.PathLike)) else list(dataset)
+    for p in datasets:
+        check_output("ckpt_path", ckpt_path, {"lat_dataset_path": p,
+                                              "lat_dataset_path (sidecar)": sidecar_path(p)})
+        if plot:
+            check_output("plot", plot, {"lat_dataset_path": p, "ckpt_path": ckpt_path})
+    records, sidecar = read_datasets(datasets)
+    named = ", ".join(str(p) for p in datasets)
     archs, ms = dataset_arrays(records)
     if len(records) != len(archs):
         logger.info("%d repeated timings averaged", len(records) - len(archs))
     saved_scheme = sidecar.get("scheme") if sidecar else None
     if scheme or saved_scheme:
-        scheme = Scheme.resolve(saved_scheme, scheme, what=f"the latency dataset {dataset}")
+        scheme = Scheme.resolve(saved_scheme, scheme, what=f"the latency dataset {named}")
     if base_latency_ms is None and sidecar:
         base_latency_ms = sidecar.get("base_latency_ms")
     if base_latency_ms is None:
         base_latency_ms = ORIGINAL_BASE_LATENCY_MS[scheme or Scheme.MLM]
         logger.warning("%s has no sidecar with a measured BERT-base latency: recording the "
                        "original's %.0f ms (authors' CPU); pass --base_latency with the value "
-                       "measured on this machine", dataset, base_latency_ms)
-    meta = {"dataset": str(dataset), "n_archs": len(archs),
-            "timing": {k: sidecar[k] for k in ("machine", "protocol", "timing_subject", "base_arch")
-                       if k in sidecar} if sidecar else None}
+                       "measured on this machine", named, base_latency_ms)
+    backend = sidecar_backend(sidecar)
+    meta = {"dataset": named if len(datasets) > 1 else str(datasets[0]), "n_archs": len(archs),
+            "timing": {k: sidecar[k] for k in ("machine", "protocol", "timing_subject", "base_arch",
+                                               "runtime") if k in sidecar} if sidecar else None}
     predictor, report = train_predictor(archs, ms, cfg, base_latency_ms, scheme, meta, progress)
+    predictor.backend = backend
     predictor.save(ckpt_path)
     if plot:
+        name = "MLP" if predictor.kind == "mlp" else "cost model"
         plot_predictions(plot, report.test_true, report.test_pred, report.test_flops_pred,
-                         title=f"latency predictor, test split (n={report.test.n})")
+                         title=f"{name} latency predictor ({backend} timings), test split "
+                               f"(n={report.test.n})", label=f"{name} predictor")
     return predictor, report
 
 
@@ -229,8 +294,10 @@ class PredictorConfig(SpaceFlags):
     """latency_predictor.py: train a predictor on a dataset, or (--get_candidates) list the
     archs a trained one places in the latency window."""
 
-    lat_dataset_path: str = flag("./latency_dataset/lat.tmp",
-                                 help="latency dataset written by inference_time_evaluation.py")
+    lat_dataset_path: tuple[str, ...] = flag(
+        ("./latency_dataset/lat.tmp",), nargs="+", metavar="LAT_TMP",
+        help="latency dataset written by inference_time_evaluation.py; several are fitted on "
+             "together if they share backend, protocol, scheme and reference")
     ckpt_path: str = flag("latency_dataset/ckpts/time.pt",
                           help="where time.pt is saved (training) or read (--get_candidates)")
     feature_norm: tuple[float, ...] | None = flag(
@@ -266,12 +333,22 @@ class PredictorConfig(SpaceFlags):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        paths = self.lat_dataset_path
+        object.__setattr__(self, "lat_dataset_path",
+                           (paths,) if isinstance(paths, (str, os.PathLike)) else tuple(paths))
+        if not self.lat_dataset_path:
+            raise UserError("--lat_dataset_path needs at least one dataset")
         if self.feature_norm is not None:
             object.__setattr__(self, "feature_norm", tuple(self.feature_norm))
+            for value in self.feature_norm:
+                check_positive(feature_norm=value)
+        check_positive(base_latency=self.base_latency, latency_constraint=self.latency_constraint,
+                       lat_min_ratio=self.lat_min_ratio, lat_max_ratio=self.lat_max_ratio,
+                       lat_norm=self.lat_norm, lr=self.lr)
         if self.get_candidates:
             if not self.candidate_file:
                 raise UserError("--get_candidates needs --candidate_file")
-            return
+            return  # SearchConfig.candidates_of checks the rest
         given = [f"--{k}" for k in MLP_ONLY if getattr(self, k) is not None]
         if self.predictor == "cost" and given:
             raise UserError(f"{', '.join(given)}: for --predictor mlp only (the cost model is "
@@ -288,4 +365,4 @@ class PredictorConfig(SpaceFlags):
                  if getattr(self, k) is not None}
         return TrainConfig(predictor=self.predictor,
                            feature_norm=tuple(self.feature_norm or FEATURE_NORM),
-                           lat_norm=self.lat_norm or LATENCY_NORM, seed=self.seed, **given)
+                           lat_norm=LATENCY_NORM if self.lat_norm is None else self.lat_norm, seed=self.seed, **given)

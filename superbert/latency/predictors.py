@@ -7,14 +7,17 @@ d, 1; see `CostModel`), fitted by least squares on the relative error; it fits f
 archs, its coefficients read as ms per unit of work, and it costs a few flops per arch, so
 candidate enumeration is exact on any grid. `FlopsBaseline` is what both must beat.
 
-`time.pt` is self-describing (state dict, shape, normalisers, base latency, scheme, metrics); a
-bare state dict of the original still loads.
+`time.pt` is self-describing (state dict, shape, normalisers, base latency, scheme, the timing
+backend its dataset was measured with, metrics); every field read back is type-checked, with an
+error naming the file and the field. A bare state dict of the original still loads; a time.pt
+without a backend (older, or the original's) was fitted on torch timings.
 """
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any, Sequence
 
 import numpy as np
@@ -25,6 +28,8 @@ from torch import nn
 from ..arch import FEATURE_NORM, LATENCY_NORM, Arch, Scheme
 from ..errors import UserError
 from ..io import atomic_path
+from .checks import field
+from .timing import check_backend
 
 logger = logging.getLogger(__name__)
 
@@ -118,11 +123,14 @@ class LatencyPredictor:
     lat_norm: float = LATENCY_NORM
     base_latency_ms: float | None = None
     scheme: Scheme | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = dataclass_field(default_factory=dict)
+    # the runtime the latencies it learned were timed with (TimingProtocol.backend)
+    backend: str = "torch"
 
     def __post_init__(self) -> None:
         if self.scheme is not None:
             self.scheme = Scheme.parse(self.scheme)
+        check_backend(self.backend)
         self.model.eval()
         self._norm = torch.tensor(self.feature_norm, dtype=torch.float32)
 
@@ -180,7 +188,8 @@ class LatencyPredictor:
                 "feature_norm": [float(v) for v in self.feature_norm],
                 "lat_norm": float(self.lat_norm),
                 "base_latency_ms": None if self.base_latency_ms is None else float(self.base_latency_ms),
-                "scheme": None if self.scheme is None else str(self.scheme), "meta": self.meta}
+                "scheme": None if self.scheme is None else str(self.scheme), "meta": self.meta,
+                "backend": self.backend}
 
     def save(self, path: str | os.PathLike) -> None:
         with atomic_path(path) as tmp:
@@ -230,8 +239,7 @@ class LatencyPredictor:
             return cls(model, tuple(feature_norm or FEATURE_NORM),
                        float(lat_norm if lat_norm is not None else LATENCY_NORM),
                        float(base), scheme, {"source": "bare state dict"})
-        saved_fn = tuple(float(v) for v in blob["feature_norm"])
-        saved_ln = float(blob["lat_norm"])
+        saved_fn, saved_ln = cls._checked_fields(path, blob)
         if feature_norm is not None and tuple(float(v) for v in feature_norm) != saved_fn:
             raise UserError(f"{path} was trained with --feature_norm {list(saved_fn)}, "
                             f"not {list(feature_norm)}")
@@ -242,7 +250,34 @@ class LatencyPredictor:
             scheme = Scheme.resolve(saved_scheme, scheme, what=f"{path} (the latency predictor)")
         base = base_latency_ms if base_latency_ms is not None else blob.get("base_latency_ms")
         return cls(model, saved_fn, saved_ln, None if base is None else float(base),
-                   scheme, dict(blob.get("meta") or {}))
+                   scheme, dict(blob.get("meta") or {}), blob.get("backend") or "torch")
+
+    @staticmethod
+    def _checked_fields(path, blob: dict[str, Any]) -> tuple[tuple[float, ...], float]:
+        """Type-check what a self-describing time.pt records; (feature_norm, lat_norm)."""
+        for key, kind in (("version", int), ("kind", str), ("feature_dim", int),
+                          ("hidden_dim", int), ("hidden_layer_num", int), ("terms", list),
+                          ("base_latency_ms", float), ("scheme", str), ("meta", dict),
+                          ("backend", str)):
+            field(blob, key, kind, path)
+        fn = field(blob, "feature_norm", list, path, optional=False)
+        ln = field(blob, "lat_norm", float, path, optional=False)
+        if len(fn) != 4 or any(isinstance(v, bool) or not isinstance(v, (int, float))
+                               or not np.isfinite(v) or v <= 0 for v in fn):
+            raise UserError(f"{path}: field 'feature_norm' must be 4 positive numbers, got {fn!r}")
+        for key, value in (("lat_norm", ln), ("base_latency_ms", blob.get("base_latency_ms"))):
+            if value is not None and value <= 0:
+                raise UserError(f"{path}: field {key!r} must be positive, got {value!r}")
+        try:
+            check_backend(blob.get("backend") or "torch")
+        except UserError as err:
+            raise UserError(f"{path}: field 'backend': {err}") from None
+        meta = blob.get("meta") or {}
+        timing = field(meta, "timing", dict, f"{path}: meta")
+        if timing:
+            field(timing, "base_arch", str, f"{path}: meta.timing")
+            field(timing, "protocol", dict, f"{path}: meta.timing")
+        return tuple(float(v) for v in fn), float(ln)
 
     @staticmethod
     def _load_mlp(path, state, feature_dim, hidden_dim, hidden_layer_num) -> LatencyMLP:

@@ -6,9 +6,19 @@ warm-up forward, then `infer_cnt` timed forwards under `torch.inference_mode()`;
 wanders) is what the dataset records, the mean is logged beside it. The default subject is the
 extracted dense sub-model with random weights (latency depends only on the shapes): what is
 deployed. The original timed the sliced supernet (`TimingProtocol.subject = "supernet"`).
+
+`TimingProtocol.backend` says which runtime runs the forward: "torch" (eager PyTorch), or
+"onnxruntime" / "onnxruntime-int8" (the same model exported to ONNX, INT8 after ONNX Runtime's
+dynamic quantiser, timed by `deploy.OnnxTimingBackend` under the same protocol). A dataset, and
+the predictor fitted on it, hold one backend's latencies; `Timer` delegates to the backend.
+
+A reference timing whose runs spread widely (mean / median above `NOISY_REFERENCE`) is taken
+again once, and if it is still noisy a warning says so: every speedup divides by it.
 """
 from __future__ import annotations
 
+import logging
+import math
 import os
 import platform
 import time
@@ -21,12 +31,24 @@ from torch import nn
 from tqdm import tqdm
 
 from ..arch import Arch, Scheme, arch_of_config
+from ..deploy import BACKENDS, OnnxTimingBackend
 from ..errors import UserError
 from ..modeling import AutoTinyBertModel, sub_config
+
+logger = logging.getLogger(__name__)
 
 # BERT-base, the reference of every speedup (12 layers, 768 hidden, 12 heads, qkv 768, FFN 3072).
 BERT_BASE = Arch(layers=12, hidden=768, heads=12, qkv=768, ffn=3072)
 TIMING_TOKEN_ID = 9333
+# A reference timing whose mean exceeds its median by more than this is re-timed once.
+NOISY_REFERENCE = 1.1
+
+
+def check_backend(backend: str) -> str:
+    """The backend name, or one UserError listing the known ones."""
+    if backend not in BACKENDS:
+        raise UserError(f"unknown --backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    return backend
 
 
 @dataclass(frozen=True)
@@ -48,13 +70,20 @@ class TimingProtocol:
     # each latency is scaled by (reference at the start / reference now, averaged over the last
     # few), so slow changes in machine load do not leak into the dataset.
     drift_ref: bool = False
+    # The runtime: "torch", "onnxruntime" or "onnxruntime-int8" (see the module docstring).
+    backend: str = "torch"
 
     def __post_init__(self) -> None:
         for name in ("threads", "batch_size", "seq_len", "infer_cnt"):
-            if int(getattr(self, name)) < 1:
-                raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        if self.warmup < 0:
-            raise UserError("the number of warm-up runs cannot be negative")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"--{name} must be at least 1, got {value!r}")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+            raise UserError(f"the number of warm-up runs must be 0 or more, got {self.warmup!r}")
+        check_backend(self.backend)
+        if self.backend != "torch" and self.subject != "extracted":
+            raise UserError(f"--backend {self.backend} times the extracted model (an ONNX graph); "
+                            f"the sliced supernet (--time_supernet) is timed with --backend torch")
         if self.subject not in ("extracted", "supernet"):
             raise UserError(f"unknown timing subject {self.subject!r}")
         if self.statistic not in ("median", "min"):
@@ -66,9 +95,27 @@ class TimingProtocol:
                             "only a latency with --threads 1")
 
     @classmethod
-    def from_record(cls, saved: dict[str, Any] | None) -> "TimingProtocol":
-        """The protocol a sidecar / time.pt recorded (unknown keys ignored, missing ones default)."""
-        return cls(**{k: v for k, v in (saved or {}).items() if k in cls.__dataclass_fields__})
+    def from_record(cls, saved: dict[str, Any] | None, where: str = "the record") -> "TimingProtocol":
+        """The protocol a sidecar / time.pt recorded (unknown keys ignored, missing ones default:
+        a record older than the backend field was timed with torch). A value of the wrong type
+        is one UserError naming `where` and the field."""
+        if saved is None:
+            saved = {}
+        if not isinstance(saved, dict):
+            raise UserError(f"{where}: field 'protocol' must be an object, got {saved!r}")
+        fields = cls.__dataclass_fields__
+        for key, value in saved.items():
+            if key not in fields:
+                continue
+            want = type(fields[key].default)
+            if want is int and (isinstance(value, bool) or not isinstance(value, int)) or \
+                    want is not int and not isinstance(value, want):
+                raise UserError(f"{where}: field 'protocol.{key}' must be {want.__name__}, got "
+                                f"{value!r}")
+        try:
+            return cls(**{k: v for k, v in saved.items() if k in fields})
+        except UserError as err:
+            raise UserError(f"{where}: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -96,9 +143,13 @@ def set_threads(threads: int) -> None:
 
 
 class Timer:
-    """Times archs of one supernet config under a protocol (model built per arch, random weights)."""
+    """Times archs of one supernet config under a protocol (model built per arch, random weights),
+    with the protocol's backend. `close()` (or `with`) removes an ONNX backend's graphs."""
 
     def __init__(self, config: Any, scheme: str | Scheme, protocol: TimingProtocol = TimingProtocol()):
+        # the ONNX backend exports and opens sessions: before anything else, so a missing
+        # onnxruntime is one line
+        self.onnx = OnnxTimingBackend(protocol.backend) if protocol.backend != "torch" else None
         self.config = config
         self.scheme = Scheme.parse(scheme)
         self.protocol = protocol
@@ -142,14 +193,45 @@ class Timer:
         if self.protocol.subject == "supernet" and getattr(model, "dense_fit", None) is not None:
             model.dense_fit(out.last_hidden_state)
 
-    def time(self, arch: Arch) -> Timing:
-        return self.time_model(self.build(arch), arch)
+    def info(self) -> dict[str, Any]:
+        """What a sidecar records about the runtime: the backend, and for ONNX Runtime its
+        version, providers, precision and opset."""
+        if self.onnx is not None:
+            return self.onnx.info()
+        return {"backend": "torch", "torch_version": torch.__version__}
+
+    def time(self, arch: Arch, runs: int | None = None, warmup: int | None = None) -> Timing:
+        if self.onnx is not None:
+            return self.onnx.time(arch, lambda: self.build(arch), self.protocol, runs=runs,
+                                  warmup=warmup)
+        return self.time_model(self.build(arch), arch, runs=runs, warmup=warmup)
 
     def time_reference(self, arch: Arch, extra_warmup: int = 3) -> Timing:
         """Time a reference arch with extra warm-up: it is often the process's first model, whose
-        first forwards (kernel selection, allocator growth) would inflate every speedup."""
-        return self.time_model(self.build(arch), arch,
-                               warmup=self.protocol.warmup + extra_warmup)
+        first forwards (kernel selection, allocator growth) would inflate every speedup. Runs
+        that spread widely (mean / median > NOISY_REFERENCE) are timed again once; still noisy,
+        a warning says so."""
+        warmup = self.protocol.warmup + extra_warmup
+        t = self.time(arch, warmup=warmup)
+        if t.mean_ms / t.median_ms > NOISY_REFERENCE:
+            first = t
+            t = self.time(arch, warmup=warmup)
+            if t.mean_ms / t.median_ms > NOISY_REFERENCE:
+                logger.warning("the reference %s timed noisily twice (mean/median %.2f, then "
+                               "%.2f): every speedup divides by it; time on a quieter machine "
+                               "or with more --infer_cnt", arch.short(),
+                               first.mean_ms / first.median_ms, t.mean_ms / t.median_ms)
+        return t
+
+    def close(self) -> None:
+        if self.onnx is not None:
+            self.onnx.close()
+
+    def __enter__(self) -> "Timer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     def time_model(self, model: nn.Module, arch: Arch, runs: int | None = None,
                    warmup: int | None = None) -> Timing:
@@ -244,12 +326,18 @@ class Drift:
         # The sliced supernet is one shared model: its reference is its own full arch.
         self.arch = (arch_of_config(timer.config) if timer.protocol.subject == "supernet"
                      else DRIFT_REF)
-        self.model = timer.build(self.arch)  # built once: only its timing is repeated
-        timer.time_model(self.model, self.arch, runs=1, warmup=1)
+        # built once: only its timing is repeated (the ONNX backend keeps its session itself)
+        self.model = timer.build(self.arch) if timer.onnx is None else None
+        self._time(runs=1, warmup=1)
+
+    def _time(self, runs: int, warmup: int) -> Timing:
+        if self.model is None:
+            return self.timer.time(self.arch, runs=runs, warmup=warmup)
+        model = self.timer.build(self.arch) if self.timer.protocol.subject == "supernet" else self.model
+        return self.timer.time_model(model, self.arch, runs=runs, warmup=warmup)
 
     def now(self) -> float:
-        model = self.timer.build(self.arch) if self.timer.protocol.subject == "supernet" else self.model
-        return self.timer.time_model(model, self.arch, runs=self.runs, warmup=0).ms
+        return self._time(runs=self.runs, warmup=0).ms
 
     def update(self) -> float:
         self.recent = (self.recent + [self.now()])[-self.window:]

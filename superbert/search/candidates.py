@@ -293,5 +293,17 @@ def read_candidates(path: str | os.PathLike) -> list[Arch]:
     return out
 
 
+def check_candidates(path: str | os.PathLike, archs: Sequence[Arch], space: SearchSpace) -> None:
+    """Every candidate must lie in the search space: its ranges, its scheme (KD keeps all
+    heads, MLM ties qkv to heads) and so the supernet the space was clipped to. One UserError
+    naming the file and the first arch outside; every method reads candidates through it."""
+    for arch in archs:
+        try:
+            space.check(arch)
+        except UserError as err:
+            raise UserError(f"{path}: {err} (candidates must come from this search's space, "
+                            f"scheme and supernet: make them with --method Candidate)") from None
+
+
 def write_archs(path: str | os.PathLike, archs: Sequence[Arch]) -> None:
     atomic_write_text(path, "".join(f"{a}\n" for a in archs))

@@ -16,9 +16,10 @@ from ..cli import flag
 from ..errors import UserError
 from ..hf import load_config, resolve_model_dir
 from ..latency import LatencyPredictor, PredictorConfig, load_supernet_config
+from ..latency.checks import check_output, check_positive
 from ..results import fitness, parse_results
-from .candidates import (FINE_STEPS, ORIGINAL_STEPS, CandidateSet, enumerate_candidates,
-                         read_candidates, write_archs, write_candidates)
+from .candidates import (FINE_STEPS, ORIGINAL_STEPS, CandidateSet, check_candidates,
+                         enumerate_candidates, read_candidates, write_archs, write_candidates)
 from .evolution import Evolver, sample_generation
 from .measure import measure_archs, reference_name
 from .pareto import ParetoEvolver
@@ -99,6 +100,23 @@ class SearchConfig(SpaceFlags):
             raise UserError(f"--method {self.method} needs --arch_perfs_file (subbert.results)")
         if self.measure < 0:
             raise UserError(f"--measure must be a number of archs, got {self.measure}")
+        check_positive(base_latency=self.base_latency, latency_constraint=self.latency_constraint,
+                       lat_min_ratio=self.lat_min_ratio, lat_max_ratio=self.lat_max_ratio,
+                       lat_norm=self.lat_norm, gen_size=self.gen_size)
+        for value in self.feature_norm or ():
+            check_positive(feature_norm=value)
+        if self.lat_min_ratio > self.lat_max_ratio:
+            raise UserError(f"the latency window needs --lat_min_ratio <= --lat_max_ratio, got "
+                            f"{self.lat_min_ratio} and {self.lat_max_ratio}")
+        # what this step writes may neither replace a directory nor overwrite what it reads
+        if self.method == "Candidate":
+            check_output("candidate_file", self.candidate_file, {"ckpt_path": self.ckpt_path})
+        else:
+            inputs = {"ckpt_path": self.ckpt_path, "candidate_file": self.candidate_file,
+                      "arch_perfs_file": self.arch_perfs_file}
+            check_output("output_file", self.output_file, inputs)
+            if self.plot:
+                check_output("plot", self.plot, {**inputs, "output_file": self.output_file})
 
     @classmethod
     def candidates_of(cls, cfg: PredictorConfig) -> "SearchConfig":
@@ -156,7 +174,8 @@ def build_window(cfg: SearchConfig, predictor: LatencyPredictor) -> LatencyWindo
 def write_candidate_file(cfg: SearchConfig, predictor: LatencyPredictor, space: SearchSpace,
                          window: LatencyWindow) -> CandidateSet:
     """Candidate: every grid arch in the window, written to --candidate_file."""
-    logger.info("predictor %s: %s", cfg.ckpt_path, predictor.describe())
+    logger.info("predictor %s: %s, fitted on %s latencies", cfg.ckpt_path, predictor.describe(),
+                predictor.backend)
     logger.info("window: %s", window.describe())
     cands = enumerate_candidates(predictor, space, window, cfg.enumeration,
                                  progress=not cfg.no_progress)
@@ -187,6 +206,7 @@ def next_generation(cfg: SearchConfig, predictor: LatencyPredictor, space: Searc
     """Random / Fast: drawn from the candidates; Evolved / Pareto: bred from the results."""
     rng = random.Random(cfg.seed)
     candidates = read_candidates(cfg.candidate_file)
+    check_candidates(cfg.candidate_file, candidates, space)
     if cfg.method in ("Random", "Fast"):
         gen = Generation(sample_generation(candidates, predictor, window, cfg.gen_size, rng,
                                            fast=cfg.method == "Fast"))
@@ -199,7 +219,8 @@ def next_generation(cfg: SearchConfig, predictor: LatencyPredictor, space: Searc
         logger.info("%d archs evaluated; best fitness %.3f: %s", len(evaluated), best[1], best[0])
         gen = Generation(evo.next_generation(), evaluated, evo.parents,
                          evo.front_archs if isinstance(evo, ParetoEvolver) else [])
-    logger.info("%d candidates; window: %s", len(candidates), window.describe())
+    logger.info("%d candidates; window (%s latencies): %s", len(candidates), predictor.backend,
+                window.describe())
     return gen
 
 
@@ -207,13 +228,13 @@ def write_generation(cfg: SearchConfig, gen: Generation, predictor: LatencyPredi
                      window: LatencyWindow) -> None:
     write_archs(cfg.output_file, gen.children)
     lat = predictor.predict(gen.children)
-    logger.info("wrote %d archs to %s (predicted %.2f..%.2f ms, speedup %.2fx..%.2fx)",
-                len(gen.children), cfg.output_file, lat.min(), lat.max(),
-                window.base_ms / lat.max(), window.base_ms / lat.min())
+    logger.info("wrote %d archs to %s (predicted %s latency %.2f..%.2f ms, speedup "
+                "%.2fx..%.2fx)", len(gen.children), cfg.output_file, predictor.backend,
+                lat.min(), lat.max(), window.base_ms / lat.max(), window.base_ms / lat.min())
     if cfg.plot:
         if gen.evaluated:
             plot_generation(cfg.plot, gen.evaluated, predictor, window, gen.parents,
-                            gen.children, gen.front)
+                            gen.children, gen.front, gen_size=cfg.gen_size)
         else:
             plot_generation(cfg.plot, {a: 0.0 for a in gen.children}, predictor, window)
         logger.info("plot: %s", cfg.plot)
@@ -230,8 +251,10 @@ def print_measured(cfg: SearchConfig, gen: Generation, predictor: LatencyPredict
         to_time = gen.children[: cfg.measure]
         what = "written"
     config, _, _ = load_supernet_config(cfg.bert_model, scheme)
-    base, rows = measure_archs(to_time, predictor, config, scheme, progress=not cfg.no_progress)
-    print(f"measured on this machine: {window.base_name} {base:.2f} ms (time.pt records "
+    base, rows = measure_archs(to_time, predictor, config, scheme, progress=not cfg.no_progress,
+                               where=cfg.ckpt_path)
+    print(f"measured on this machine with the {predictor.backend} backend (the predictor's): "
+          f"{window.base_name} {base:.2f} ms (time.pt records "
           f"{predictor.base_latency_ms:.2f} ms); {what} archs:")
     lo_s, hi_s = window.base_ms / window.hi, window.base_ms / window.lo
     print(f"{'arch':<28} {'pred ms':>9} {'meas ms':>9} {'pred x':>7} {'meas x':>7}  "

@@ -1,7 +1,7 @@
 """Searched archs timed for real: measured speedups beside the predicted ones."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 from ..arch import Arch, Scheme
@@ -35,15 +35,21 @@ def reference_name(predictor: LatencyPredictor) -> str:
 
 def measure_archs(archs: Sequence[Arch], predictor: LatencyPredictor, config: Any,
                   scheme: str | Scheme, protocol: TimingProtocol | None = None,
-                  progress: bool = True) -> tuple[float, list[Measured]]:
+                  progress: bool = True, where: str = "time.pt") -> tuple[float, list[Measured]]:
     """Time the predictor's reference arch (BERT-base unless the latency dataset recorded
     another) and `archs` now, on this machine, under the protocol the dataset was timed with
-    (`time_against_reference`: the reference before and after the archs); speedups measured
-    vs predicted."""
+    and with the backend the predictor was fitted on (`time_against_reference`: the reference
+    before and after the archs); speedups measured vs predicted."""
     if protocol is None:
-        protocol = TimingProtocol.from_record((predictor.meta.get("timing") or {}).get("protocol"))
-    timed = time_against_reference(Timer(config, scheme, protocol), archs,
-                                   reference_arch(predictor), progress=progress)
+        protocol = TimingProtocol.from_record((predictor.meta.get("timing") or {}).get("protocol"),
+                                              f"{where}: meta.timing")
+    protocol = replace(protocol, backend=predictor.backend)
+    timer = Timer(config, scheme, protocol)
+    try:
+        timed = time_against_reference(timer, archs, reference_arch(predictor),
+                                       progress=progress)
+    finally:
+        timer.close()
     base = timed.reference_ms
     pred_base = predictor.base_latency_ms or base
     out = []
