@@ -534,7 +534,8 @@ class OnnxTimingBackend:
     def info(self) -> dict[str, Any]:
         """For the dataset sidecar: backend, precision, opset, runtime version and providers."""
         return {"backend": self.backend, "precision": "int8" if self.int8 else "fp32",
-                "opset": self.opset, "exporter": EXPORTER, **ort_info()}
+                "opset": self.opset, "exporter": EXPORTER, **ort_info(),
+                "session_providers": ["CPUExecutionProvider"]}  # what OrtModel runs on
 
     def session(self, arch: Arch, build: Callable[[], nn.Module], threads: int) -> OrtModel:
         """The session of `arch`, exported from `build()` unless it is among the last kept."""

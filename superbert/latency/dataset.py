@@ -98,7 +98,7 @@ MACHINE_FIELDS: dict[str, type | tuple[type, ...]] = {
     "torch_version": str, "python_version": str, "platform": str}
 RUNTIME_FIELDS: dict[str, type | tuple[type, ...]] = {
     "backend": str, "precision": str, "opset": int, "exporter": str, "ort_version": str,
-    "providers": list, "torch_version": str}
+    "providers": list, "session_providers": list, "torch_version": str}
 
 
 def read_sidecar(dataset: str | os.PathLike) -> dict[str, Any] | None:
