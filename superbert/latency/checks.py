@@ -4,7 +4,7 @@
   (inf, nan, 0 and negatives would flow silently into every latency and speedup).
 - `check_output`: an output path may not be an existing directory (writing there used to
   delete it) nor the same file as one of the run's inputs.
-- `field`: a value read from a sidecar or time.pt, type-checked, with an error naming the file
+- `record_field`: a value read from a sidecar or time.pt, type-checked, with an error naming the file
   and the field.
 """
 from __future__ import annotations
@@ -52,7 +52,7 @@ _TYPES = {int: "an integer", float: "a number", str: "a string", dict: "an objec
           list: "a list", bool: "true or false"}
 
 
-def field(record: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: Any,
+def record_field(record: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: Any,
           default: Any = None, optional: bool = True) -> Any:
     """`record[key]` if it is of `kind` (a float field takes an int; bool is never a number),
     `default` if absent (or null) and `optional`; else one UserError naming `where` and `key`."""

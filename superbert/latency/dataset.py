@@ -34,7 +34,7 @@ from ..errors import UserError
 from ..hf import load_config, read_config_json, resolve_model_dir
 from ..deploy import require_onnx
 from ..io import append_text_durably, atomic_write_text
-from .checks import check_output, field
+from .checks import check_output, record_field
 from .timing import (BERT_BASE, TIMING_TOKEN_ID, Drift, Timer, TimingProtocol, check_backend,
                      machine_info)
 
@@ -113,10 +113,10 @@ def read_sidecar(dataset: str | os.PathLike) -> dict[str, Any] | None:
     if not isinstance(data, dict) or data.get("format") != DATASET_FORMAT:
         raise UserError(f"{path} is not a latency dataset sidecar")
     for key, kind in SIDECAR_FIELDS.items():
-        field(data, key, kind, path)
+        record_field(data, key, kind, path)
     for parent, fields in (("machine", MACHINE_FIELDS), ("runtime", RUNTIME_FIELDS)):
         for key, kind in fields.items():
-            field(data.get(parent) or {}, key, kind, f"{path}: {parent}")
+            record_field(data.get(parent) or {}, key, kind, f"{path}: {parent}")
     for key in ("base_latency_ms", "drift_ref_ms"):
         if key in data and data[key] <= 0:
             raise UserError(f"{path}: field {key!r} must be a positive number of ms, got "

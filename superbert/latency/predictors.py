@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
-from dataclasses import field as dataclass_field
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -28,8 +27,8 @@ from torch import nn
 from ..arch import FEATURE_NORM, LATENCY_NORM, Arch, Scheme
 from ..errors import UserError
 from ..io import atomic_path
-from .checks import field
-from .timing import check_backend
+from .checks import record_field
+from .timing import TimingProtocol, check_backend
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +122,7 @@ class LatencyPredictor:
     lat_norm: float = LATENCY_NORM
     base_latency_ms: float | None = None
     scheme: Scheme | None = None
-    meta: dict[str, Any] = dataclass_field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
     # the runtime the latencies it learned were timed with (TimingProtocol.backend)
     backend: str = "torch"
 
@@ -259,9 +258,9 @@ class LatencyPredictor:
                           ("hidden_dim", int), ("hidden_layer_num", int), ("terms", list),
                           ("base_latency_ms", float), ("scheme", str), ("meta", dict),
                           ("backend", str)):
-            field(blob, key, kind, path)
-        fn = field(blob, "feature_norm", list, path, optional=False)
-        ln = field(blob, "lat_norm", float, path, optional=False)
+            record_field(blob, key, kind, path)
+        fn = record_field(blob, "feature_norm", list, path, optional=False)
+        ln = record_field(blob, "lat_norm", float, path, optional=False)
         if len(fn) != 4 or any(isinstance(v, bool) or not isinstance(v, (int, float))
                                or not np.isfinite(v) or v <= 0 for v in fn):
             raise UserError(f"{path}: field 'feature_norm' must be 4 positive numbers, got {fn!r}")
@@ -273,10 +272,11 @@ class LatencyPredictor:
         except UserError as err:
             raise UserError(f"{path}: field 'backend': {err}") from None
         meta = blob.get("meta") or {}
-        timing = field(meta, "timing", dict, f"{path}: meta")
+        timing = record_field(meta, "timing", dict, f"{path}: meta")
         if timing:
-            field(timing, "base_arch", str, f"{path}: meta.timing")
-            field(timing, "protocol", dict, f"{path}: meta.timing")
+            record_field(timing, "base_arch", str, f"{path}: meta.timing")
+            TimingProtocol.from_record(record_field(timing, "protocol", dict, f"{path}: meta.timing"),
+                                       f"{path}: meta.timing")
         return tuple(float(v) for v in fn), float(ln)
 
     @staticmethod

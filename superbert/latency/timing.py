@@ -77,7 +77,8 @@ class TimingProtocol:
         for name in ("threads", "batch_size", "seq_len", "infer_cnt"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserError(f"--{name} must be at least 1, got {value!r}")
+                flag = "max_seq_length" if name == "seq_len" else name
+                raise UserError(f"--{flag} must be at least 1, got {value!r}")
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
             raise UserError(f"the number of warm-up runs must be 0 or more, got {self.warmup!r}")
         check_backend(self.backend)
