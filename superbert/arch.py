@@ -71,10 +71,6 @@ FEATURE_NORM = (768.0, 12.0, 3072.0, 768.0)
 LATENCY_NORM = 200.0
 
 
-def normalize_scheme(scheme: str) -> Scheme:
-    return Scheme.parse(scheme)
-
-
 @dataclass(frozen=True, order=True)
 class Arch:
     """One homogeneous sub-architecture: every layer has the same heads, qkv and FFN width."""
