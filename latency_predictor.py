@@ -6,9 +6,9 @@ more accurate on a few hundred archs); seeded 80/10/10 split; prints RMSE (ms), 
 Kendall tau on the test split beside a FLOPs-proportional baseline fitted on the training
 split. Several datasets of one backend and protocol can be given (`--lat_dataset_path A B`);
 the backend they were timed with (torch / onnxruntime / onnxruntime-int8) is saved in time.pt,
-and datasets of different backends are refused. `--get_candidates` lists the archs whose predicted latency meets `--latency_constraint`
-(the original's candidate mode; searcher.py --method Candidate does the same on the searcher's
-grid).
+and datasets of different backends are refused. `--get_candidates` lists the archs whose
+predicted latency meets `--latency_constraint` (the original's candidate mode; searcher.py
+--method Candidate does the same on the searcher's grid).
 """
 from __future__ import annotations
 

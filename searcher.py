@@ -4,6 +4,11 @@ Methods: Candidate (enumerate the grid, keep the archs whose predicted latency i
 [0.85, 1.1] x T_base / speedup), Random and Fast (sample a generation from the candidates; Fast
 applies the ratio rule), Evolved (the next generation from subbert.results), Pareto (NSGA-II
 over predicted latency and fitness). Files are one arch dict per line, as the original.
+
+Latencies are those of the backend the predictor was fitted on (torch, onnxruntime or
+onnxruntime-int8, recorded in time.pt; an older time.pt means torch): `--measure` times the
+archs and the reference with that backend. Every candidate read must lie in the space and
+scheme; an output may not be an existing directory or one of the inputs.
 """
 from __future__ import annotations
 

@@ -18,7 +18,6 @@ from hypothesis import given, settings, strategies as st
 import inference_time_evaluation
 import latency_predictor
 import searcher
-import superbert.latency.dataset as dataset_mod
 from superbert.arch import Arch, SearchSpace
 from superbert.cli import run_main
 from superbert.errors import UserError

@@ -4,8 +4,8 @@
   (inf, nan, 0 and negatives would flow silently into every latency and speedup).
 - `check_output`: an output path may not be an existing directory (writing there used to
   delete it) nor the same file as one of the run's inputs.
-- `record_field`: a value read from a sidecar or time.pt, type-checked, with an error naming the file
-  and the field.
+- `record_field`: a value read from a sidecar or time.pt, type-checked, with an error naming
+  the file and the field.
 """
 from __future__ import annotations
 

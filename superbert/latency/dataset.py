@@ -140,7 +140,7 @@ def read_sidecar(dataset: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def sidecar_backend(sidecar: dict[str, Any] | None) -> str:
-    """The backend a dataset was timed with; a sidecar older than the field (or none) means torch."""
+    """The backend a dataset was timed with; a sidecar older than the field (or none): torch."""
     if not sidecar:
         return "torch"
     return sidecar.get("backend") or (sidecar.get("protocol") or {}).get("backend") or "torch"
@@ -291,8 +291,8 @@ class ProgressLog:
 
     def __init__(self, total: int, what: str = "timed", unit: str = "arch", every: int = 50,
                  seconds: float = 10.0, clock: Any = time.monotonic):
-        self.total, self.what, self.unit, self.every, self.seconds = total, what, unit, every, seconds
-        self.clock = clock
+        self.total, self.what, self.unit = total, what, unit
+        self.every, self.seconds, self.clock = every, seconds, clock
         self.start = self.last = clock()
         self.done = 0
 

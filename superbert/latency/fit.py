@@ -365,4 +365,5 @@ class PredictorConfig(SpaceFlags):
                  if getattr(self, k) is not None}
         return TrainConfig(predictor=self.predictor,
                            feature_norm=tuple(self.feature_norm or FEATURE_NORM),
-                           lat_norm=LATENCY_NORM if self.lat_norm is None else self.lat_norm, seed=self.seed, **given)
+                           lat_norm=LATENCY_NORM if self.lat_norm is None else self.lat_norm,
+                           seed=self.seed, **given)

@@ -275,8 +275,8 @@ class LatencyPredictor:
         timing = record_field(meta, "timing", dict, f"{path}: meta")
         if timing:
             record_field(timing, "base_arch", str, f"{path}: meta.timing")
-            TimingProtocol.from_record(record_field(timing, "protocol", dict, f"{path}: meta.timing"),
-                                       f"{path}: meta.timing")
+            where = f"{path}: meta.timing"
+            TimingProtocol.from_record(record_field(timing, "protocol", dict, where), where)
         return tuple(float(v) for v in fn), float(ln)
 
     @staticmethod

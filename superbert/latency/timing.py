@@ -18,7 +18,6 @@ again once, and if it is still noisy a warning says so: every speedup divides by
 from __future__ import annotations
 
 import logging
-import math
 import os
 import platform
 import time
@@ -96,7 +95,8 @@ class TimingProtocol:
                             "only a latency with --threads 1")
 
     @classmethod
-    def from_record(cls, saved: dict[str, Any] | None, where: str = "the record") -> "TimingProtocol":
+    def from_record(cls, saved: dict[str, Any] | None,
+                    where: str = "the record") -> "TimingProtocol":
         """The protocol a sidecar / time.pt recorded (unknown keys ignored, missing ones default:
         a record older than the backend field was timed with torch). A value of the wrong type
         is one UserError naming `where` and the field."""

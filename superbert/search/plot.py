@@ -23,8 +23,8 @@ from ..latency import LatencyPredictor
 from .window import LatencyWindow
 
 
-def plot_generation(path: str | os.PathLike, evaluated: dict[Arch, float], predictor: LatencyPredictor,
-                    window: LatencyWindow, parents: Sequence[Arch] = (),
+def plot_generation(path: str | os.PathLike, evaluated: dict[Arch, float],
+                    predictor: LatencyPredictor, window: LatencyWindow, parents: Sequence[Arch] = (),
                     children: Sequence[Arch] = (), front: Sequence[Arch] = (),
                     gen_size: int | None = None) -> None:
     """See the module docstring; without `gen_size` (or with nothing evaluated yet: Random /
