@@ -13,6 +13,12 @@
     python bench/bench_latency_predictor.py                       # the original MLP (+ cost model)
     python bench/bench_latency_predictor.py --predictor cost      # the cost model only (seconds)
     python bench/bench_latency_predictor.py --hidden_dim 256 --lr 3e-4 --train_steps 5000
+    python bench/bench_latency_predictor.py --backend onnxruntime --predictor cost
+                                  # ONNX Runtime timings (own dataset, out_dir latency_onnxruntime);
+                                  # the torch dataset's predictor is fitted and printed beside it
+
+With --backend onnxruntime / onnxruntime-int8 every arch (and BERT-base) is exported to ONNX and
+timed by ONNX Runtime under the same protocol; the searched archs of step 4 are timed with it too.
 
 Measured here (2-core AMD EPYC VM, 800 archs, 1 thread, clock cpu, drift-corrected, min of 10
 runs): two timings of the same arch differ by 3.0-3.6% MAPE (this VM's speed wanders by a few %
@@ -37,6 +43,7 @@ import numpy as np
 
 from superbert.arch import FEATURE_NORM, LATENCY_NORM, SearchSpace
 from superbert.cli import run_main, setup_logging
+from superbert.deploy import BACKENDS
 from superbert.latency import (BERT_BASE, Drift, LatencyConfig, Timer, TimingProtocol,
                                TrainConfig, collect_latency_dataset, dataset_arrays,
                                load_supernet_config, read_latency_dataset, regression_metrics,
@@ -48,7 +55,15 @@ from superbert.search import (ORIGINAL_STEPS, LatencyWindow, enumerate_candidate
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out_dir", default="experiments/bench/latency")
+    p.add_argument("--out_dir", default=None,
+                   help="default experiments/bench/latency, with _<backend> for ONNX Runtime (a "
+                        "dataset holds one backend)")
+    p.add_argument("--backend", default="torch", choices=list(BACKENDS),
+                   help="runtime that times the archs, BERT-base and the searched archs")
+    p.add_argument("--compare_dir", default=None,
+                   help="with an ONNX Runtime backend: a torch dataset's directory whose "
+                        "predictor is fitted on the same recipe and printed beside (default "
+                        "experiments/bench/latency when it holds lat.tmp)")
     p.add_argument("--num_archs", type=int, default=800)
     p.add_argument("--infer_cnt", type=int, default=10)
     p.add_argument("--clock", default="cpu", choices=["wall", "cpu"],
@@ -78,12 +93,14 @@ def main(argv=None):
                         "raw and drift-corrected timings")
     args = p.parse_args(argv)
     setup_logging()
-    out = Path(args.out_dir)
+    torch_dir = Path("experiments/bench/latency")
+    out = Path(args.out_dir) if args.out_dir else (
+        torch_dir if args.backend == "torch" else torch_dir.with_name(f"latency_{args.backend}"))
     data = out / "lat.tmp"
     dataset_cfg = LatencyConfig(output=str(data), num_archs=args.num_archs, seed=args.seed,
                                 passes=args.passes, infer_cnt=args.infer_cnt, clock=args.clock,
                                 statistic=args.statistic, drift_ref=not args.no_drift_ref,
-                                hidden_step=4, ffn_step=4)
+                                hidden_step=4, ffn_step=4, backend=args.backend)
     protocol = dataset_cfg.protocol
     if args.drift_check:
         return drift_check(args.drift_check, protocol, args.seed)
@@ -95,7 +112,8 @@ def main(argv=None):
     print(f"dataset: {len(archs)} archs x {len(records) / len(archs):.3g} passes, {ms.min():.2f}.."
           f"{ms.max():.2f} ms; BERT-base {side['base_latency_ms']:.2f} ms "
           f"({side['machine']['cpu_model']}, {side['protocol']['threads']} thread, clock "
-          f"{side['protocol']['clock']}, {side['timing_subject']}); {time.perf_counter() - t0:.0f} s")
+          f"{side['protocol']['clock']}, {side['timing_subject']}, backend {args.backend}"
+          f"{runtime_note(side)}); {time.perf_counter() - t0:.0f} s")
 
     # 2. the noise floor: two timings of the same arch (the first two passes, or re-timed now)
     config, scheme, _ = load_supernet_config(None)
@@ -129,13 +147,20 @@ def main(argv=None):
     pred, rep = train_from_dataset(data, out / "time.pt", cfg, plot=out / "predictor.png",
                                    progress=False)
     how = (f", {cfg.train_steps} steps, lr {cfg.lr:g}" if args.predictor == "mlp" else "")
-    print(f"predictor {pred.describe()}{how}, fitted in {rep.seconds:.1f} s; split "
-          f"{rep.train.n}/{rep.valid.n}/{rep.test.n}")
+    print(f"predictor {pred.describe()}{how}, fitted on {pred.backend} timings in "
+          f"{rep.seconds:.1f} s; split {rep.train.n}/{rep.valid.n}/{rep.test.n}")
     print(f"  test {args.predictor:>4} predictor : {rep.test.line()}")
     if args.predictor == "mlp":
         _, cost = train_predictor(archs, ms, replace(cfg, predictor="cost"), progress=False)
         print(f"  test cost predictor : {cost.test.line()}  (same split, {cost.seconds:.1f} s)")
     print(f"  test FLOPs baseline : {rep.flops_test.line()}")
+    compare = Path(args.compare_dir) if args.compare_dir else torch_dir
+    if args.backend != "torch" and (compare / "lat.tmp").exists():
+        # the same recipe on the torch timings: how well each runtime's latency is predicted
+        _, other = train_from_dataset(compare / "lat.tmp", out / "time_torch.pt", cfg,
+                                      progress=False)
+        print(f"  test {args.predictor:>4} on torch   : {other.test.line()}  (same recipe, "
+              f"{compare / 'lat.tmp'})")
     ok = rep.test.mape <= 3 and rep.test.kendall_tau >= 0.95
     better = rep.test.mape < rep.flops_test.mape and rep.test.kendall_tau > rep.flops_test.kendall_tau
     print(f"  {args.predictor}: targets MAPE <= 3% and tau >= 0.95: {'met' if ok else 'MISSED'}; "
@@ -143,6 +168,7 @@ def main(argv=None):
           f"{out / 'predictor.png'}")
 
     if args.skip_search:
+        timer.close()
         return
     # 4. searched archs, timed for real
     window = LatencyWindow(pred.base_latency_ms, args.latency_constraint)
@@ -151,6 +177,7 @@ def main(argv=None):
     picked = sample_generation(cands.archs(), pred, window, args.n_searched,
                                random.Random(args.seed), fast=True)
     timed = time_against_reference(timer, picked, BERT_BASE)
+    timer.close()
     base_now = timed.reference_ms
     lo_x, hi_x = base_now / window.hi, base_now / window.lo
     print(f"{len(cands):,} candidates for {args.latency_constraint:g}x; BERT-base now "
@@ -164,6 +191,13 @@ def main(argv=None):
     devs = np.asarray(devs)
     print(f"measured speedup in the window for {int(np.sum(devs == 0))}/{len(devs)} archs; "
           f"largest miss {100 * np.max(np.abs(devs)):.1f}% beyond the window edge")
+
+
+def runtime_note(side: dict) -> str:
+    runtime = side.get("runtime") or {}
+    if "ort_version" not in runtime:
+        return ""
+    return f" {runtime.get('precision')}, onnxruntime {runtime['ort_version']}"
 
 
 def drift_check(n: int, protocol: TimingProtocol, seed: int) -> None:
