@@ -167,6 +167,15 @@ def test_non_positive_or_non_finite_search_flags_are_refused(name, value):
         SearchConfig(candidate_file="c", feature_norm=(768.0, 12.0, value, 768.0))
 
 
+@given(name=st.sampled_from(["explore_rate", "crossover"]),
+       value=st.one_of(st.sampled_from([math.inf, -math.inf, math.nan]),
+                       st.floats(max_value=-1e-9), st.floats(min_value=1.0 + 1e-9)))
+@settings(max_examples=40, deadline=None)
+def test_probabilities_outside_0_1_are_refused(name, value):
+    with pytest.raises(UserError, match=f"--{name} must be a probability"):
+        SearchConfig(candidate_file="c", **{name: value})
+
+
 @given(name=st.sampled_from(["infer_cnt", "num_archs", "threads", "batch_size",
                              "max_seq_length", "passes"]),
        value=st.integers(max_value=0))

@@ -105,6 +105,10 @@ class SearchConfig(SpaceFlags):
                        lat_norm=self.lat_norm, gen_size=self.gen_size)
         for value in self.feature_norm or ():
             check_positive(feature_norm=value)
+        for name in ("explore_rate", "crossover"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 <= value <= 1):  # nan fails too
+                raise UserError(f"--{name} must be a probability in [0, 1], got {value!r}")
         if self.lat_min_ratio > self.lat_max_ratio:
             raise UserError(f"the latency window needs --lat_min_ratio <= --lat_max_ratio, got "
                             f"{self.lat_min_ratio} and {self.lat_max_ratio}")
