@@ -6,7 +6,13 @@
     torchrun --nproc_per_node 8 pre_training.py ...   (multi-node: torchrun's own flags)
 
 Every step trains one sub-arch sampled from the search space (the same on every rank);
-`--further_train` trains the given model at its own arch. Checkpoints go to
+`--further_train` trains the given model at its own arch. A --student_model with weights (any
+BERT/ELECTRA encoder, an AutoTinyBERT checkpoint) is the supernet's start, with its dims,
+unless --scratch; `--reorder` first sorts its units by importance, `--reorder_only OUT_DIR`
+only writes the reordered copy:
+
+    python pre_training.py --pregenerated_data DATA --student_model BERT_DIR \
+        --teacher_model BERT_DIR --reorder ...        (self-distillation from the start) Checkpoints go to
 <cache_dir>/output/superbert/checkpoints/<run name>/epoch_<e>/ (and step_<n>/ with
 --save_steps); `--resume auto` continues exactly where the newest complete one stopped.
 """

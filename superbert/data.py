@@ -293,6 +293,27 @@ class PretrainingDataset(torch.utils.data.Dataset):
                 if int(s["tokens"]) else np.zeros(0, dtype) for s in self.metadata["shards"]]
 
 
+def sample_batches(dataset: PretrainingDataset, num_sequences: int, batch_size: int,
+                   seed: int, pad_token_id: int) -> list[dict[str, torch.Tensor]]:
+    """`num_sequences` instances of `dataset` (all of them if it holds fewer), drawn without
+    replacement with `seed`, unmasked and padded into batches of `batch_size`: what unit
+    importance is measured on before a grown supernet trains (`growth.reorder`)."""
+    rng = np.random.default_rng(seed)
+    n = min(int(num_sequences), len(dataset))
+    chosen = np.sort(rng.choice(len(dataset), size=n, replace=False))
+    batches = []
+    for start in range(0, n, batch_size):
+        rows = [dataset[int(i)][1] for i in chosen[start: start + batch_size]]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), int(pad_token_id), dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for b, r in enumerate(rows):
+            ids[b, :len(r)] = torch.from_numpy(r)
+            mask[b, :len(r)] = 1
+        batches.append({"input_ids": ids, "attention_mask": mask})
+    return batches
+
+
 # ---- masking ---------------------------------------------------------------------------------
 def _mix64(x: np.ndarray) -> np.ndarray:
     """SplitMix64's finaliser: a bijective 64-bit hash with full avalanche (uint64, wrapping)."""

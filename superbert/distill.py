@@ -15,13 +15,16 @@ every position counts, as in the original.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, PretrainedConfig
+from transformers.utils import logging as hf_logging
 
 from .errors import UserError
 from .hf import resolve_model_dir
@@ -83,9 +86,42 @@ class Teacher:
         return TeacherOutput(hidden=out.last_hidden_state, scores=scores)
 
 
-def load_teacher(name_or_path: str, device: torch.device | str = "cpu") -> Teacher:
-    """Load a HF BERT/ELECTRA encoder (directory or name, resolved as transformers does:
-    cache, offline) as a frozen teacher."""
+@contextlib.contextmanager
+def _quiet_loading():
+    """No transformers "Loading weights" bar on stderr (a failed run prints one error line;
+    the teacher's load is logged below)."""
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """What a run checks about its teacher before loading its weights (`teacher_spec`)."""
+
+    path: Path
+    config: PretrainedConfig
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.config.hidden_size)
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.config.num_attention_heads)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.config.vocab_size)
+
+
+def teacher_spec(name_or_path: str) -> TeacherSpec:
+    """Resolve and check a teacher from its directory and config alone (no weights read), so
+    a run can check the student against it before anything is loaded or logged."""
     path = resolve_model_dir(name_or_path, need_weights=True)
     if not (path / "config.json").is_file():
         raise UserError(f"teacher directory {path} has no config.json")
@@ -101,16 +137,28 @@ def load_teacher(name_or_path: str, device: torch.device | str = "cpu") -> Teach
     if config.model_type not in ("bert", "electra"):
         raise UserError(f"teacher {name_or_path} is a {config.model_type!r} model; expected a "
                         f"BERT or ELECTRA encoder")
+    kind = getattr(config, "position_embedding_type", "absolute")
+    if kind not in (None, "absolute"):
+        raise UserError(f"teacher uses position_embedding_type={kind!r}; only absolute "
+                        f"positions (BERT, ELECTRA) are supported")
+    return TeacherSpec(path, config)
+
+
+def load_teacher(name_or_path: str | TeacherSpec, device: torch.device | str = "cpu") -> Teacher:
+    """Load a HF BERT/ELECTRA encoder (directory or name, resolved as transformers does:
+    cache, offline; or a checked `teacher_spec`) as a frozen teacher."""
+    spec = name_or_path if isinstance(name_or_path, TeacherSpec) else teacher_spec(name_or_path)
+    path, config = spec.path, spec.config
     try:
         # ELECTRA discriminator checkpoints (ElectraForPreTraining) load their `electra.` body.
         # Fast attention inside; the last layer's scores are recomputed from its query/key.
-        model = AutoModel.from_pretrained(str(path), local_files_only=True)
+        with _quiet_loading():
+            model = AutoModel.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError, RuntimeError) as err:
         raise UserError(f"cannot load teacher weights from {path}: {err}") from None
     teacher = Teacher(model)
-    logger.info("teacher %s: %s, %d layers, hidden %d, %d heads", name_or_path,
-                config.model_type, config.num_hidden_layers, teacher.hidden_size,
-                teacher.num_heads)
+    logger.info("teacher %s: %s, %d layers, hidden %d, %d heads", path, config.model_type,
+                config.num_hidden_layers, teacher.hidden_size, teacher.num_heads)
     return teacher.to(torch.device(device))
 
 

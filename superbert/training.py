@@ -45,6 +45,7 @@ import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -59,12 +60,15 @@ from .arch import SPACE_FLAGS, Arch, Scheme, SearchSpace, arch_of_config, valida
 from .checkpoint import (OPTIMIZER_FILE, TRAINER_STATE, find_checkpoints, latest_valid_checkpoint,
                          rng_state, set_rng_state, set_seed, verify_checkpoint, write_manifest)
 from .cli import flag
-from .data import MaskingCollator, PretrainingDataset
-from .distill import Teacher, kd_counts, kd_loss_sums, load_teacher
+from .data import MaskingCollator, PretrainingDataset, sample_batches
+from .configuration import AutoTinyBertConfig
+from .distill import TeacherSpec, kd_counts, kd_loss_sums, load_teacher, teacher_spec
 from .distributed import DistEnv, all_gather_object, all_reduce_sum, barrier
 from .errors import UserError
-from .hf import (load_config, load_model, normalize_keys, read_state_dict, read_vocab,
-                 resolve_model_dir, save_model)
+from .growth import (PERMUTATION_FILE, Measure, check_sliceable, permutation_record, reorder,
+                     reorder_checkpoint, supernet_from_pretrained)
+from .hf import (has_weights, load_config, load_model, normalize_keys, read_config_json,
+                 read_state_dict, read_vocab, resolve_model_dir, save_model)
 from .io import atomic_path
 from .modeling import AutoTinyBertForMaskedLM
 from .optim import make_optimizer, resolve_warmup, warmup_linear
@@ -79,6 +83,7 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 DATA = "data and models"
 OBJECTIVE = "objective"
 SPACE = "search space (inclusive ranges; default: the seed README's, clipped to the supernet)"
+GROW = "growing from a pretrained BERT"
 OPTIM = "optimisation"
 RUN = "run control"
 
@@ -94,11 +99,14 @@ class PretrainConfig:
         group=DATA, help="directory written by generate_data.py (token-id shards or the "
                          "original's train_doc_tokens_ngrams_*.json)")
     student_model: str = flag(
-        group=DATA, help="supernet directory (config.json + vocab.txt) or, with "
+        group=DATA, help="supernet directory: config.json + vocab.txt (fresh weights), or with "
+                         "weights (any Hugging Face BERT or ELECTRA encoder, an AutoTinyBERT "
+                         "checkpoint: the supernet starts from them, with its dims); with "
                          "--further_train, an extracted model directory with weights")
     teacher_model: str | None = flag(
         None, group=DATA,
-        help="KD teacher: any Hugging Face BERT or ELECTRA encoder directory or name")
+        help="KD teacher: any Hugging Face BERT or ELECTRA encoder directory or name (may be "
+             "--student_model itself: self-distillation)")
     cache_dir: str = flag("experiments/output", group=DATA,
                           help="root of the outputs (output/superbert/checkpoints/<run>/...)")
     max_seq_length: int = flag(512, group=DATA, type=int,
@@ -118,8 +126,9 @@ class PretrainConfig:
         help="slicing scheme, must agree with the objective (default: MLM with --mlm_loss, "
              "else KD)")
     scratch: bool = flag(False, group=OBJECTIVE,
-                         help="build the supernet from its config with fresh weights (the "
-                              "default unless --further_train)")
+                         help="build the supernet from its config with fresh weights even when "
+                              "--student_model holds weights (without it, weights there are "
+                              "the start; a config-only directory always starts fresh)")
     further_train: bool = flag(False, group=OBJECTIVE,
                                help="load --student_model's weights (MLM head and dense_fit "
                                     "included) and train it at its own fixed arch")
@@ -152,6 +161,25 @@ class PretrainConfig:
     sandwich: bool = flag(False, group=SPACE,
                           help="extension: also train the largest and smallest sub-arch every "
                                "step, smaller ones distilled in place from the largest (MLM)")
+
+    # growing from a pretrained BERT
+    reorder: bool = flag(False, group=GROW,
+                         help="before the first step of a fresh run, sort the pretrained units "
+                              "(hidden features, FFN neurons, heads or head dims) by importance "
+                              "so the supernet's leading slices keep the important ones; the "
+                              "outputs are unchanged, the permutation is saved in every "
+                              "checkpoint (permutation.json)")
+    reorder_samples: int = flag(256, group=GROW, type=int,
+                                help="sequences of --pregenerated_data (drawn with --seed) the "
+                                     "importance is measured on")
+    reorder_importance: Measure = flag(
+        Measure.TAYLOR.value, group=GROW, type=str.lower, choices=[m.value for m in Measure],
+        help="taylor: |activation x gradient| of a random output probe; magnitude: mean "
+             "|activation| x the weights reading the unit")
+    reorder_only: str | None = flag(None, group=GROW, metavar="OUT_DIR",
+                                    help="write a reordered full copy of --student_model to "
+                                         "OUT_DIR and exit without training (scheme: "
+                                         "--super_model, --mlm_loss or --kd, else the saved one)")
 
     # optimisation
     epochs: int = flag(2, group=OPTIM, type=int)
@@ -206,6 +234,8 @@ class PretrainConfig:
             raise UserError("--kd and --mlm_loss contradict each other")
         if self.further_train and self.scratch:
             raise UserError("--scratch and --further_train contradict each other")
+        object.__setattr__(self, "reorder_importance", Measure.parse(self.reorder_importance))
+        self._check_reorder()
         if self.super_model is not None:
             object.__setattr__(self, "super_model", Scheme.parse(self.super_model))
         for name in SPACE_FLAGS:
@@ -225,7 +255,8 @@ class PretrainConfig:
                             f"(the batch per optimizer step is split into equal micro-batches)")
         if not 0 <= self.masked_lm_prob <= 1:
             raise UserError(f"--masked_lm_prob must be in [0, 1], got {self.masked_lm_prob}")
-        if self.mlm_loss and self.masked_lm_prob == 0 and not self.original_masking:
+        if (self.mlm_loss and self.masked_lm_prob == 0 and not self.original_masking
+                and not self.reorder_only):
             raise UserError("--mlm_loss with --masked_lm_prob 0 masks nothing to predict; pass "
                             "--masked_lm_prob 0.15 (as the README)")
         if self.max_predictions_per_seq < 0:
@@ -240,6 +271,8 @@ class PretrainConfig:
             raise UserError("--num_workers must be >= 0")
         if self.optimizer not in ("bertadam", "adamw"):
             raise UserError(f"--optimizer must be bertadam or adamw, got {self.optimizer!r}")
+        if self.reorder_only:
+            return  # no training: the objective, the teacher and the space do not apply
         if (self.super_model is not None and self.super_model != self.objective
                 and not self.further_train):
             how = "with --mlm_loss" if self.super_model == Scheme.MLM else \
@@ -255,6 +288,40 @@ class PretrainConfig:
             if extra:
                 raise UserError(f"--further_train trains the model at its own fixed arch; "
                                 f"{', '.join(extra)} do not apply")
+
+    def _check_reorder(self) -> None:
+        if self.reorder_samples < 1:
+            raise UserError(f"--reorder_samples must be positive, got {self.reorder_samples}")
+        flag_name = "--reorder_only" if self.reorder_only else "--reorder"
+        if (self.reorder or self.reorder_only) and self.scratch:
+            raise UserError(f"{flag_name} sorts pretrained units by importance; with --scratch "
+                            f"the weights are random and have none")
+        if self.reorder and self.further_train:
+            raise UserError("--reorder does not apply to --further_train: the extracted model "
+                            "trains at its own fixed arch, so reordering its units would not "
+                            "change which units its slices keep (reorder the supernet before "
+                            "extracting, e.g. with --reorder_only)")
+        if not self.reorder_only:
+            return
+        if self.reorder:
+            raise UserError("--reorder_only writes a reordered copy without training; "
+                            "--reorder (reorder, then train) does not apply")
+        unused = [name for name, given in (("--further_train", self.further_train),
+                                           ("--resume", self.resume),
+                                           ("--teacher_model", self.teacher_model)) if given]
+        if unused:
+            raise UserError(f"--reorder_only trains nothing; {', '.join(unused)} do not apply")
+        asked = Scheme.MLM if self.mlm_loss else Scheme.KD if self.kd else None
+        if self.super_model is not None and asked is not None and self.super_model != asked:
+            raise UserError(f"--super_model {self.super_model.name} contradicts "
+                            f"{'--mlm_loss' if self.mlm_loss else '--kd'}")
+
+    @property
+    def reorder_scheme(self) -> Scheme | None:
+        """The scheme --reorder_only slices by: --super_model, --mlm_loss or --kd (None: the
+        checkpoint's own, else KD)."""
+        return self.super_model or (Scheme.MLM if self.mlm_loss else
+                                    Scheme.KD if self.kd else None)
 
     @property
     def objective(self) -> Scheme:
@@ -502,6 +569,8 @@ class Trainer:
     run_dir: Path | None = None
     tb_dir: Path | None = None
     state: TrainState = field(default_factory=TrainState)
+    # Files saved beside the weights in every checkpoint (the reorder's permutation.json).
+    extra_files: dict[str, bytes] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         cfg, env = self.cfg, self.env
@@ -547,16 +616,25 @@ class Trainer:
         self.log_path = self.run_dir / LOG_FILE if self.run_dir is not None else None
 
     # ---- checkpoints ----
-    def checkpoint_info(self) -> dict[str, Any]:
-        cfg = self.cfg
-        keys = ("mlm_loss", "further_train", "train_batch_size", "gradient_accumulation_steps",
+    # Settings a resumed run must share with its checkpoint, and the value a checkpoint
+    # written before a setting was recorded implicitly had.
+    RUN_KEYS = ("mlm_loss", "further_train", "train_batch_size", "gradient_accumulation_steps",
                 "max_seq_length", "epochs", "learning_rate", "seed", "optimizer",
                 "sample_times_per_batch", "sandwich", "masked_lm_prob", "original_masking",
-                "original_input_order", "fp16", "bf16")
+                "original_input_order", "fp16", "bf16", "reorder", "reorder_samples",
+                "reorder_importance")
+    RUN_KEYS_ADDED = {"reorder": False, "reorder_samples": None, "reorder_importance": None}
+
+    def checkpoint_info(self) -> dict[str, Any]:
+        cfg = self.cfg
+        run = {k: getattr(cfg, k) for k in self.RUN_KEYS}
+        run["reorder_importance"] = str(cfg.reorder_importance)
+        if not cfg.reorder:  # without --reorder, how importance would be measured is no setting
+            run["reorder_samples"] = run["reorder_importance"] = None
         return {"global_step": self.state.global_step, "epoch": self.state.epoch,
                 "micro_in_epoch": self.state.micro_in_epoch, "world_size": self.env.world_size,
                 "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
-                "run": {k: getattr(cfg, k) for k in keys}}
+                "run": run}
 
     def save_checkpoint(self, name: str) -> Path | None:
         """Write `run_dir/name` atomically: model dir (save_model), optimizer.pt, trainer
@@ -568,7 +646,8 @@ class Trainer:
         target = self.run_dir / name
         info = self.checkpoint_info()
         with atomic_path(target) as tmp:
-            save_model(self.model, tmp, self.vocab_source, do_lower_case=self.cfg.do_lower_case)
+            save_model(self.model, tmp, self.vocab_source, do_lower_case=self.cfg.do_lower_case,
+                       extra_files=self.extra_files)
             torch.save(self.optimizer.state_dict(), tmp / OPTIMIZER_FILE)
             torch.save({"info": info, "scheduler": self.scheduler.state_dict(),
                         "scaler": self.scaler.state_dict() if self.scaler else None,
@@ -586,9 +665,10 @@ class Trainer:
             raise UserError(f"checkpoint {directory} was written by {info.get('world_size')} "
                             f"process(es); resume with the same number (now {self.env.world_size})")
         for key, value in mine["run"].items():
-            if info["run"].get(key) != value:
+            saved = info["run"].get(key, self.RUN_KEYS_ADDED.get(key))
+            if saved != value:
                 raise UserError(f"checkpoint {directory} was trained with {key}="
-                                f"{info['run'].get(key)!r}, this run has {value!r}")
+                                f"{saved!r}, this run has {value!r}")
         state = normalize_keys(read_state_dict(directory))
         own = self.model.state_dict()
         missing = [k for k in own if k not in state and not k.startswith("cls.predictions.decoder.")]
@@ -599,6 +679,11 @@ class Trainer:
                 if k in state:
                     t.copy_(state[k])
         self.model.tie_mlm_decoder()
+        # A reordered run's checkpoints hold permuted weights and the permutation: carried on
+        # into the checkpoints this run writes, never applied again.
+        self.extra_files.pop(PERMUTATION_FILE, None)
+        if (directory / PERMUTATION_FILE).is_file():
+            self.extra_files[PERMUTATION_FILE] = (directory / PERMUTATION_FILE).read_bytes()
         try:
             opt = torch.load(directory / OPTIMIZER_FILE, map_location=self.device, weights_only=False)
             self.optimizer.load_state_dict(opt)
@@ -808,49 +893,92 @@ class Vocab:
         return cls(file, tokens, specials)
 
 
-def load_run_teacher(cfg: PretrainConfig, env: DistEnv, vocab: Vocab) -> Teacher | None:
-    """The KD teacher on this rank's device (None for MLM), checked against the vocab."""
+def run_teacher(cfg: PretrainConfig, vocab: Vocab) -> TeacherSpec | None:
+    """The KD teacher, checked from its config against the vocab (None for MLM); its weights
+    are loaded once the student has been checked against it (`load_teacher`)."""
     if cfg.objective == Scheme.MLM:
         if cfg.teacher_model:
-            logger.warning("--teacher_model %s is not used: --mlm_loss trains without a teacher",
+            # The KD losses match the teacher's last-layer attention head by head, and an MLM
+            # supernet samples fewer heads than it holds: for most archs there is nothing to
+            # match. A hidden-state-only term would be a third objective; not added.
+            logger.warning("--teacher_model %s is not used: --mlm_loss trains without a teacher "
+                           "(the MLM scheme samples head counts, the attention loss needs all "
+                           "of the teacher's heads; distil with the KD objective instead)",
                            cfg.teacher_model)
         return None
-    teacher = load_teacher(cfg.teacher_model, env.device)
-    if teacher.encoder.config.vocab_size != len(vocab.tokens):
-        raise UserError(f"teacher vocab_size {teacher.encoder.config.vocab_size} differs "
-                        f"from the student's {len(vocab.tokens)}-token vocab")
-    return teacher
+    spec = teacher_spec(cfg.teacher_model)
+    if spec.vocab_size != len(vocab.tokens):
+        raise UserError(f"teacher vocab_size {spec.vocab_size} differs from the student's "
+                        f"{len(vocab.tokens)}-token vocab")
+    return spec
 
 
-def build_student(cfg: PretrainConfig, model_dir: Path, teacher_width: int | None
-                  ) -> tuple[AutoTinyBertForMaskedLM, Arch | None, SearchSpace | None]:
-    """(model, fixed arch or None, search space or None) as the flags say."""
+class Start(StrEnum):
+    """Where a run's weights come from (`start_of`)."""
+
+    PRETRAINED = "pretrained"  # the weights in --student_model, the supernet has their dims
+    SCRATCH = "scratch"  # fresh weights, asked for with --scratch
+    CONFIG_ONLY = "config-only"  # fresh weights: the directory holds no weights
+    FURTHER = "further"  # --further_train: an extracted model at its own arch
+
+
+def start_of(cfg: PretrainConfig, model_dir: Path) -> Start:
     if cfg.further_train:
+        return Start.FURTHER
+    if cfg.scratch:
+        return Start.SCRATCH
+    return Start.PRETRAINED if has_weights(model_dir) else Start.CONFIG_ONLY
+
+
+def start_line(start: Start, model_dir: Path) -> str:
+    """The one log line that says which start a run took."""
+    return {Start.PRETRAINED: f"start: pretrained weights of {model_dir}",
+            Start.SCRATCH: "start: fresh weights (--scratch)",
+            Start.CONFIG_ONLY: f"start: fresh weights (config-only directory {model_dir})",
+            Start.FURTHER: f"start: weights of {model_dir} at its own arch (--further_train)",
+            }[start]
+
+
+@dataclass(frozen=True)
+class StudentPlan:
+    """The student as the flags describe it, checked from configs alone (`plan_student`)
+    before any weight is read; `build_student` then makes it."""
+
+    start: Start
+    model_dir: Path
+    config: AutoTinyBertConfig
+    fixed: Arch | None
+    space: SearchSpace | None
+    teacher_width: int | None
+
+
+def plan_student(cfg: PretrainConfig, model_dir: Path, teacher_width: int | None
+                 ) -> StudentPlan:
+    """The start (`start_of`), the config and the fixed arch or search space."""
+    start = start_of(cfg, model_dir)
+    if start == Start.FURTHER:
         config = load_config(model_dir, cfg.super_model)
-        overrides = {}
-        if teacher_width is not None:
-            if config.fit_size is not None and config.fit_size != teacher_width:
-                raise UserError(f"{model_dir}: its dense_fit projects to {config.fit_size}, the "
-                                f"teacher is {teacher_width} wide; use the teacher it was "
-                                f"distilled from")
-            if config.fit_size is None:
-                logger.warning("%s has no dense_fit: a fresh projection to the teacher width "
-                               "%d is initialised", model_dir, teacher_width)
-                overrides["fit_size"] = teacher_width
-        model = load_model(model_dir, AutoTinyBertForMaskedLM, cfg.super_model, **overrides)
-        model.train()
-        fixed = arch_of_config(model.config)
-        return model, fixed, None
-    config = load_config(model_dir)
+        if teacher_width is not None and config.fit_size not in (None, teacher_width):
+            raise UserError(f"{model_dir}: its dense_fit projects to {config.fit_size}, the "
+                            f"teacher is {teacher_width} wide; use the teacher it was "
+                            f"distilled from")
+        return StudentPlan(start, model_dir, config, arch_of_config(config), None, teacher_width)
     scheme = cfg.super_model or cfg.objective
-    saved = Scheme.parse(config.attention_scheme)
-    if saved != scheme:
-        # Not a contradiction: training from scratch re-slices the supernet under `scheme`.
-        logger.warning("%s records the %s attention scheme; this run trains from scratch with "
-                       "the %s scheme (recorded in its checkpoints)", model_dir, saved.name,
-                       scheme.name)
-    config.attention_scheme = scheme.value
-    config.fit_size = teacher_width
+    if start == Start.PRETRAINED:
+        # The checkpoint's dims; its scheme, if it records one, must be this run's (its
+        # weights were trained to be sliced that way).
+        config = load_config(model_dir, scheme)
+        check_sliceable(config, scheme, str(model_dir))
+    else:
+        config = load_config(model_dir)
+        saved = Scheme.parse(config.attention_scheme)
+        if saved != scheme:
+            # Not a contradiction: training from scratch re-slices the supernet under `scheme`.
+            logger.warning("%s records the %s attention scheme; this run trains from scratch "
+                           "with the %s scheme (recorded in its checkpoints)", model_dir,
+                           saved.name, scheme.name)
+        config.attention_scheme = scheme.value
+        config.fit_size = teacher_width
     space = SearchSpace.for_supernet(
         config, scheme, layers=cfg.layer_num_space, hidden=cfg.hidden_size_space,
         qkv=cfg.qkv_size_space, ffn=cfg.intermediate_size_space, heads=cfg.head_num_space,
@@ -864,20 +992,46 @@ def build_student(cfg: PretrainConfig, model_dir: Path, teacher_width: int | Non
                         f"(--head_num_space)")
     space.validate_against(config)
     validate_arch(space.smallest(), config, scheme)
-    model = AutoTinyBertForMaskedLM(config)
+    return StudentPlan(start, model_dir, config, None, space, teacher_width)
+
+
+def build_student(plan: StudentPlan) -> AutoTinyBertForMaskedLM:
+    """The planned student, in train mode: the checkpoint's weights (parts it lacks fresh,
+    named in one log line) or fresh weights from the config."""
+    model_dir, width = plan.model_dir, plan.teacher_width
+    if plan.start == Start.FURTHER:
+        overrides = {}
+        if width is not None and plan.config.fit_size is None:
+            logger.warning("%s has no dense_fit: a fresh projection to the teacher width "
+                           "%d is initialised", model_dir, width)
+            overrides["fit_size"] = width
+        model = load_model(model_dir, AutoTinyBertForMaskedLM, plan.config.attention_scheme,
+                           **overrides)
+    elif plan.start == Start.PRETRAINED:
+        model, fresh = supernet_from_pretrained(model_dir, plan.config.attention_scheme,
+                                                fit_size=width)
+        if fresh:
+            identity = ("bert.dense_fit.weight" in fresh
+                        and model.config.fit_size == model.config.hidden_size)
+            logger.info("not in %s, initialised fresh: %s%s; the MLM decoder is tied to the "
+                        "word embeddings", model_dir, ", ".join(fresh),
+                        " (dense_fit as the identity)" if identity else "")
+    else:
+        model = AutoTinyBertForMaskedLM(plan.config)
     model.train()
-    return model, None, space
+    return model
 
 
-def check_student(cfg: PretrainConfig, model: nn.Module, vocab: Vocab, teacher: Teacher | None,
-                  fixed: Arch | None, space: SearchSpace | None) -> None:
-    """The built student fits the sequence length, the vocab and the teacher's heads."""
-    if cfg.max_seq_length > model.config.max_position_embeddings:
+def check_student(cfg: PretrainConfig, plan: StudentPlan, vocab: Vocab,
+                  teacher: TeacherSpec | None) -> None:
+    """The planned student fits the sequence length, the vocab and the teacher's heads."""
+    config, fixed, space = plan.config, plan.fixed, plan.space
+    if cfg.max_seq_length > config.max_position_embeddings:
         raise UserError(f"--max_seq_length {cfg.max_seq_length} exceeds the model's "
-                        f"{model.config.max_position_embeddings} position embeddings")
-    if model.config.vocab_size < len(vocab.tokens):
+                        f"{config.max_position_embeddings} position embeddings")
+    if config.vocab_size < len(vocab.tokens):
         raise UserError(f"{vocab.file} has {len(vocab.tokens)} tokens, more than the model's "
-                        f"vocab_size {model.config.vocab_size}")
+                        f"vocab_size {config.vocab_size}")
     if teacher is not None:
         heads = fixed.heads if fixed else (space.kd_heads if space.scheme == Scheme.KD else None)
         if heads != teacher.num_heads:
@@ -935,27 +1089,95 @@ def prepare_output_dirs(cfg: PretrainConfig, env: DistEnv, run_dir: Path, tb_dir
     barrier(env)
 
 
-def run_pretraining(cfg: PretrainConfig, env: DistEnv) -> TrainState:
-    """What pre_training.py calls: check every input before anything is written (vocab,
-    teacher, student, data, checkpoints), then prepare the output directories and train."""
+def importance_batches(cfg: PretrainConfig, dataset: PretrainingDataset,
+                       vocab: Vocab) -> list[dict[str, torch.Tensor]]:
+    """--reorder_samples sequences of the data, drawn with --seed, unmasked."""
+    return sample_batches(dataset, cfg.reorder_samples, cfg.micro_batch_size, cfg.seed,
+                          vocab.specials["[PAD]"])
+
+
+def reorder_student(cfg: PretrainConfig, model: AutoTinyBertForMaskedLM, student_dir: Path,
+                    dataset: PretrainingDataset, vocab: Vocab) -> bytes:
+    """--reorder: sort the pretrained units in place; the permutation record to save."""
+    scheme = Scheme.parse(model.config.attention_scheme)
+    batches = importance_batches(cfg, dataset, vocab)
+    t0 = time.perf_counter()
+    perm = reorder(model, batches, scheme, cfg.reorder_importance, cfg.seed)
+    logger.info("reordered the units of %s by %s importance on %d sequences (%s scheme, "
+                "%.1f s)", student_dir, cfg.reorder_importance.value,
+                sum(len(b["input_ids"]) for b in batches), scheme.name, time.perf_counter() - t0)
+    model.train()
+    return permutation_record(perm, scheme, cfg.reorder_importance, student_dir)
+
+
+def run_reorder_only(cfg: PretrainConfig) -> Path:
+    """--reorder_only OUT_DIR: a reordered full copy of --student_model, no training."""
+    src = resolve_model_dir(cfg.student_model, need_weights=True)
+    out = Path(cfg.reorder_only)
+    if out.resolve() == src.resolve():
+        raise UserError(f"--reorder_only {out} is --student_model itself; choose another "
+                        f"directory")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not cfg.overwrite_output_dir:
+        raise UserError(f"{out} exists and is not empty; pass --overwrite_output_dir to replace "
+                        f"it")
+    vocab = Vocab.of_model(src)
+    saved = read_config_json(src).get("attention_scheme")
+    scheme = Scheme.resolve(saved, cfg.reorder_scheme, default=Scheme.KD, what=str(src))
+    positions = load_config(src, scheme).max_position_embeddings
+    dataset, _ = build_data(cfg, vocab)
+    if int(dataset.lengths.max()) > positions:
+        raise UserError(f"{cfg.pregenerated_data} holds sequences of up to "
+                        f"{int(dataset.lengths.max())} tokens, more than the "
+                        f"{positions} positions of {src}")
+    batches = importance_batches(cfg, dataset, vocab)
+    set_seed(cfg.seed)
+    with atomic_path(out) as tmp:
+        reorder_checkpoint(src, batches, tmp, scheme, cfg.reorder_importance, cfg.seed)
+    logger.info("wrote the reordered copy of %s (%s scheme, %s importance) to %s", src,
+                scheme.name, cfg.reorder_importance.value, out)
+    return out
+
+
+def run_pretraining(cfg: PretrainConfig, env: DistEnv) -> TrainState | None:
+    """What pre_training.py calls: check every input before anything is written or logged
+    (flags, vocab, teacher and student configs, data, checkpoints), read the weights, then
+    prepare the output directories and train (or, with --reorder_only, write the reordered
+    copy and return None)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.reorder_only:
+        if env.is_main:
+            run_reorder_only(cfg)
+        barrier(env)
+        return None
     student_dir = resolve_model_dir(cfg.student_model, need_weights=cfg.further_train)
+    if cfg.reorder and start_of(cfg, student_dir) != Start.PRETRAINED:
+        raise UserError(f"--reorder sorts pretrained units by importance, but {student_dir} "
+                        f"holds no weights (only a config)")
     vocab = Vocab.of_model(student_dir)
-    teacher = load_run_teacher(cfg, env, vocab)
-    set_seed(cfg.seed)
-    model, fixed, space = build_student(cfg, student_dir, teacher.hidden_size if teacher else None)
-    check_student(cfg, model, vocab, teacher, fixed, space)
+    spec = run_teacher(cfg, vocab)
+    plan = plan_student(cfg, student_dir, spec.hidden_size if spec else None)
+    check_student(cfg, plan, vocab, spec)
     dataset, collator = build_data(cfg, vocab)
     run_dir, tb_dir = run_dirs(cfg, env.world_size)
     resume_from = resume_point(cfg, run_dir)
+    set_seed(cfg.seed)
+    model = build_student(plan)
+    teacher = load_teacher(spec, env.device) if spec else None
+    if env.is_main and resume_from is None:
+        logger.info(start_line(plan.start, student_dir))
+    extra_files = {}
+    if cfg.reorder and resume_from is None and env.is_main:
+        # Once, on a fresh start, on rank 0 (broadcast below); a resumed run loads the
+        # permuted weights and their permutation from its checkpoint.
+        extra_files[PERMUTATION_FILE] = reorder_student(cfg, model, student_dir, dataset, vocab)
     prepare_output_dirs(cfg, env, run_dir, tb_dir)
     # A different seed per rank for dropout; the model itself was built identically.
     torch.manual_seed(cfg.seed + env.rank)
     model.to(env.device)  # NCCL broadcasts device tensors
     broadcast_parameters(env, model)
-    trainer = Trainer(cfg, env, model, dataset, collator, space, fixed, student_dir,
-                      teacher=teacher, run_dir=run_dir, tb_dir=tb_dir)
+    trainer = Trainer(cfg, env, model, dataset, collator, plan.space, plan.fixed, student_dir,
+                      teacher=teacher, run_dir=run_dir, tb_dir=tb_dir, extra_files=extra_files)
     if resume_from is not None:
         trainer.load_checkpoint(resume_from)
     return trainer.train()
