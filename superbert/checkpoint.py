@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,19 @@ def find_checkpoints(run_dir: Path) -> list[Path]:
         except (OSError, ValueError):
             return -1, 0
     return sorted(found, key=key)
+
+
+def remove_staging(run_dir: Path) -> list[str]:
+    """Remove what a killed run left half-written in `run_dir`: the `.<name>.<random>.tmp`
+    directories `io.atomic_path` stages checkpoints (and the log) in. Returns their names."""
+    removed = []
+    if run_dir.is_dir():
+        for p in sorted(run_dir.iterdir()):
+            if p.is_dir() and not p.is_symlink() and p.name.startswith(".") \
+                    and p.name.endswith(".tmp"):
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p.name)
+    return removed
 
 
 def latest_valid_checkpoint(run_dir: Path) -> Path | None:

@@ -145,6 +145,7 @@ class PretrainingDataset(torch.utils.data.Dataset):
     def _open_bin(self) -> None:
         meta = self.metadata
         dtype = np.dtype(meta.get("dtype", "uint16"))
+        vocab_size = int(meta["vocab_size"])
         token_parts, offset_parts, base = [], [np.zeros(1, np.int64)], 0
         for i, shard in enumerate(meta.get("shards", [])):
             tok_path = self.data_dir / shard["tokens_file"]
@@ -160,6 +161,12 @@ class PretrainingDataset(torch.utils.data.Dataset):
             offsets = np.fromfile(off_path, dtype=np.int64)
             if offsets[0] != 0 or offsets[-1] != n_tok or np.any(np.diff(offsets) < 0):
                 raise UserError(f"shard file {off_path} is corrupt (offsets out of order)")
+            # Checked here, in one pass over the map, not at the step that first meets one.
+            top = _max_token(tokens)
+            if top >= vocab_size:
+                raise UserError(f"shard file {tok_path} holds token id {top}, beyond the "
+                                f"{vocab_size}-token vocab (corrupt shard, or made with "
+                                f"another vocab)")
             token_parts.append(tokens)
             offset_parts.append(offsets[1:] + base)
             base += n_tok
@@ -169,7 +176,7 @@ class PretrainingDataset(torch.utils.data.Dataset):
         self._offsets = np.concatenate(offset_parts)
         # Global token offset -> (shard, local offset) via the shard start of each token part.
         self._part_starts = np.cumsum([0] + [len(t) for t in token_parts])
-        self._vocab_size = int(meta["vocab_size"])
+        self._vocab_size = vocab_size
 
     # json --------------------------------------------------------------------------------------
     def _json_shards(self) -> list[Path]:
@@ -312,6 +319,14 @@ def sample_batches(dataset: PretrainingDataset, num_sequences: int, batch_size: 
             mask[b, :len(r)] = 1
         batches.append({"input_ids": ids, "attention_mask": mask})
     return batches
+
+
+def _max_token(tokens: np.ndarray, block: int = 1 << 24) -> int:
+    """The largest id of a (memory-mapped) token array, read in blocks; -1 when empty."""
+    top = -1
+    for start in range(0, len(tokens), block):
+        top = max(top, int(tokens[start: start + block].max()))
+    return top
 
 
 # ---- masking ---------------------------------------------------------------------------------
@@ -875,9 +890,6 @@ def _pack_corpus(cfg: DataConfig, corpus: Path, staging: Path, tokenizer: Any,
                 writer.add(carry, [0] + [e - stream_start for e in ends])
         if packer.documents == 0:
             raise UserError(f"the corpus {corpus} is empty (no tokens)")
-        if packer.documents < 2:
-            raise UserError(f"the corpus {corpus} holds only one document; at least 2 are "
-                            f"needed (separate documents with a blank line)")
         return packer, writer.close(), writer.total
     except BaseException:
         writer.abort()

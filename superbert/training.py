@@ -42,6 +42,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -54,11 +55,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from .arch import SPACE_FLAGS, Arch, Scheme, SearchSpace, arch_of_config, validate_arch
 from .checkpoint import (OPTIMIZER_FILE, TRAINER_STATE, find_checkpoints, latest_valid_checkpoint,
-                         rng_state, set_rng_state, set_seed, verify_checkpoint, write_manifest)
+                         remove_staging, rng_state, set_rng_state, set_seed, verify_checkpoint,
+                         write_manifest)
 from .cli import flag
 from .data import MaskingCollator, PretrainingDataset, sample_batches
 from .configuration import AutoTinyBertConfig
@@ -592,12 +595,14 @@ class Trainer:
             generator=torch.Generator().manual_seed(cfg.seed))
         micro_per_epoch = math.ceil(self.sampler.num_samples / cfg.micro_batch_size)
         # A trailing window of fewer than GAS micro-batches is dropped (the original carried
-        # its gradient into the next epoch's first step).
-        self.steps_per_epoch = micro_per_epoch // cfg.gradient_accumulation_steps
-        if self.steps_per_epoch == 0:
-            raise UserError(f"the data ({len(self.dataset)} sequences over {env.world_size} "
-                            f"rank(s)) does not fill one optimizer step of "
-                            f"{cfg.train_batch_size} sequences per rank")
+        # its gradient into the next epoch's first step); data that does not fill one step is
+        # one partial step per epoch (the losses are means over what the step holds).
+        self.micro_per_step = min(cfg.gradient_accumulation_steps, micro_per_epoch)
+        self.steps_per_epoch = micro_per_epoch // self.micro_per_step
+        if self.sampler.num_samples < cfg.train_batch_size:
+            logger.warning("the data (%d sequences over %d rank(s)) is less than one optimizer "
+                           "step of %d sequences per rank: each epoch is one partial step",
+                           len(self.dataset), env.world_size, cfg.train_batch_size)
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.warmup_steps, self.warmup_how = resolve_warmup(
             self.total_steps, cfg.warmup_steps, cfg.warmup_proportion)
@@ -614,6 +619,9 @@ class Trainer:
         self.heads = int(self.model.config.num_attention_heads)
         self.writer = None
         self.log_path = self.run_dir / LOG_FILE if self.run_dir is not None else None
+        # Loss curves per sampled arch size: the share of the largest arch's parameters.
+        largest = self.fixed_arch or self.space.largest()
+        self.size_norm = largest.param_count(self.model.config.vocab_size)
 
     # ---- checkpoints ----
     # Settings a resumed run must share with its checkpoint, and the value a checkpoint
@@ -696,25 +704,32 @@ class Trainer:
         set_rng_state(trainer["rng"][self.env.rank])
         self.state = TrainState(int(info["global_step"]), int(info["epoch"]),
                                 int(info["micro_in_epoch"]))
+        if self.env.is_main and self.log_path is not None:
+            dropped = truncate_log(self.log_path, self.state.global_step)
+            if dropped:
+                logger.info("%s: dropped %d record(s) after step %d, written by the run that "
+                            "stopped there (they are trained again)", self.log_path, dropped,
+                            self.state.global_step)
         logger.info("resumed from %s: step %d, epoch %d, %d micro-batches into it", directory,
                     self.state.global_step, self.state.epoch, self.state.micro_in_epoch)
 
     # ---- logging ----
     def _open_tensorboard(self) -> None:
+        """Rank 0's scalars; a resumed run first drops the events a killed run wrote after its
+        checkpoint (purge_step), so no step is shown twice."""
         if not self.env.is_main or self.tb_dir is None:
             return
-        try:  # imported here: tensorboard is optional, and only rank 0 writes
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard not installed: scalars only in the log
-            logger.info("tensorboard is not installed: no TensorBoard scalars")
-            return
-        self.writer = SummaryWriter(str(self.tb_dir))
+        purge = self.state.global_step + 1 if self.state.global_step else None
+        self.writer = SummaryWriter(str(self.tb_dir), purge_step=purge)
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.writer is not None:
             for key in ("loss", "rep_loss", "att_loss", "lr", "tokens_per_s"):
                 if key in record:
                     self.writer.add_scalar(key, record[key], record["step"])
+            for size, loss in record.get("loss_by_size", {}).items():
+                self.writer.add_scalar(f"loss_by_arch_size/{size}_of_largest", loss,
+                                       record["step"])
         if self.log_path is not None:
             with open(self.log_path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
@@ -730,18 +745,20 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def train_step(self, batches: list[dict[str, torch.Tensor]], archs: list[Arch]
-                   ) -> tuple[dict[str, torch.Tensor], StepCounts]:
-        """Forward/backward the step's micro-batches for each arch; returns summed loss terms."""
+                   ) -> tuple[dict[str, torch.Tensor], StepCounts, list[torch.Tensor]]:
+        """Forward/backward the step's micro-batches for each arch; returns the loss terms
+        summed over archs, the counts, and each arch's loss (this rank's share)."""
         cfg = self.cfg
         local = torch.tensor([self.objective.counts(b, self.fit_size, self.heads) for b in batches],
                              dtype=torch.int64).sum(0)
         glob = all_reduce_sum(self.env, local.to(self.device)).tolist()
         counts = StepCounts(*map(int, glob))
         terms: dict[str, torch.Tensor] = {}
+        arch_losses = [torch.zeros((), device=self.device) for _ in archs]
         if self.objective.kind == Scheme.MLM and counts.masked == 0:
             logger.warning("step %d: no masked token in the whole batch; step skipped",
                            self.state.global_step)
-            return terms, counts
+            return terms, counts, []
         for batch in batches:
             n_masked = int((batch["labels"] != -100).sum()) if "labels" in batch else 0
             batch = self._to_device(batch)
@@ -768,6 +785,7 @@ class Trainer:
                     loss.backward()
                 for k, v in parts.items():
                     terms[k] = terms.get(k, 0) + v.float()
+                arch_losses[i] = arch_losses[i] + parts["loss"].float()
         sync_gradients(self.env, self.params)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
@@ -778,25 +796,26 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
-        return terms, counts
+        return terms, counts, arch_losses
 
     def train(self) -> TrainState:
         cfg, env = self.cfg, self.env
-        gas = cfg.gradient_accumulation_steps
         self._open_tensorboard()
         if env.is_main:
             logger.info("%d sequences, %d rank(s), %d per rank per step (%d x %d micro-batches); "
                         "%d optimizer steps per epoch, %d in all; warm-up %d (%s); %s",
-                        len(self.dataset), env.world_size, cfg.train_batch_size, gas,
-                        cfg.micro_batch_size, self.steps_per_epoch, self.total_steps,
-                        self.warmup_steps, self.warmup_how,
+                        len(self.dataset), env.world_size, cfg.train_batch_size,
+                        self.micro_per_step, cfg.micro_batch_size, self.steps_per_epoch,
+                        self.total_steps, self.warmup_steps, self.warmup_how,
                         f"fixed arch {self.fixed_arch.short()}" if self.fixed_arch else
                         f"{self.space.scheme.upper()} space of {self.space.size():,} archs")
         bar = None
-        if env.is_main and cfg.progress:
+        if env.is_main and cfg.progress and sys.stdout.isatty():
             bar = tqdm(total=self.total_steps, initial=self.state.global_step, unit="step",
                        dynamic_ncols=True, desc="pre-training")
-        window = {"terms": {}, "steps": 0, "tokens": 0, "wait": 0.0, "start": time.perf_counter()}
+        window = self._new_window()
+        progress = Progress(self.total_steps, self.state.global_step, env.world_size) \
+            if env.is_main and bar is None else None
         self.model.train()
         stop = False
         while self.state.epoch < cfg.epochs and not stop:
@@ -806,29 +825,32 @@ class Trainer:
             if hasattr(self.collator, "set_epoch"):
                 self.collator.set_epoch(epoch)
             it = iter(self.loader)
-            for _ in range(skip // gas, self.steps_per_epoch):
+            for _ in range(skip // self.micro_per_step, self.steps_per_epoch):
                 t0 = time.perf_counter()
-                batches = [next(it) for _ in range(gas)]
+                batches = [next(it) for _ in range(self.micro_per_step)]
                 window["wait"] += time.perf_counter() - t0
                 archs = step_archs(self.space, self.fixed_arch, self.state.global_step, cfg)
-                terms, counts = self.train_step(batches, archs)
+                terms, counts, arch_losses = self.train_step(batches, archs)
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.state.global_step += 1
-                self.state.micro_in_epoch += gas
-                for k, v in terms.items():
-                    window["terms"][k] = window["terms"].get(k, 0) + v
-                window["steps"] += 1
-                window["tokens"] += counts.tokens
+                self.state.micro_in_epoch += self.micro_per_step
+                self._add_to_window(window, terms, counts, archs, arch_losses)
                 step = self.state.global_step
                 if step % cfg.logging_steps == 0 or step == self.total_steps:
                     self._log_window(window, archs, bar)
                 if bar is not None:
                     bar.update(1)
-                if cfg.save_steps and step % cfg.save_steps == 0 and self.run_dir is not None:
-                    self.save_checkpoint(f"step_{step}")
+                if progress is not None:
+                    progress.step(terms.get("loss"), counts.tokens)
                 if cfg.max_steps and step >= cfg.max_steps:
                     stop = True
+                if self.run_dir is not None and (
+                        stop or (cfg.save_steps and step % cfg.save_steps == 0)):
+                    # --max_steps ends with a checkpoint of its last step, whatever
+                    # --save_steps says.
+                    self.save_checkpoint(f"step_{step}")
+                if stop:
                     break
             del it
             if stop:
@@ -839,14 +861,43 @@ class Trainer:
                 self.save_checkpoint(f"epoch_{epoch}")
         if bar is not None:
             bar.close()
+        if progress is not None:
+            progress.done()
         if self.writer is not None:
             self.writer.close()
         return self.state
+
+    # ---- logging ----
+    def _new_window(self) -> dict[str, Any]:
+        return {"terms": {}, "steps": 0, "tokens": 0, "wait": 0.0,
+                "start": time.perf_counter(),
+                "by_size": torch.zeros(2, len(SIZE_BUCKETS), device=self.device)}
+
+    def size_bucket(self, arch: Arch) -> int:
+        """Which SIZE_BUCKETS range an arch's share of the largest arch's parameters is in."""
+        share = arch.param_count(self.model.config.vocab_size) / self.size_norm
+        return min(sum(share > hi for _, hi in SIZE_BUCKETS), len(SIZE_BUCKETS) - 1)
+
+    def _add_to_window(self, window: dict[str, Any], terms: dict[str, torch.Tensor],
+                       counts: StepCounts, archs: list[Arch], arch_losses: list[torch.Tensor]
+                       ) -> None:
+        for k, v in terms.items():
+            window["terms"][k] = window["terms"].get(k, 0) + v
+        window["steps"] += 1
+        window["tokens"] += counts.tokens
+        for arch, loss in zip(archs, arch_losses):
+            b = self.size_bucket(arch)
+            window["by_size"][0, b] += loss  # on the device: no sync per step
+            window["by_size"][1, b] += 1
 
     def _log_window(self, window: dict[str, Any], archs: list[Arch], bar) -> None:
         names = sorted(window["terms"])
         local = torch.stack([window["terms"][k] for k in names]) if names else torch.zeros(0)
         values = all_reduce_sum(self.env, local.to(self.device)).tolist() if names else []
+        # Each rank's loss is its share of the global mean: the sum over ranks is the loss.
+        by_size = window["by_size"].clone()
+        all_reduce_sum(self.env, by_size[0])
+        by_size = by_size.cpu()
         rank_archs = all_gather_object(self.env, [str(a) for a in archs])
         if any(r != rank_archs[0] for r in rank_archs):
             raise RuntimeError(f"ranks sampled different archs at step {self.state.global_step}: "
@@ -859,6 +910,10 @@ class Trainer:
                   "tokens_per_s": window["tokens"] / elapsed,
                   "data_wait": window["wait"] / elapsed,
                   "arch": [str(a) for a in archs], "rank_archs": rank_archs}
+        sizes = {f"{lo}-{hi}%": float(total / count) for (lo, hi), total, count
+                 in zip(SIZE_BUCKETS_PCT, by_size[0].tolist(), by_size[1].tolist()) if count}
+        if sizes:
+            record["loss_by_size"] = sizes
         if self.env.is_main:
             self._log(record)
             extra = "".join(f" {k} {record[k]:.4f}" for k in ("rep_loss", "att_loss") if k in record)
@@ -870,7 +925,80 @@ class Trainer:
                 bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4f}",
                                 lr=f"{record['lr']:.2e}")
             logger.info(msg)
-        window.update(terms={}, steps=0, tokens=0, wait=0.0, start=time.perf_counter())
+        window.update(self._new_window())
+
+
+# The ranges of an arch's share of the largest arch's parameters the loss is logged per.
+SIZE_BUCKETS = ((0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0))
+SIZE_BUCKETS_PCT = tuple((round(100 * lo), round(100 * hi)) for lo, hi in SIZE_BUCKETS)
+# Without a progress bar (not a terminal, or --no_progress): a line this often, at most.
+PROGRESS_SECONDS = 20.0
+
+
+class Progress:
+    """Rank 0's progress line when there is no bar: step/total, loss, throughput and ETA,
+    every PROGRESS_SECONDS. Local values only (no collective at a time-based point): the loss
+    is rank 0's share x the world size, exact in one process, an estimate with more."""
+
+    def __init__(self, total: int, done: int, world_size: int = 1):
+        self.total, self.first, self.world_size = total, done, world_size
+        self.done_steps = done
+        self.start = self.last = time.perf_counter()
+        self.loss_sum, self.loss_n, self.tokens = 0, 0, 0
+
+    def step(self, loss: torch.Tensor | None, tokens: int) -> None:
+        self.done_steps += 1
+        if loss is not None:
+            self.loss_sum = self.loss_sum + loss.detach()  # summed on the device
+            self.loss_n += 1
+        self.tokens += tokens
+        now = time.perf_counter()
+        if now - self.last >= PROGRESS_SECONDS:
+            self._line(now)
+
+    def done(self) -> None:
+        if self.loss_n:
+            self._line(time.perf_counter())
+
+    def _line(self, now: float) -> None:
+        steps = self.done_steps - self.first
+        rate = steps / max(now - self.start, 1e-9)
+        eta = (self.total - self.done_steps) / rate if rate > 0 else float("inf")
+        loss = float(self.loss_sum) * self.world_size / self.loss_n if self.loss_n else float("nan")
+        logger.info("progress: step %d/%d (%.0f%%) loss %.4f %.2f step/s %.0f tok/s ETA %s",
+                    self.done_steps, self.total, 100 * self.done_steps / max(self.total, 1), loss,
+                    rate, self.tokens / max(now - self.start, 1e-9), _duration(eta))
+        self.last = now
+        self.loss_sum, self.loss_n = 0, 0
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, sec = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s"
+
+
+def truncate_log(path: Path, step: int) -> int:
+    """Keep the records of `path` (train_log.jsonl) up to `step`, atomically; how many went.
+    A line a killed run left half-written is dropped too."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if int(json.loads(line)["step"]) <= step:
+                kept.append(line)
+                continue
+        except (ValueError, KeyError, TypeError):
+            pass
+        dropped += 1
+    if dropped:
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    return dropped
 
 
 # ---- building a run from its config ------------------------------------------------------------
@@ -1081,6 +1209,10 @@ def prepare_output_dirs(cfg: PretrainConfig, env: DistEnv, run_dir: Path, tb_dir
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         tb_dir.mkdir(parents=True, exist_ok=True)
+        stale = remove_staging(run_dir)
+        if stale:
+            logger.info("removed %d directory(ies) a killed run left half-written in %s: %s",
+                        len(stale), run_dir, ", ".join(stale))
         if cfg.overwrite_output_dir and not cfg.resume:
             # Starting over: old checkpoints must not be picked up by a later --resume auto.
             for old in find_checkpoints(run_dir):

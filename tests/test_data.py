@@ -235,6 +235,37 @@ def test_dataset_rejects_bad_data(bin_dir, tmp_path):
         PretrainingDataset(orig, MAX, VOCAB)
 
 
+def test_token_ids_beyond_the_vocab_are_caught_when_the_shard_is_opened(bin_dir, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(bin_dir, bad)
+    tokens = np.fromfile(bad / "shard_0.tokens.bin", dtype=np.uint16)
+    tokens[len(tokens) // 2] = 30522  # one past the 30522-token vocab, mid-shard
+    tokens.tofile(bad / "shard_0.tokens.bin")
+    with pytest.raises(UserError, match=r"shard_0\.tokens\.bin holds token id 30522, beyond "
+                                        r"the 30522-token vocab"):
+        PretrainingDataset(bad, MAX, VOCAB)
+    tokens[len(tokens) // 2] = 30521  # the last id is in the vocab
+    tokens.tofile(bad / "shard_0.tokens.bin")
+    assert len(PretrainingDataset(bad, MAX, VOCAB)) == len(PretrainingDataset(bin_dir, MAX, VOCAB))
+
+
+def test_sample_batches_draws_unmasked_padded_sequences(bin_dir):
+    from superbert.data import sample_batches
+
+    ds = PretrainingDataset(bin_dir, MAX, VOCAB)
+    batches = sample_batches(ds, 5, 2, seed=3, pad_token_id=0)
+    assert [len(b["input_ids"]) for b in batches] == [2, 2, 1]
+    again = sample_batches(ds, 5, 2, seed=3, pad_token_id=0)
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(batches, again))
+    seqs = {tuple(ids[mask.bool()].tolist()) for b in batches
+            for ids, mask in zip(b["input_ids"], b["attention_mask"])}
+    every = {tuple(ds[i][1].tolist()) for i in range(len(ds))}
+    assert len(seqs) == 5 and seqs <= every  # distinct, real sequences, unmasked
+    for b in batches:
+        assert (b["input_ids"][b["attention_mask"] == 0] == 0).all()
+    assert sum(len(b["input_ids"]) for b in sample_batches(ds, 10_000, 4, 0, 0)) == len(ds)
+
+
 def test_dataset_pickles_without_the_data_and_token_dtype(bin_dir):
     import pickle
 
@@ -325,7 +356,8 @@ def test_original_masking_quirks():
 # ---- the script: bad input -------------------------------------------------------------------
 CASES = {
     "empty": ("empty corpus", b"\n \n\n", [], "is empty"),
-    "one_document": ("one document", b"One sentence.\nAnother one.\n\n", [], "only one document"),
+    # One document is a corpus (no next-sentence task needs a second one).
+    "one_document": ("one document", b"One sentence.\nAnother one.\n\n", [], None),
     "bad_utf8": ("non-UTF-8", b"Good line.\n\nA bad \xff\xfe byte.\n", ["--num_workers", "2"],
                  ":3: invalid UTF-8"),  # raised in a worker process
     "missing_vocab": ("no vocab.txt", b"A.\n\nB.\n", ["--bert_model", "{empty_model}"], "no vocab.txt"),
@@ -410,6 +442,14 @@ def test_script_bad_input(script_runs, name):
         assert sorted(p.name for p in existing.iterdir()) == ["metadata.json"]
     else:
         assert not Path(out_dir).parent.exists()  # no partial output (nor parent it made)
+
+
+def test_a_corpus_of_one_document_is_a_corpus(script_runs):
+    rc, out, err, out_dir = script_runs[0]["one_document"]
+    assert rc == 0 and err == "", err
+    assert "documents: 1, instances: 1, tokens:" in out
+    ds = PretrainingDataset(out_dir, 128, VOCAB)
+    assert len(ds) == 1 and len(ds[0][1]) == 6  # one, sentence, ., another, one, .
 
 
 def test_script_replace_flag_and_summary(script_runs):
