@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from superbert.errors import UserError
 from superbert.tasks.books import (BLANK, MARKER, MNLI_DEV_COLUMNS, MNLI_LABELS,
                                    MNLI_TRAIN_COLUMNS, BookTasksConfig, default_books_dir,
                                    make_book_tasks, read_book, read_books)
@@ -125,7 +126,6 @@ def test_read_book_plain_and_bad_utf8(tmp_path):
     assert [c.sentences for c in chapters] == [("One sentence here.", "Two sentences."),
                                                ("Chapter two.",)]
     p.write_bytes(b"ok\n\xff bad\n")
-    from superbert.errors import UserError
     with pytest.raises(UserError, match="tiny.txt:2"):
         read_book(p)
 

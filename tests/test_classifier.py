@@ -9,12 +9,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModelForSequenceClassification
 
-from helpers import make_tiny_supernet
-from superbert.arch import Arch, format_arch_lines
+import superbert.finetune as ft
+from helpers import make_tiny_supernet, tiny_config
+from superbert.arch import Arch, Scheme, format_arch_lines
 from superbert.errors import UserError
+from superbert.finetune import RunConfig, init_head, inherit, run
+from superbert.modeling import AutoTinyBertForSequenceClassification, active_state_dict
+from superbert.optim import BertAdam, param_groups
 from superbert.results import parse_results, read_results
 from superbert.tasks import glue
+from superbert_run_en_classifier import parse_config
 from test_tasks import write_glue_task, write_squad_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,9 +63,6 @@ def cli(*argv: str) -> subprocess.CompletedProcess:
 
 
 def run_inproc(argv: list[str]):
-    from superbert_run_en_classifier import parse_config
-    from superbert.finetune import run
-
     return run(parse_config(argv))
 
 
@@ -99,7 +102,6 @@ def test_readme_command_shape(tmp_path, supernet, data):
     assert set(preds) == set(nbest) and len(preds) == 12
     assert not (out / "null_odds.json").exists()
     # best fine-tuned sub-models, loadable with transformers
-    from transformers import AutoModelForSequenceClassification
 
     saved = out / f"mnli_seed42_{SMALL.short().replace('/', '_')}"
     model = AutoModelForSequenceClassification.from_pretrained(saved, trust_remote_code=True)
@@ -156,8 +158,6 @@ def test_kd_supernet_and_scheme_contradiction(tmp_path, data):
 
 
 def test_explicit_flags_override_task_defaults():
-    from superbert_run_en_classifier import parse_config
-
     base = ["--model", "m", "--output_dir", "o"]
     cfg = parse_config([*base, "--data_dir", "a b c", "--task_name", "mnli squad cola"])
     mnli, sq, cola = cfg.tasks
@@ -176,10 +176,6 @@ def test_explicit_flags_override_task_defaults():
 
 def test_run_config_checks_once_whoever_builds_it():
     """RunConfig validates in __post_init__: built from flags or directly, the same checks."""
-    from superbert.arch import Scheme
-    from superbert.finetune import RunConfig
-    from superbert_run_en_classifier import parse_config
-
     base = dict(model="m", output_dir="o", data_dir="a", task_name="mnli")
     cfg = RunConfig(**base, super_model="kd")
     assert cfg.scheme is Scheme.KD and cfg.seeds == (42,) and cfg.tasks[0].task == "mnli"
@@ -242,11 +238,6 @@ def test_bad_input_one_line_exit_2(tmp_path, supernet, data, case):
 def test_dense_copy_trains_like_the_slice_in_place(scheme):
     """What the evaluator trains (a dense copy of the slice) follows exactly the original's
     in-place fine-tuning of the slice: after BertAdam steps, the slice equals the copy."""
-    from helpers import tiny_config
-    from superbert.finetune import init_head, inherit
-    from superbert.modeling import AutoTinyBertForSequenceClassification, active_state_dict
-    from superbert.optim import BertAdam, param_groups
-
     torch.manual_seed(0)
     cfg = tiny_config(scheme, layers=2, hidden=32, heads=4, qkv=32, ffn=64, vocab_size=50,
                       max_positions=32)
@@ -275,7 +266,6 @@ def test_dense_copy_trains_like_the_slice_in_place(scheme):
 
 
 def test_feature_cache_and_fp16_on_cpu(tmp_path, supernet, data, monkeypatch, caplog):
-    import superbert.finetune as ft
 
     args = ["--data_dir", str(data / "SQuAD"), "--model", str(supernet), "--task_name",
             "squad1", "--cache_dir", str(tmp_path / "cache"), *PROXY, "--no_cuda"]

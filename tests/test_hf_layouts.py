@@ -3,6 +3,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +12,12 @@ import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM, BertModel
 
+from superbert.arch import Arch, Scheme
 from superbert.errors import UserError
-from superbert.hf import (bundled_vocab_path, load_model, load_tokenizer, resolve_model_dir)
+from superbert.hf import (ExtractConfig, bundled_vocab_path, count_vocab, load_model,
+                          load_tokenizer, read_vocab, resolve_model_dir)
 from superbert.modeling import AutoTinyBertForMaskedLM, AutoTinyBertModel
+from superbert.setup_model import SetupConfig
 from tests.helpers import make_tiny_supernet, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,7 +193,6 @@ def test_extractor_bad_arch(supernet, tmp_path, arch, fragment):
 
 
 def test_extractor_bad_model_dirs(supernet, tmp_path):
-    import shutil
 
     def copy(name):
         d = tmp_path / name
@@ -225,10 +228,6 @@ def test_extractor_bad_model_dirs(supernet, tmp_path):
 
 def test_stage_configs_parse_and_check_once(tmp_path):
     """ExtractConfig and SetupConfig: the flags' values, parsed and checked in __post_init__."""
-    from superbert.arch import Arch, Scheme
-    from superbert.hf import ExtractConfig
-    from superbert.setup_model import SetupConfig
-
     arch = Arch(2, 64, 2, 64, 128)
     cfg = ExtractConfig(model="m", arch=str(arch), output="o")
     assert cfg.arch == arch and cfg.scheme is None
@@ -246,8 +245,6 @@ def test_stage_configs_parse_and_check_once(tmp_path):
 
 
 def test_vocab_count_reads_as_the_vocab_reader(tmp_path):
-    from superbert.hf import count_vocab, read_vocab
-
     vocab = tmp_path / "vocab.txt"
     vocab.write_bytes(b"[PAD]\r\n[UNK]\na\nb")  # CRLF line, no final newline
     assert count_vocab(vocab) == len(read_vocab(vocab)) == 4

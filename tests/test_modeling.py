@@ -1,4 +1,5 @@
 """SuperBERT slicing: supernet slice == extracted model == Hugging Face-loaded model."""
+import json
 import random
 import subprocess
 import sys
@@ -201,7 +202,6 @@ def test_plain_bert_checkpoints_are_plain_bert(tmp_path):
     supernet_dir = make_tiny_supernet(tmp_path / "super", "mlm", heads=4, qkv=64)
     arch = Arch(2, 64, 4, 64, 96)
     sub, out = extract_to_dir(supernet_dir, arch, tmp_path / "sub")
-    import json
     assert json.loads((out / "config.json").read_text())["model_type"] == "bert"
     hf = BertModel.from_pretrained(out).eval()
     ids, mask, segments = batch()
