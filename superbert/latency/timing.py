@@ -75,10 +75,11 @@ class TimingProtocol:
     def __post_init__(self) -> None:
         for name in ("threads", "batch_size", "seq_len", "infer_cnt"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 flag = "max_seq_length" if name == "seq_len" else name
-                raise UserError(f"--{flag} must be at least 1, got {value!r}")
-        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+                raise UserError(f"--{flag} must be a whole number of at least 1, got {value!r}")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, (int, np.integer)) \
+                or self.warmup < 0:
             raise UserError(f"the number of warm-up runs must be 0 or more, got {self.warmup!r}")
         check_backend(self.backend)
         if self.backend != "torch" and self.subject != "extracted":
