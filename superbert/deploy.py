@@ -27,7 +27,10 @@ model's own mode itself.
 
 `time_onnx` times an ONNX file under `latency.TimingProtocol` (threads, batch x seq of token
 9333, warm-up, timed runs, median/min, wall/cpu clock), so its numbers sit beside the torch
-backend's in one dataset.
+backend's. `OnnxTimingBackend` is what `latency.Timer` delegates to for
+`inference_time_evaluation.py --backend onnxruntime | onnxruntime-int8`; its `info()` (backend,
+precision, opset, exporter, ONNX Runtime version, available and session providers) is the
+latency dataset sidecar's "runtime".
 
 onnx and onnxruntime are optional (`pip install "superbert[onnx]"`); they are imported when a
 function here needs them.
