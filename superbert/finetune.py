@@ -25,9 +25,11 @@ import hashlib
 import json
 import logging
 import math
+import os
+import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -39,11 +41,12 @@ from .arch import Arch, Scheme, arch_of_config, read_arch_file, unique, validate
 from .cli import flag
 from .errors import UserError
 from .hf import file_md5, load_config, load_model, load_tokenizer, resolve_model_dir, save_model
-from .io import append_text_durably, atomic_path, atomic_write_text
+from .io import atomic_path, atomic_write_text
+from .jobs import Job, Shard, locked_append, make_jobs, parse_shard, resolve_shard
 from .modeling import (AutoTinyBertForQuestionAnswering, AutoTinyBertForSequenceClassification,
                        AutoTinyBertPreTrainedModel, extract_submodel)
 from .optim import BertAdam, make_optimizer, warmup_linear
-from .results import TaskResult, format_results_block
+from .results import TaskResult, format_results_block, read_results
 from .tasks import SQUAD_TASKS, TASK_DEFAULTS, canonical_task, is_squad
 from .tasks import glue, squad
 from .tasks.metrics import best_key, glue_metrics, squad_v1_evaluate, squad_v2_evaluate
@@ -220,7 +223,28 @@ class RunConfig:
                                  "(replaces the epoch count)")
     save_best_model: bool = flag(False, help="save the best fine-tuned sub-model per task and "
                                  "seed to <output_dir>/<task>_seed<seed>[_<arch>]")
-    progress: bool = True  # a progress bar per fine-tuning (not a flag)
+    # Many processes (torchrun ranks, SLURM array tasks, or --shard by hand) share the jobs.
+    shard: str = flag("", group="cluster",
+                      help="I/N: run only share I of N (0-based) of the (arch, task, seed) jobs; "
+                           "job k belongs to share k mod N. Default: torchrun's RANK/WORLD_SIZE, "
+                           "else a SLURM array's task id/count, else every job")
+    overwrite_results: bool = flag(False, group="cluster",
+                                   help="re-evaluate jobs that already have a block in "
+                                        "<output_dir>/subbert.results (by default they are "
+                                        "skipped); the old file is first moved aside to "
+                                        "subbert.results.bak-<time>")
+    no_progress: bool = flag(False, help="no progress bar; off a terminal a progress line is "
+                                         "logged every ~10 s instead, and this silences it too")
+    # Deploy: score an exported fine-tuned model (no training).
+    onnx: bool = flag(False, group="deploy",
+                      help="evaluation only: --model is a fine-tuned model (--save_best_model "
+                           "output); export it with its task head to ONNX (<output_dir>/"
+                           "<model>.onnx) and score it with ONNX Runtime on the task's dev set, "
+                           "one block marked 'runtime = onnxruntime-fp32'")
+    int8: bool = flag(False, group="deploy",
+                      help="with --onnx: also score the INT8 (dynamically quantised) export "
+                           "('runtime = onnxruntime-int8')")
+    opset: int = flag(17, type=int, group="deploy", help="with --onnx: the ONNX opset")
     # Resolved from the flags above by __post_init__.
     tasks: tuple[TaskConfig, ...] = field(init=False)
     seeds: tuple[int, ...] = field(init=False)
@@ -245,6 +269,36 @@ class RunConfig:
         object.__setattr__(self, "seeds", seeds)
         object.__setattr__(self, "scheme",
                            Scheme.parse(self.super_model) if self.super_model else None)
+        if self.shard:
+            parse_shard(self.shard)  # a bad spec fails before anything is read
+        self._check_deploy_flags()
+
+    def _check_deploy_flags(self) -> None:
+        """--onnx scores one fine-tuned model: flags of fine-tuning or of job sharing have no
+        meaning there and are refused rather than ignored."""
+        if not self.onnx:
+            for name in ("int8", "opset"):
+                if getattr(self, name) != _default(type(self), name):
+                    raise UserError(f"--{name} needs --onnx")
+            return
+        if len(self.tasks) != 1:
+            raise UserError("--onnx scores one fine-tuned model on its one task; give one "
+                            "--task_name")
+        unused = [n for n in TRAINING_ONLY if getattr(self, n) != _default(type(self), n)]
+        if unused:
+            raise UserError(f"--onnx evaluates without training: {', '.join('--' + n for n in unused)} "
+                            f"do{'es' if len(unused) == 1 else ''} not apply")
+
+
+# Flags that mean nothing to --onnx (evaluation of an already fine-tuned model).
+TRAINING_ONLY = ("arches_file", "seed", "train_batch_size", "learning_rate", "num_train_epochs",
+                 "eval_step", "weight_decay", "warmup_proportion", "gradient_accumulation_steps",
+                 "fp16", "max_train_examples", "max_steps", "save_best_model", "shard",
+                 "overwrite_results", "super_model", "no_cuda")
+
+
+def _default(cls: type, name: str) -> Any:
+    return next(f.default for f in fields(cls) if f.name == name)
 
 
 # ---- data ---------------------------------------------------------------------------------------
@@ -536,20 +590,27 @@ class StepPlan:
     micro_per_epoch: int    # partial last batches are skipped, as the original
     t_total: int            # optimizer steps (--max_steps, else epochs x steps per epoch)
     warmup: int             # warm-up steps of the schedule
+    gas: int = 1            # micro-batches per optimizer step
 
 
 def plan_steps(cfg: TaskConfig, n_train: int) -> StepPlan:
-    """Count the run's steps over `n_train` training features (SQuAD: windows)."""
+    """Count the run's steps over `n_train` training features (SQuAD: windows). A set smaller
+    than one optimizer step's batch is one partial batch per step (said in one log line): a
+    proxy run on a few examples still trains, rather than failing."""
+    what = "windows" if is_squad(cfg.task) else "examples"
+    if n_train == 0:
+        raise UserError(f"{cfg.task}: no training {what}")
     gas = cfg.gradient_accumulation_steps
     micro_bs = cfg.train_batch_size // gas
     micro_per_epoch = n_train // micro_bs
     steps_per_epoch = micro_per_epoch // gas
     if steps_per_epoch == 0:
-        raise UserError(f"{cfg.task}: the {n_train} training "
-                        f"{'windows' if is_squad(cfg.task) else 'examples'} do not fill one "
-                        f"batch of {cfg.train_batch_size}")
+        logger.warning("%s: the %d training %s do not fill one batch of %d: each epoch is one "
+                       "partial batch of %d", cfg.task, n_train, what, cfg.train_batch_size,
+                       n_train)
+        micro_bs, micro_per_epoch, gas, steps_per_epoch = n_train, 1, 1, 1
     t_total = cfg.max_steps or max(1, int(steps_per_epoch * cfg.num_train_epochs))
-    return StepPlan(micro_bs, micro_per_epoch, t_total, int(cfg.warmup_proportion * t_total))
+    return StepPlan(micro_bs, micro_per_epoch, t_total, int(cfg.warmup_proportion * t_total), gas)
 
 
 def make_schedule(model: torch.nn.Module, cfg: TaskConfig, plan: StepPlan,
@@ -566,11 +627,11 @@ def make_schedule(model: torch.nn.Module, cfg: TaskConfig, plan: StepPlan,
 def train_steps(model: AutoTinyBertPreTrainedModel, data: TaskData, plan: StepPlan,
                 optimizer: BertAdam, scheduler: torch.optim.lr_scheduler.LambdaLR,
                 order: torch.Generator, device: torch.device, fp16: bool,
-                bar: Any) -> Iterator[tuple[int, float]]:
+                progress: "Progress") -> Iterator[tuple[int, float]]:
     """The training loop. Yields `(step, mean training loss so far)` after every optimizer
     step at which the dev set is due (every `eval_step` steps, and the last step)."""
     cfg = data.cfg
-    gas = cfg.gradient_accumulation_steps
+    gas = plan.gas
     n = len(data.train)
     scaler = torch.amp.GradScaler("cuda", enabled=fp16 and device.type == "cuda")
     loss_sum, loss_steps = torch.zeros((), device=device), 0  # summed on the device: no sync
@@ -595,11 +656,53 @@ def train_steps(model: AutoTinyBertPreTrainedModel, data: TaskData, plan: StepPl
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            bar.update(1)
+            progress.step(step, lambda: float(loss_sum) / max(loss_steps, 1))
             if step % cfg.eval_step == 0 or step == plan.t_total:
                 yield step, float(loss_sum) / max(loss_steps, 1)
             if step >= plan.t_total:
                 break
+
+
+# Without a terminal (a cluster job's log): a progress line this often, at most.
+PROGRESS_SECONDS = 10.0
+
+
+class Progress:
+    """A fine-tuning's progress: a tqdm bar on a terminal; off one, a log line every
+    PROGRESS_SECONDS with the job, step, running loss and ETA; nothing when disabled."""
+
+    def __init__(self, total: int, label: str, enabled: bool = True):
+        self.total, self.label = total, label
+        self.bar = (tqdm(total=total, desc=label, leave=False)
+                    if enabled and sys.stderr.isatty() else None)
+        self.log = enabled and self.bar is None
+        self.start = self.last = time.perf_counter()
+
+    def step(self, step: int, mean_loss: Callable[[], float]) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            return
+        now = time.perf_counter()
+        if self.log and now - self.last >= PROGRESS_SECONDS:
+            self.last = now
+            eta = (self.total - step) * (now - self.start) / step
+            logger.info("%s: step %d/%d loss %.4f ETA %s", self.label, step, self.total,
+                        mean_loss(), _duration(eta))
+
+    def score(self, score: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(score=f"{score:.4g}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, sec = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s"
 
 
 @dataclass
@@ -637,7 +740,7 @@ def record_evaluation(result: FinetuneResult, best: _Best, outcome: EvalOutcome,
 def finetune(supernet: AutoTinyBertPreTrainedModel, arch: Arch, data: TaskData, seed: int,
              device: torch.device, fp16: bool = False, keep_best_model: bool = False,
              on_eval: Callable[[dict[str, Any], EvalOutcome], None] | None = None,
-             progress: bool = True) -> FinetuneResult:
+             progress: bool = True, label: str = "") -> FinetuneResult:
     """Fine-tune the sub-model `arch` inherited from `supernet` on `data`, evaluating every
     `eval_step` optimizer steps and after the last one; returns the best dev score."""
     task = data.task
@@ -649,8 +752,7 @@ def finetune(supernet: AutoTinyBertPreTrainedModel, arch: Arch, data: TaskData, 
 
     result = FinetuneResult(None, None, 0.0, 0, 0, [])
     best = _Best()
-    bar = tqdm(total=plan.t_total, desc=f"{task} {arch.short()}", disable=not progress or None,
-               leave=False)
+    bar = Progress(plan.t_total, label or f"{task} {arch.short()}", progress)
     for step, train_loss in train_steps(model, data, plan, optimizer, scheduler, order, device,
                                         fp16, bar):
         outcome = evaluate(model, data, data.dev, task, device, fp16, data.dev_examples)
@@ -658,7 +760,7 @@ def finetune(supernet: AutoTinyBertPreTrainedModel, arch: Arch, data: TaskData, 
                                    keep_best_model)
         if on_eval is not None:
             on_eval(record, outcome)
-        bar.set_postfix(score=f"{outcome.score:.4g}")
+        bar.score(outcome.score)
         result.global_step = step
     bar.close()
     if data.dev_mm is not None:
@@ -671,8 +773,22 @@ def finetune(supernet: AutoTinyBertPreTrainedModel, arch: Arch, data: TaskData, 
 
 
 # ---- the whole run ------------------------------------------------------------------------------
-def pick_device(no_cuda: bool) -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() and not no_cuda else "cpu")
+def pick_device(no_cuda: bool, local_rank: int | None = None) -> torch.device:
+    """The GPU (under torchrun: this node's GPU LOCAL_RANK), else the CPU."""
+    if no_cuda or not torch.cuda.is_available():
+        return torch.device("cpu")
+    if local_rank is None:
+        return torch.device("cuda")
+    if local_rank >= torch.cuda.device_count():
+        raise UserError(f"LOCAL_RANK {local_rank} but this node has {torch.cuda.device_count()} "
+                        f"GPU(s): start at most that many processes per node")
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+def _local_rank() -> int | None:
+    value = os.environ.get("LOCAL_RANK")
+    return int(value) if value and value.isdigit() else None
 
 
 def _format_kv(record: dict[str, Any]) -> str:
@@ -722,71 +838,156 @@ def resolve_precision(device: torch.device, fp16: bool) -> bool:
     return fp16
 
 
-def load_all_task_data(cfg: RunConfig, model_dir: Path) -> list[TaskData]:
-    """Every task's files read and tokenized before any training, so bad data fails fast."""
+def load_all_task_data(cfg: RunConfig, model_dir: Path,
+                       tasks: tuple[TaskConfig, ...] | None = None) -> list[TaskData]:
+    """Every task's files (of `tasks`, default all) read and tokenized before any training, so
+    bad data fails fast."""
     tokenizer = load_tokenizer(model_dir, cfg.do_lower_case)
     vocab = model_dir / "vocab.txt"
     tok_id = f"{file_md5(vocab) if vocab.is_file() else 'bundled'}-lower{int(cfg.do_lower_case)}"
-    datas = [load_task_data(t, tokenizer, cfg.cache_dir or None, tok_id) for t in cfg.tasks]
+    datas = [load_task_data(t, tokenizer, cfg.cache_dir or None, tok_id)
+             for t in (cfg.tasks if tasks is None else tasks)]
     for data in datas:
         logger.info("%s: %d train / %d dev %s", data.task, len(data.train), len(data.dev),
                     "windows" if is_squad(data.task) else "examples")
     return datas
 
 
+# ---- resuming: which jobs already have a block ---------------------------------------------------
+def completed_jobs(path: Path, config: Any, seeds: tuple[int, ...]) -> set[Job]:
+    """The (arch, task, seed) jobs that hold a complete block in `path` (the existing reader:
+    a cut block is an error naming its line). Blocks without a seed line (the original's, or
+    older runs') count for a run with a single seed. Blocks of archs and tasks outside this run
+    are left alone (other generations append to the same file), but an arch this supernet
+    cannot hold means the file belongs to another supernet: an error naming the line."""
+    if not path.exists():
+        return set()
+    done = set()
+    for block in read_results(path):
+        try:
+            validate_arch(block.arch, config)
+        except UserError as err:
+            raise UserError(f"{path}:{block.line}: this results block is not of this supernet's "
+                            f"search space ({err}); use another --output_dir, or move the file "
+                            f"aside") from None
+        if block.runtime is not None:
+            continue  # a deployed model's score, not a fine-tuning of the supernet's slice
+        seed = block.seed if block.seed is not None else (seeds[0] if len(seeds) == 1 else None)
+        if seed is not None:
+            done.add(Job(block.arch, block.task, seed))
+    return done
+
+
+def move_aside(path: Path) -> Path:
+    """Move `path` to `<path>.bak-<UTC time>` (never onto an existing file) and return it."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    target = path.with_name(f"{path.name}.bak-{stamp}")
+    n = 1
+    while target.exists():
+        target = path.with_name(f"{path.name}.bak-{stamp}.{n}")
+        n += 1
+    os.replace(path, target)
+    return target
+
+
+def pending_jobs(cfg: RunConfig, jobs: list[Job], shard: Shard, results: Path,
+                 config: Any) -> list[Job]:
+    """This process's share of `jobs`, less those with a block in `results` (unless
+    --overwrite_results, which moves the old file aside first).
+
+    The share is taken from the whole job list, before looking at the file: it depends only on
+    a job's index, so processes that read the file at different moments still split the same
+    way."""
+    mine = shard.take(jobs)
+    if cfg.overwrite_results:
+        if results.exists():
+            if shard.count > 1:
+                raise UserError(f"--overwrite_results with {shard.count} shares: one process "
+                                f"would move {results} aside while others append to it; move "
+                                f"it aside yourself, then run without --overwrite_results")
+            logger.warning("--overwrite_results: moved the old %s to %s; every job runs again",
+                           results, move_aside(results))
+        return mine
+    done = completed_jobs(results, config, cfg.seeds)
+    todo = [j for j in mine if j not in done]
+    if len(todo) < len(mine):
+        logger.info("%d of %d jobs already have results in %s: skipped", len(mine) - len(todo),
+                    len(mine), results)
+    return todo
+
+
+# ---- the whole run ------------------------------------------------------------------------------
 def run(cfg: RunConfig) -> list[TaskResult]:
-    """Evaluate every arch on every task for every seed; append one `subbert.results` block per
-    (seed, arch, task) as soon as it is known."""
+    """Evaluate every arch on every task for every seed, or this process's share of those
+    jobs; append one `subbert.results` block per (seed, arch, task) as soon as it is known."""
+    if cfg.onnx:
+        return run_exported(cfg)
     model_dir = resolve_model_dir(cfg.model, need_weights=True)
     config = load_config(model_dir, cfg.scheme)  # a --super_model contradiction fails here
     archs = load_archs(cfg, config)
     check_sequence_lengths(cfg.tasks, config)
-    device = pick_device(cfg.no_cuda)
+    shard = resolve_shard(cfg.shard or None)
+    device = pick_device(cfg.no_cuda, _local_rank() if shard.source == "torchrun rank" else None)
     fp16 = resolve_precision(device, cfg.fp16)
-    datas = load_all_task_data(cfg, model_dir)
 
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = make_jobs(archs, [t.task for t in cfg.tasks], cfg.seeds)
+    where = "" if shard.count == 1 else f"; share {shard}: {len(shard.take(jobs))} of them"
+    logger.info("evaluating %d jobs (%d arch(s) x %d task(s) x %d seed(s))%s on %s "
+                "(%s scheme)", len(jobs), len(archs), len(cfg.tasks), len(cfg.seeds), where,
+                device, config.attention_scheme.upper())
+    todo = pending_jobs(cfg, jobs, shard, out_dir / RESULTS_FILE, config)
+    if not todo:
+        logger.info("nothing to evaluate")
+        return []
+    needed = tuple(t for t in cfg.tasks if any(j.task == t.task for j in todo))
+    datas = {d.task: d for d in load_all_task_data(cfg, model_dir, needed)}
     models = TaskModels(model_dir, cfg.scheme)
     results: list[TaskResult] = []
-    logger.info("evaluating %d arch(s) x %d task(s) x %d seed(s) on %s (%s scheme)", len(archs),
-                len(datas), len(cfg.seeds), device, config.attention_scheme.upper())
-    for seed in cfg.seeds:
-        for arch in archs:
-            for data in datas:
-                results.append(_run_one(cfg, models, arch, data, seed, device, fp16, config,
-                                        model_dir, out_dir, several=len(archs) > 1))
+    for i, job in enumerate(todo, 1):
+        results.append(_run_one(cfg, models, job, datas[job.task], device, fp16, config,
+                                model_dir, out_dir, several=len(archs) > 1,
+                                label=f"job {i}/{len(todo)} {job.task} {job.arch.short()}"))
     return results
 
 
-def _run_one(cfg: RunConfig, models: TaskModels, arch: Arch, data: TaskData, seed: int,
+def _run_one(cfg: RunConfig, models: TaskModels, job: Job, data: TaskData,
              device: torch.device, fp16: bool, config, model_dir: Path, out_dir: Path,
-             several: bool) -> TaskResult:
-    """Fine-tune one arch on one task for one seed and write everything it produced."""
-    task = data.task
+             several: bool, label: str) -> TaskResult:
+    """Fine-tune one arch on one task for one seed and write everything it produced. Every
+    file is appended under a lock: other processes append to the same files."""
+    task, arch, seed = job.task, job.arch, job.seed
     model = models.get(data)
     tag = {"task": task, "seed": seed, "arch": str(arch)}
 
     def on_eval(record: dict[str, Any], outcome: EvalOutcome) -> None:
-        append_text_durably(out_dir / EVAL_RESULTS_FILE, _format_kv({**record, **tag}))
+        locked_append(out_dir / EVAL_RESULTS_FILE, _format_kv({**record, **tag}))
 
     t0 = time.perf_counter()
-    res = finetune(model, arch, data, seed, device, fp16,
-                   keep_best_model=cfg.save_best_model, on_eval=on_eval, progress=cfg.progress)
+    res = finetune(model, arch, data, seed, device, fp16, keep_best_model=cfg.save_best_model,
+                   on_eval=on_eval, progress=not cfg.no_progress, label=label)
     _write_side_outputs(cfg, res, data, arch, seed, tag, model_dir, out_dir, several)
     result = TaskResult(task=task, arch=arch,
-                        param_count=arch.param_count(config.vocab_size,
-                                                     config.max_position_embeddings,
-                                                     config.type_vocab_size),
+                        param_count=_param_count(arch, config),
                         best=res.best, em=res.em,
                         time_per_batch_infer_ms=res.time_per_batch_infer_ms,
-                        infer_cnt=res.infer_cnt)
-    append_text_durably(out_dir / RESULTS_FILE, format_results_block(result))
-    shown = "none" if res.best is None else (
-        f"f1 {res.best:.2f} em {res.em:.2f}" if res.em is not None else f"{res.best:.4f}")
-    logger.info("seed %d %s %s: best %s (%d steps, %.1f s)", seed, arch.short(), task, shown,
+                        infer_cnt=res.infer_cnt, seed=seed)
+    locked_append(out_dir / RESULTS_FILE, format_results_block(result))
+    logger.info("%s seed %d: best %s (%d steps, %.1f s)", label, seed, _shown(res.best, res.em),
                 res.global_step, time.perf_counter() - t0)
     return result
+
+
+def _param_count(arch: Arch, config: Any) -> int:
+    return arch.param_count(config.vocab_size, config.max_position_embeddings,
+                            config.type_vocab_size)
+
+
+def _shown(best: float | None, em: float | None) -> str:
+    if best is None:
+        return "none"
+    return f"f1 {best:.2f} em {em:.2f}" if em is not None else f"{best:.4f}"
 
 
 def _write_side_outputs(cfg: RunConfig, res: FinetuneResult, data: TaskData, arch: Arch,
@@ -801,10 +1002,76 @@ def _write_side_outputs(cfg: RunConfig, res: FinetuneResult, data: TaskData, arc
             atomic_write_text(out_dir / "null_odds.json", json.dumps(odds, indent=4) + "\n")
     if res.final_mm is not None:
         mm_dir = out_dir.parent / f"{out_dir.name}-MM"
-        append_text_durably(mm_dir / EVAL_RESULTS_FILE, _format_kv(
+        locked_append(mm_dir / EVAL_RESULTS_FILE, _format_kv(
             {**res.final_mm, "global_step": res.global_step, **tag, "task": "mnli-mm"}))
     if cfg.save_best_model and res.best_model is not None:
         name = f"{data.task}_seed{seed}" + (f"_{_arch_tag(arch)}" if several else "")
         vocab = model_dir / "vocab.txt"
         save_model(res.best_model, out_dir / name, vocab if vocab.is_file() else None,
                    do_lower_case=cfg.do_lower_case)
+
+
+# ---- deploy: score an exported model with the evaluator's metrics -------------------------------
+def run_exported(cfg: RunConfig) -> list[TaskResult]:
+    """Score a fine-tuned model (a --save_best_model directory) as deployed: export it with its
+    task head to ONNX (and INT8 with --int8), run the dev set through ONNX Runtime with the same
+    `evaluate` as fine-tuning uses, and append one block per runtime (`runtime = ...`). The
+    torch model's score on the same dev set is logged beside them."""
+    from . import deploy  # onnx and onnxruntime are optional: imported only here
+
+    deploy.require_onnx()
+    model_dir = resolve_model_dir(cfg.model, need_weights=True)
+    head = deploy.Head.of_model_dir(model_dir)
+    task_cfg = cfg.tasks[0]
+    task = task_cfg.task
+    if head is deploy.Head.ENCODER:
+        raise UserError(f"{model_dir} holds no task head (an extracted or pre-trained model): "
+                        f"--onnx scores a fine-tuned model saved with --save_best_model")
+    if (head is deploy.Head.QUESTION_ANSWERING) != is_squad(task):
+        raise UserError(f"{model_dir} holds a {head.value} model, which cannot be scored on "
+                        f"{task}")
+    config = load_config(model_dir)
+    check_sequence_lengths(cfg.tasks, config)
+    data = load_all_task_data(cfg, model_dir)[0]
+    if not is_squad(task) and config.num_labels != data.num_labels:
+        raise UserError(f"{model_dir} has {config.num_labels} labels but {task} has "
+                        f"{data.num_labels}")
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = deploy.export_onnx(model_dir, out_dir / f"{model_dir.name}.onnx", head=head,
+                               opset=cfg.opset, int8=cfg.int8)
+    arch = arch_of_config(config)
+    cpu = torch.device("cpu")
+    reference = evaluate(deploy.load_for_export(model_dir, head), data, data.dev, task, cpu,
+                         examples=data.dev_examples)
+    shown = [f"torch {_metric_text(reference, task)}"]
+    results = []
+    runs = [("onnxruntime-fp32", files.fp32)] + ([("onnxruntime-int8", files.int8)]
+                                                if files.int8 is not None else [])
+    for runtime, path in runs:
+        model = deploy.OrtTaskModel(path, threads=torch.get_num_threads())
+        outcome = evaluate(model, data, data.dev, task, cpu, examples=data.dev_examples)
+        tag = {"task": task, "arch": str(arch), "runtime": runtime, "model": str(path)}
+        locked_append(out_dir / EVAL_RESULTS_FILE, _format_kv({**outcome.metrics, **tag}))
+        if data.dev_mm is not None:
+            mm = evaluate(model, data, data.dev_mm, "mnli-mm", cpu).metrics
+            locked_append(out_dir.parent / f"{out_dir.name}-MM" / EVAL_RESULTS_FILE,
+                          _format_kv({**mm, **tag, "task": "mnli-mm"}))
+        best, em = ((outcome.metrics["f1"], outcome.metrics["em"]) if is_squad(task)
+                    else (outcome.metrics[best_key(task)], None))
+        result = TaskResult(task=task, arch=arch, param_count=_param_count(arch, config),
+                            best=best, em=em,
+                            time_per_batch_infer_ms=outcome.infer_ms / max(outcome.infer_batches, 1),
+                            infer_cnt=outcome.infer_batches, runtime=runtime)
+        locked_append(out_dir / RESULTS_FILE, format_results_block(result))
+        results.append(result)
+        shown.append(f"{runtime} {_metric_text(outcome, task)}")
+    logger.info("%s on %s dev (%d %s): %s", model_dir.name, task, len(data.dev),
+                "windows" if is_squad(task) else "examples", "; ".join(shown))
+    return results
+
+
+def _metric_text(outcome: EvalOutcome, task: str) -> str:
+    if is_squad(task):
+        return f"f1 {outcome.metrics['f1']:.2f} em {outcome.metrics['em']:.2f}"
+    return f"{best_key(task)} {outcome.metrics[best_key(task)]:.4f}"

@@ -499,9 +499,21 @@ class ExtractConfig:
     kd: bool = flag(False, help="the supernet uses the KD scheme (all heads, per-head slices); "
                                 "it is recorded in the supernet config, so this only "
                                 "double-checks it")
+    force: bool = flag(False, help="write into --output even when it holds model files this "
+                                   "extractor did not write (they are overwritten)")
+    onnx: bool = flag(False, group="deploy",
+                      help="also export the extracted encoder to <output>/model.onnx (needs onnx "
+                           "and onnxruntime)")
+    int8: bool = flag(False, group="deploy",
+                      help="with --onnx: also write model.int8.onnx (dynamic INT8 quantisation)")
+    opset: int = flag(17, type=int, group="deploy", help="with --onnx: the ONNX opset")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "arch", Arch.coerce(self.arch))
+        if self.int8 and not self.onnx:
+            raise UserError("--int8 needs --onnx")
+        if self.opset != 17 and not self.onnx:
+            raise UserError("--opset needs --onnx")
 
     @property
     def scheme(self) -> Scheme | None:
@@ -509,16 +521,45 @@ class ExtractConfig:
         return Scheme.KD if self.kd else None
 
 
+# Written into every extracted directory: a later extraction into it knows the files are ours.
+EXTRACTION_RECORD = "extraction.json"
+# What an extraction (and its --onnx export) writes; the same names found in a directory
+# without EXTRACTION_RECORD belong to someone else.
+EXTRACTED_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "vocab.txt",
+                   "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "model.onnx", "model.onnx.json", "model.int8.onnx", "model.int8.onnx.json",
+                   *REMOTE_CODE_FILES)
+ONNX_FILES = ("model.onnx", "model.onnx.json", "model.int8.onnx", "model.int8.onnx.json")
+
+
+def check_extraction_output(output: Path, force: bool = False) -> None:
+    """Refuse (without `force`) an output directory holding model files that an earlier
+    extraction did not write: a foreign config.json or weights would be silently replaced."""
+    if output.exists() and not output.is_dir():
+        raise UserError(f"--output {output} is a file, not a directory")
+    if not output.is_dir() or (output / EXTRACTION_RECORD).is_file():
+        return
+    foreign = sorted(n for n in EXTRACTED_FILES if (output / n).exists())
+    if foreign and not force:
+        raise UserError(f"--output {output} holds {', '.join(foreign)} that submodel_extractor "
+                        f"did not write; choose another directory, or pass --force to "
+                        f"overwrite them")
+
+
 def extract_to_dir(model_dir: str | os.PathLike, arch: Any, output: str | os.PathLike,
-                   scheme: str | Scheme | None = None) -> tuple[AutoTinyBertPreTrainedModel, Path]:
+                   scheme: str | Scheme | None = None,
+                   force: bool = False) -> tuple[AutoTinyBertPreTrainedModel, Path]:
     """Slice `arch` out of the supernet in `model_dir` and save it as a complete directory
-    (MLM head and dense_fit kept, so further training continues from them)."""
+    (MLM head and dense_fit kept, so further training continues from them), with an
+    `extraction.json` record. ONNX files of an earlier extraction into the same directory no
+    longer match its weights and are removed."""
     arch = Arch.coerce(arch)
     model_dir, output = Path(model_dir), Path(output)
     if output.resolve() == model_dir.resolve():
         raise UserError("--output is the supernet directory itself; choose another directory")
     config = load_config(model_dir, scheme)  # fails early, before reading the weights
     validate_arch(arch, config)
+    check_extraction_output(output, force)
     supernet = load_model(model_dir, AutoTinyBertForMaskedLM, scheme)
     sub = extract_submodel(supernet, arch)
     vocab = model_dir / "vocab.txt" if (model_dir / "vocab.txt").is_file() else None
@@ -528,7 +569,15 @@ def extract_to_dir(model_dir: str | os.PathLike, arch: Any, output: str | os.Pat
                             f"{sub.config.vocab_size} is not the bundled vocab's")
         logger.warning("%s has no vocab.txt; writing the bundled bert-base-uncased vocab", model_dir)
     lower = _do_lower_case(model_dir)
-    return sub, save_model(sub, output, vocab, do_lower_case=lower)
+    record = {"format": "superbert-extraction", "source": str(model_dir.resolve()),
+              "arch": str(arch), "scheme": str(sub.config.attention_scheme)}
+    stale = [output / n for n in ONNX_FILES if (output / n).exists()]
+    out = save_model(sub, output, vocab, do_lower_case=lower,
+                     extra_files={EXTRACTION_RECORD: (json.dumps(record, indent=2) + "\n").encode()})
+    for path in stale:
+        logger.warning("removing %s: it was exported from an earlier extraction", path)
+        path.unlink()
+    return sub, out
 
 
 def _do_lower_case(model_dir: Path) -> bool:

@@ -13,7 +13,11 @@ The block is byte-compatible with the original evaluator:
     <blank line>
 
 For SQuAD the score line is `best_acc = f1: 85.1234567; em: 77.0123` (0-100 scale); when no
-evaluation ran it is `best_acc = ` (empty). The reader accepts any number of tasks per arch, any
+evaluation ran it is `best_acc = ` (empty). Our evaluator adds `seed = N` before the end marker
+(so a resumed run tells the seeds of one arch apart) and, for an exported model scored with ONNX
+Runtime, `runtime = onnxruntime-fp32|onnxruntime-int8`; the original's parser reads only the
+`architecture` and `best_acc` lines, so it is unaffected. A score that is not finite (nan, inf)
+is refused on writing and on reading: it would rank an arch by noise. The reader accepts any number of tasks per arch, any
 key order in the arch repr, unknown `key = value` lines (derivatives add e.g. a training time),
 and puts every score on the 0-100 scale; fitness is the mean over the arch's tasks, which is the
 original's mean(MNLI acc x 100, SQuAD F1) when those two tasks were evaluated.
@@ -21,10 +25,11 @@ original's mean(MNLI acc x 100, SQuAD F1) when those two tasks were evaluated.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable
 
 from .arch import Arch
@@ -54,6 +59,9 @@ class TaskResult:
     em: float | None
     time_per_batch_infer_ms: float
     infer_cnt: int
+    seed: int | None = None      # None: a block written without a seed line (the original's)
+    runtime: str | None = None   # None: the torch model the evaluator fine-tuned
+    line: int = field(default=0, compare=False)  # where the block starts in the file read
 
     @property
     def is_qa(self) -> bool:
@@ -73,7 +81,12 @@ def _num(x: float) -> str:
 
 
 def format_results_block(r: TaskResult) -> str:
-    """The block exactly as the original evaluator appends it (including the trailing blank line)."""
+    """The block exactly as the original evaluator appends it (including the trailing blank
+    line), plus our `seed` and `runtime` lines when set."""
+    for name, value in (("best", r.best), ("em", r.em)):
+        if value is not None and not math.isfinite(float(value)):
+            raise ValueError(f"{r.task} {r.arch.short()}: refusing to write a {name} score of "
+                             f"{value}")
     if r.best is None:
         best = ""
     elif r.em is not None:
@@ -87,7 +100,9 @@ def format_results_block(r: TaskResult) -> str:
             f"best_acc = {best}\n"
             f"time_per_batch_infer = {float(r.time_per_batch_infer_ms):.3f} ms\n"
             f"infer_cnt = {int(r.infer_cnt)}\n"
-            f"{BLOCK_END}\n"
+            + (f"seed = {int(r.seed)}\n" if r.seed is not None else "")
+            + (f"runtime = {r.runtime}\n" if r.runtime is not None else "")
+            + f"{BLOCK_END}\n"
             "\n")
 
 
@@ -97,12 +112,14 @@ def _parse_best(value: str, where: str) -> tuple[float | None, float | None]:
         return None, None
     m = _QA_SCORE.match(value)
     try:
-        if m:
-            return float(m["f1"]), float(m["em"])
-        return float(value), None
+        scores = (float(m["f1"]), float(m["em"])) if m else (float(value), None)
     except ValueError:
         raise UserError(f"{where}: cannot read the score {value!r}: expected a number or "
                         f"'f1: <F1>; em: <EM>'") from None
+    if not all(math.isfinite(x) for x in scores if x is not None):
+        raise UserError(f"{where}: the score {value!r} is not a finite number (a diverged "
+                        f"fine-tuning, or a damaged file); remove or fix this block")
+    return scores
 
 
 def read_results(path: str | os.PathLike) -> list[TaskResult]:
@@ -156,7 +173,7 @@ def _block_to_result(block: dict[str, tuple[int, str]], path: str, start: int) -
     number, best_text = block["best_acc"]
     best, em = _parse_best(best_text, f"{path}:{number}")
 
-    def field(key: str, conv, default):
+    def value(key: str, conv, default):
         if key not in block:
             return default
         n, text = block[key]
@@ -168,11 +185,14 @@ def _block_to_result(block: dict[str, tuple[int, str]], path: str, start: int) -
     return TaskResult(
         task=block["task_name"][1].lower(),
         arch=arch,
-        param_count=field("parameter size", int, arch.param_count()),
+        param_count=value("parameter size", int, arch.param_count()),
         best=best, em=em,
-        time_per_batch_infer_ms=field("time_per_batch_infer",
+        time_per_batch_infer_ms=value("time_per_batch_infer",
                                       lambda s: float(s.removesuffix("ms").strip()), 0.0),
-        infer_cnt=field("infer_cnt", int, 0))
+        infer_cnt=value("infer_cnt", int, 0),
+        seed=value("seed", int, None),
+        runtime=block["runtime"][1] if "runtime" in block else None,
+        line=start)
 
 
 def aggregate(results: Iterable[TaskResult]) -> dict[Arch, dict[str, float]]:
