@@ -224,6 +224,11 @@ class PretrainConfig:
     resume: str | None = flag(None, group=RUN, metavar="DIR|auto",
                               help="continue exactly from a checkpoint directory, or the newest "
                                    "complete one of this run (auto)")
+    resume_changed_settings: bool = flag(
+        False, group=RUN,
+        help="with --resume, continue under this run's settings where they differ from the "
+             "checkpoint's (schedule, search space, data, objective; each logged) instead of "
+             "refusing; the batch layout cannot change")
     overwrite_output_dir: bool = flag(False, group=RUN,
                                       help="start over even if this run already has checkpoints")
     num_workers: int = flag(2, group=RUN, type=int, help="DataLoader worker processes")
@@ -630,8 +635,13 @@ class Trainer:
                 "max_seq_length", "epochs", "learning_rate", "seed", "optimizer",
                 "sample_times_per_batch", "sandwich", "masked_lm_prob", "original_masking",
                 "original_input_order", "fp16", "bf16", "reorder", "reorder_samples",
-                "reorder_importance")
+                "reorder_importance", "weight_decay", "adam_epsilon", "max_grad_norm", "debug")
+    # Recorded later than the others: the value an older checkpoint implicitly had (a key
+    # missing from an older checkpoint and not listed here is not compared).
     RUN_KEYS_ADDED = {"reorder": False, "reorder_samples": None, "reorder_importance": None}
+    # The data position (micro-batches into the epoch) and the weights' meaning depend on
+    # these: they cannot change on resume, whatever --resume_changed_settings says.
+    FIXED_ON_RESUME = ("train_batch_size", "gradient_accumulation_steps", "further_train")
 
     def checkpoint_info(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -639,6 +649,14 @@ class Trainer:
         run["reorder_importance"] = str(cfg.reorder_importance)
         if not cfg.reorder:  # without --reorder, how importance would be measured is no setting
             run["reorder_samples"] = run["reorder_importance"] = None
+        run["scheme"] = str(self.model.config.attention_scheme)
+        run["space"] = (f"fixed arch {self.fixed_arch}" if self.fixed_arch else
+                        " ".join(f"{k}={v}" for k, v in dataclasses.asdict(self.space).items()))
+        run["pregenerated_data"] = str(Path(cfg.pregenerated_data).resolve())
+        teacher = cfg.teacher_model if cfg.objective == Scheme.KD else None
+        run["teacher_model"] = (str(Path(teacher).resolve()) if teacher and Path(teacher).is_dir()
+                                else teacher)
+        run["total_steps"], run["warmup_steps"] = self.total_steps, self.warmup_steps
         return {"global_step": self.state.global_step, "epoch": self.state.epoch,
                 "micro_in_epoch": self.state.micro_in_epoch, "world_size": self.env.world_size,
                 "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
@@ -666,17 +684,25 @@ class Trainer:
         barrier(self.env)
         return target
 
-    def load_checkpoint(self, directory: Path) -> None:
+    def check_resume(self, directory: Path) -> dict[str, Any]:
+        """The manifest of `directory` if this run may continue from it (UserError otherwise):
+        intact, the same world size, and the same settings unless --resume_changed_settings
+        accepts them. Reads only; run before anything is written."""
         info = verify_checkpoint(directory)
-        mine = self.checkpoint_info()
         if info.get("world_size") != self.env.world_size:
             raise UserError(f"checkpoint {directory} was written by {info.get('world_size')} "
                             f"process(es); resume with the same number (now {self.env.world_size})")
-        for key, value in mine["run"].items():
-            saved = info["run"].get(key, self.RUN_KEYS_ADDED.get(key))
-            if saved != value:
-                raise UserError(f"checkpoint {directory} was trained with {key}="
-                                f"{saved!r}, this run has {value!r}")
+        changed = self.changed_settings(info)
+        fixed = [c for c in changed if c[0] in self.FIXED_ON_RESUME]
+        if fixed or (changed and not self.cfg.resume_changed_settings):
+            hint = "" if fixed else "; pass --resume_changed_settings to continue with this run's"
+            raise UserError(f"checkpoint {directory} was trained with other settings: "
+                            f"{_describe(fixed or changed)}{hint}")
+        return info
+
+    def load_checkpoint(self, directory: Path) -> None:
+        info = self.check_resume(directory)
+        changed = self.changed_settings(info)
         state = normalize_keys(read_state_dict(directory))
         own = self.model.state_dict()
         missing = [k for k in own if k not in state and not k.startswith("cls.predictions.decoder.")]
@@ -692,6 +718,9 @@ class Trainer:
         self.extra_files.pop(PERMUTATION_FILE, None)
         if (directory / PERMUTATION_FILE).is_file():
             self.extra_files[PERMUTATION_FILE] = (directory / PERMUTATION_FILE).read_bytes()
+        # This run's optimiser settings (lr, weight decay, eps, clip), before the checkpoint's
+        # replace them: put back when --resume_changed_settings accepts a change.
+        mine = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         try:
             opt = torch.load(directory / OPTIMIZER_FILE, map_location=self.device, weights_only=False)
             self.optimizer.load_state_dict(opt)
@@ -699,6 +728,17 @@ class Trainer:
         except Exception as err:  # verified sizes and hashes, so this is a format mismatch
             raise UserError(f"cannot load the optimizer/trainer state of {directory}: {err}") from None
         self.scheduler.load_state_dict(trainer["scheduler"])
+        if changed:
+            logger.warning("resuming %s with this run's settings (--resume_changed_settings): %s",
+                           directory, _describe(changed))
+            for group, settings in zip(self.optimizer.param_groups, mine):
+                group.update(settings)
+            # This run's peak lr on this run's schedule (total and warm-up steps), from the
+            # checkpoint's step on.
+            self.scheduler.base_lrs = [g["initial_lr"] for g in self.optimizer.param_groups]
+            factor = warmup_linear(self.scheduler.last_epoch, self.total_steps, self.warmup_steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * factor
         if self.scaler is not None and trainer.get("scaler"):
             self.scaler.load_state_dict(trainer["scaler"])
         set_rng_state(trainer["rng"][self.env.rank])
@@ -712,6 +752,20 @@ class Trainer:
                             self.state.global_step)
         logger.info("resumed from %s: step %d, epoch %d, %d micro-batches into it", directory,
                     self.state.global_step, self.state.epoch, self.state.micro_in_epoch)
+
+    def changed_settings(self, info: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+        """(setting, the checkpoint's value, this run's) for every setting that differs."""
+        saved_run = info.get("run", {})
+        saved_run = {"total_steps": info.get("total_steps"),
+                     "warmup_steps": info.get("warmup_steps"), **saved_run}
+        changed = []
+        for key, value in self.checkpoint_info()["run"].items():
+            if key not in saved_run and key not in self.RUN_KEYS_ADDED:
+                continue  # not recorded by the code that wrote the checkpoint
+            saved = saved_run.get(key, self.RUN_KEYS_ADDED.get(key))
+            if saved != value:
+                changed.append((key, saved, value))
+        return changed
 
     # ---- logging ----
     def _open_tensorboard(self) -> None:
@@ -979,6 +1033,10 @@ def _duration(seconds: float) -> str:
     h, rest = divmod(seconds, 3600)
     m, sec = divmod(rest, 60)
     return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s"
+
+
+def _describe(changed: list[tuple[str, Any, Any]]) -> str:
+    return ", ".join(f"{key}={saved!r} (this run: {now!r})" for key, saved, now in changed)
 
 
 def truncate_log(path: Path, step: int) -> int:
@@ -1303,13 +1361,15 @@ def run_pretraining(cfg: PretrainConfig, env: DistEnv) -> TrainState | None:
         # Once, on a fresh start, on rank 0 (broadcast below); a resumed run loads the
         # permuted weights and their permutation from its checkpoint.
         extra_files[PERMUTATION_FILE] = reorder_student(cfg, model, student_dir, dataset, vocab)
-    prepare_output_dirs(cfg, env, run_dir, tb_dir)
     # A different seed per rank for dropout; the model itself was built identically.
     torch.manual_seed(cfg.seed + env.rank)
     model.to(env.device)  # NCCL broadcasts device tensors
     broadcast_parameters(env, model)
     trainer = Trainer(cfg, env, model, dataset, collator, plan.space, plan.fixed, student_dir,
                       teacher=teacher, run_dir=run_dir, tb_dir=tb_dir, extra_files=extra_files)
+    if resume_from is not None:
+        trainer.check_resume(resume_from)  # before anything is written
+    prepare_output_dirs(cfg, env, run_dir, tb_dir)
     if resume_from is not None:
         trainer.load_checkpoint(resume_from)
     return trainer.train()

@@ -239,6 +239,7 @@ def test_killed_run_resumes_exactly(work, tmp_path):
     if restart is not None:
         assert steps[restart] % 3 == 1 and steps[restart] <= steps[restart - 1]
     assert steps[-1] == 16 and sorted(set(steps)) == list(range(1, 17))
+    assert steps == list(range(1, 17))  # the killed run's records after its checkpoint dropped
 
 
 def test_damaged_checkpoints_are_not_loaded(work, tmp_path):
@@ -443,3 +444,108 @@ def test_teacher_scores_are_its_last_layer_attention_logits(tmp_path, kind):
     n_rep, n_att = kd_counts(mask, 2, 10, 32, 4)
     assert n_rep == 16 * 32 and n_att == (100 + 36) * 4
     assert abs(float(rep / n_rep) - 0.01) < 1e-6 and abs(float(att / n_att) - 0.04) < 1e-6
+
+
+# ---- nothing lost, nothing silently wrong ---------------------------------------------------------
+def test_max_steps_ends_with_a_checkpoint_of_its_step(work, tmp_path):
+    cache = tmp_path / "c"
+    pre_training.main(args(work, cache, "--max_steps", "3"))
+    assert [p.name for p in find_checkpoints(run_dir(cache))] == ["step_3"]
+    assert verify_checkpoint(run_dir(cache) / "step_3")["global_step"] == 3
+    cache = tmp_path / "c2"
+    pre_training.main(args(work, cache, "--max_steps", "5", "--save_steps", "2"))
+    assert [p.name for p in find_checkpoints(run_dir(cache))] == ["step_2", "step_4", "step_5"]
+
+
+def test_a_resumed_run_cleans_up_and_logs_no_step_twice(work, tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    cache = tmp_path / "c"
+    pre_training.main(args(work, cache, "--max_steps", "4", "--save_steps", "2"))
+    d = run_dir(cache)
+    # As if killed while writing step 4: its log records are there, its checkpoint is half
+    # written in a staging directory.
+    shutil.rmtree(d / "step_4")
+    (d / ".step_4.k1ll3d.tmp" / "payload").mkdir(parents=True)
+    (d / ".step_4.k1ll3d.tmp" / "payload" / "optimizer.pt").write_bytes(b"half")
+    with open(d / "train_log.jsonl", "a") as fh:
+        fh.write('{"step": 5, "lo')  # a record cut short
+    caplog.clear()
+    pre_training.main(args(work, cache, "--max_steps", "4", "--resume", "auto"))
+    assert [r["step"] for r in log_of(cache)] == [1, 2, 3, 4]
+    assert not [p for p in d.iterdir() if p.name.startswith(".")]
+    console = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert [m.split()[1] for m in console] == ["3/16", "4/16"]
+    assert any("removed 1 directory" in r.getMessage() for r in caplog.records)
+
+
+def test_resume_refuses_changed_settings_unless_asked(work, tmp_path, caplog):
+    import logging
+
+    cache = tmp_path / "c"
+    pre_training.main(args(work, cache, "--max_steps", "2"))
+    ckpt = str(run_dir(cache) / "step_2")
+    other_data = write_corpus(tmp_path / "other", seed=5)
+    moved = args(work, cache, "--resume", ckpt)
+    moved[moved.index("--pregenerated_data") + 1] = str(other_data)
+    for argv, what in [(args(work, cache, "--resume", ckpt, "--learning_rate", "1e-3"),
+                        "learning_rate=0.002 (this run: 0.001)"),
+                       (args(work, cache, "--resume", ckpt, "--warmup_proportion", "0.5"),
+                        "warmup_steps=1 (this run: 8)"),
+                       (args(work, cache, "--resume", ckpt, "--layer_num_space", "1", "2"),
+                        "space="),
+                       (moved, "pregenerated_data="),
+                       (args(work, cache, "--resume", ckpt, "--sandwich"), "sandwich=False")]:
+        with pytest.raises(UserError, match="--resume_changed_settings") as err:
+            pre_training.main(argv)
+        assert what in str(err.value)
+    assert len(list((cache / "output" / "superbert" / "checkpoints").iterdir())) == 1
+    caplog.set_level(logging.WARNING)
+    with pytest.raises(UserError, match="train_batch_size"):  # never, even when asked
+        pre_training.main(args(work, cache, "--resume", ckpt, "--train_batch_size", "4",
+                               "--resume_changed_settings"))
+    pre_training.main(args(work, cache, "--resume", ckpt, "--learning_rate", "1e-3",
+                           "--max_steps", "3", "--resume_changed_settings"))
+    assert any("learning_rate=0.002 (this run: 0.001)" in r.getMessage() for r in caplog.records)
+    # The run's name holds its lr (the original's layout): the resumed run is a new directory.
+    (resumed,) = (cache / "output" / "superbert" / "checkpoints").glob("*_lr_0.001_*")
+    step3 = json.loads((resumed / "train_log.jsonl").read_text().splitlines()[-1])
+    assert (resumed / "step_3" / "checkpoint.json").is_file()
+    assert step3["step"] == 3 and step3["lr"] == pytest.approx(1e-3 * warmup_linear(3, 16, 1))
+
+
+def test_data_short_of_one_step_runs_one_partial_step(work, tmp_path):
+    data = write_corpus(tmp_path / "three", n=3)
+    cache = tmp_path / "c"
+    argv = args(work, cache, "--gradient_accumulation_steps", "2")
+    argv[argv.index("--pregenerated_data") + 1] = str(data)
+    pre_training.main(argv)
+    assert [r["step"] for r in log_of(cache)] == [1, 2]  # one step per epoch
+    assert [p.name for p in find_checkpoints(run_dir(cache))] == ["epoch_0", "epoch_1"]
+
+
+def test_tensorboard_and_progress_lines(work, tmp_path, monkeypatch, caplog):
+    import logging
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import superbert.training as training
+
+    monkeypatch.setattr(training, "PROGRESS_SECONDS", 0.0)
+    caplog.set_level(logging.INFO)
+    cache = tmp_path / "c"
+    pre_training.main(args(work, cache, "--max_steps", "6", "--logging_steps", "3"))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress: ")]
+    assert len(lines) >= 6 and lines[0].startswith("progress: step 1/16 (6%) loss ")
+    assert all(" step/s " in l and " tok/s ETA " in l for l in lines)
+    tb = cache / "output" / "superbert" / "tensorboard" / run_dir(cache).name
+    events = EventAccumulator(str(tb))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"loss", "lr", "tokens_per_s"} <= set(tags)
+    by_size = [t for t in tags if t.startswith("loss_by_arch_size/")]
+    assert by_size and all(t.endswith("%_of_largest") for t in by_size)
+    assert sorted(e.step for e in events.Scalars("loss")) == [3, 6]
+    log = log_of(cache)
+    assert all("loss_by_size" in r for r in log)
