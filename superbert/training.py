@@ -1279,10 +1279,15 @@ def prepare_output_dirs(cfg: PretrainConfig, env: DistEnv, run_dir: Path, tb_dir
     barrier(env)
 
 
+# Sequences per forward when scoring importance: fixed, so the permutation (float sums over
+# batches) does not depend on the batch size or the number of ranks.
+IMPORTANCE_BATCH = 16
+
+
 def importance_batches(cfg: PretrainConfig, dataset: PretrainingDataset,
                        vocab: Vocab) -> list[dict[str, torch.Tensor]]:
     """--reorder_samples sequences of the data, drawn with --seed, unmasked."""
-    return sample_batches(dataset, cfg.reorder_samples, cfg.micro_batch_size, cfg.seed,
+    return sample_batches(dataset, cfg.reorder_samples, IMPORTANCE_BATCH, cfg.seed,
                           vocab.specials["[PAD]"])
 
 

@@ -39,7 +39,9 @@ def test_single_process_needs_no_process_group(monkeypatch):
         init_distributed(-1, no_cuda=True)
 
 
-def test_torchrun_two_ranks_equal_one_rank_with_twice_the_batch(tmp_path):
+@pytest.mark.parametrize("reorder", [False, True], ids=["plain", "reordered"])
+def test_torchrun_two_ranks_equal_one_rank_with_twice_the_batch(tmp_path, reorder):
+    """Also with --reorder: rank 0 reorders the pretrained supernet, the others receive it."""
     data = write_corpus(tmp_path / "data", n=64)
     # Dropout off: each rank draws its own dropout masks, so only a deterministic model can
     # match bit for bit (well, to float rounding).
@@ -53,6 +55,7 @@ def test_torchrun_two_ranks_equal_one_rank_with_twice_the_batch(tmp_path):
               "--warmup_steps", "2", "--logging_steps", "1",
               "--num_workers", "0", "--no_progress", "--do_lower_case", "--mlm_loss",
               "--masked_lm_prob", "0.15", "--threads", "1"]
+    common += ["--reorder", "--reorder_samples", "24"] if reorder else []
     one, two = tmp_path / "one", tmp_path / "two"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = subprocess.Popen([sys.executable, "pre_training.py", *common, "--cache_dir", str(one),
@@ -84,3 +87,8 @@ def test_torchrun_two_ranks_equal_one_rank_with_twice_the_batch(tmp_path):
     assert w1.keys() == w2.keys()
     worst = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
     assert worst < 1e-5, worst
+    for cache, gpus in ((one, 1), (two, 2)):
+        assert (run(cache, gpus) / "epoch_0" / "permutation.json").is_file() == reorder
+    if reorder:
+        assert ((run(one, 1) / "epoch_0" / "permutation.json").read_bytes()
+                == (run(two, 2) / "epoch_0" / "permutation.json").read_bytes())
