@@ -89,9 +89,9 @@ def ours(args, data: Path, work: Path, optimizer: str, steps: int):
         # the machine inflate wall time but hardly the CPU time this process spends.
         def train_step(self, batches, archs):
             t0 = time.process_time()
-            terms, counts = super().train_step(batches, archs)
+            terms, counts, arch_losses = super().train_step(batches, archs)
             cpu_rates.append(counts.tokens / max(time.process_time() - t0, 1e-9))
-            return terms, counts
+            return terms, counts, arch_losses
 
     trainer = Timed(cfg, DistEnv(), model, dataset, collator(args.seq), None,
                     arch_of_config(config), bundled_vocab_path(), run_dir=run, tb_dir=None)
