@@ -28,7 +28,7 @@ from .data import MaskingCollator, PretrainingDataset
 from .errors import UserError
 from .hf import load_config, load_model, read_vocab, resolve_model_dir
 from .io import atomic_path, atomic_write_text
-from .latency import LatencyPredictor, Timer, TimingProtocol
+from .latency import LatencyPredictor, Timer, TimingProtocol, time_against_reference
 from .results import fitness, parse_results
 
 logger = logging.getLogger(__name__)
@@ -125,15 +125,11 @@ def heldout_mlm_loss(model_dir: str | os.PathLike, data_dir: str | os.PathLike,
 # ---- speedup, measured --------------------------------------------------------------------------
 def measure_speedup(config: Any, scheme: str | Scheme, arch: Arch, base: Arch, threads: int = 1,
                     infer_cnt: int = 10, rounds: int = 3) -> tuple[float, float]:
-    """(base ms, arch ms): both timed under the latency protocol, `rounds` interleaved rounds,
-    median over all runs of each."""
+    """(base ms, arch ms), timed under the latency protocol by the one speedup measurement
+    (`latency.time_against_reference`: the base brackets every round)."""
     timer = Timer(config, scheme, TimingProtocol(threads=threads, infer_cnt=infer_cnt))
-    base_ms, arch_ms = [], []
-    timer.time_reference(base)  # warms the process up; not counted
-    for _ in range(rounds):
-        base_ms.append(timer.time(base).ms)
-        arch_ms.append(timer.time(arch).ms)
-    return float(np.median(base_ms)), float(np.median(arch_ms))
+    t = time_against_reference(timer, [arch], base, rounds)
+    return t.reference_ms, t.arch_ms[0]
 
 
 def load_with_transformers(model_dir: str | os.PathLike) -> tuple[str, int]:

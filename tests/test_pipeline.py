@@ -76,6 +76,7 @@ def test_print_best_cli_and_errors(tmp_path):
 def test_measured_speedup_times_both_archs(monkeypatch):
     """The speedup comes from timing base and chosen arch, never from the predictor."""
     import superbert.latency as latency
+    import superbert.report as report
     from superbert.report import measure_speedup
 
     timed = []
@@ -94,10 +95,11 @@ def test_measured_speedup_times_both_archs(monkeypatch):
             return latency.Timing(arch, 100.0, 100.0, 1)  # a cold first timing, not counted
 
     warmed = []
-    monkeypatch.setattr(latency, "Timer", FakeTimer)
+    monkeypatch.setattr(report, "Timer", FakeTimer)
     base, small = _arch(4, 128, 4, 512), _arch(1, 64, 1, 128)
     assert measure_speedup(None, "mlm", small, base, rounds=3) == (8.0, 2.0)
-    assert warmed == [base] and timed == [base, small] * 3
+    # the base is warmed up once, then brackets every round of the chosen arch
+    assert warmed == [base] and timed == [small, base] * 3
 
 
 def test_measure_speedup_real_timer_orders_sizes():
