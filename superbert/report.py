@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from matplotlib.figure import Figure
 from transformers import AutoModelForMaskedLM

@@ -12,7 +12,7 @@ measured on the machine (recorded in time.pt).
 - `command`: searcher.py's `SearchConfig` and `search_command`.
 """
 from .candidates import (FINE_STEPS, ORIGINAL_STEPS, CandidateSet, enumerate_candidates,
-                         format_candidate_lines, read_candidates, write_archs,
+                         format_candidate_lines, read_candidates,
                          write_candidates)
 from .command import (METHODS, Generation, SearchConfig, build_space, build_window,
                       load_predictor, next_generation, search_command, write_candidate_file)
@@ -28,6 +28,6 @@ __all__ = [
     "build_window", "crowding", "enumerate_candidates", "format_candidate_lines",
     "is_efficient", "load_predictor", "measure_archs", "next_generation", "non_dominated_sort",
     "plot_generation", "read_candidates", "reference_arch", "reference_name", "roulette",
-    "sample_generation", "search_command", "write_archs", "write_candidate_file",
+    "sample_generation", "search_command", "write_candidate_file",
     "write_candidates",
 ]

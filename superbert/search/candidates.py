@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -23,9 +22,9 @@ import numpy as np
 from scipy.interpolate import CubicSpline
 from tqdm import tqdm
 
-from ..arch import Arch, Scheme, SearchSpace
+from ..arch import Arch, Scheme, SearchSpace, read_arch_file, unique
 from ..errors import UserError
-from ..io import atomic_path, atomic_write_text
+from ..io import atomic_path
 from ..latency import LatencyPredictor
 from .window import LatencyWindow
 
@@ -236,61 +235,13 @@ def write_candidates(path: str | os.PathLike, c: CandidateSet, block: int = 200_
                 fh.write(format_candidate_lines(c, i, min(i + block, len(c))))
 
 
-_KEY_RE = {k: re.compile(rf"['\"]{k}['\"]\s*:\s*(\[[^\]]*\]|-?\d+)") for k in
-           ("sample_layer_num", "sample_num_attention_heads", "sample_qkv_sizes",
-            "sample_hidden_size", "sample_intermediate_sizes")}
-
-
-def _fast_parse(line: str) -> Arch | None:
-    """Parse a well-formed arch line without literal_eval (large candidate files); None if odd."""
-    vals = {}
-    for k, rx in _KEY_RE.items():
-        m = rx.search(line)
-        if m is None:
-            return None
-        vals[k] = m.group(1)
-    try:
-        L = int(vals["sample_layer_num"])
-        lists = {k: [int(x) for x in v.strip("[]").split(",")] for k, v in vals.items()
-                 if k != "sample_layer_num" and k != "sample_hidden_size"}
-    except ValueError:
-        return None
-    if any(len(v) != L or len(set(v)) != 1 for v in lists.values()):
-        return None
-    return Arch(L, int(vals["sample_hidden_size"]), lists["sample_num_attention_heads"][0],
-                lists["sample_qkv_sizes"][0], lists["sample_intermediate_sizes"][0])
-
-
 def read_candidates(path: str | os.PathLike) -> list[Arch]:
     """A candidate / .cands file (any key order, repr or JSON), de-duplicated on the value."""
-    try:
-        fh = open(path, encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"candidate file not found: {path} (make it with --method Candidate)") from None
-    except OSError as err:
-        raise UserError(f"cannot read candidate file {path}: {err}") from None
-    archs: list[Arch] = []
-    with fh:
-        try:
-            for number, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                text = line.split("\t")[0].strip()
-                a = _fast_parse(text) if text.count("{") == 1 else None
-                if a is None:
-                    try:
-                        a = Arch.parse(text)
-                    except UserError as err:
-                        raise UserError(f"{path}:{number}: {err}") from None
-                archs.append(a)
-        except UnicodeDecodeError as err:
-            raise UserError(f"cannot read candidate file {path}: {err}") from None
+    archs = read_arch_file(path, "candidate file", missing_hint="make it with --method Candidate")
     if not archs:
         raise UserError(f"candidate file {path} is empty: no arch met the latency constraint "
                         f"when it was made (try another --latency_constraint)")
-    seen: set[Arch] = set()
-    out = [a for a in archs if not (a in seen or seen.add(a))]
-    return out
+    return unique(archs)
 
 
 def check_candidates(path: str | os.PathLike, archs: Sequence[Arch], space: SearchSpace) -> None:
@@ -305,5 +256,4 @@ def check_candidates(path: str | os.PathLike, archs: Sequence[Arch], space: Sear
                             f"scheme and supernet: make them with --method Candidate)") from None
 
 
-def write_archs(path: str | os.PathLike, archs: Sequence[Arch]) -> None:
-    atomic_write_text(path, "".join(f"{a}\n" for a in archs))
+

@@ -11,7 +11,7 @@ import logging
 import random
 from dataclasses import dataclass, field
 
-from ..arch import Arch, Scheme, SearchSpace, SpaceFlags
+from ..arch import Arch, Scheme, SearchSpace, SpaceFlags, write_arch_file
 from ..cli import flag
 from ..errors import UserError
 from ..hf import load_config, resolve_model_dir
@@ -19,7 +19,7 @@ from ..latency import LatencyPredictor, PredictorConfig, load_supernet_config
 from ..latency.checks import check_output, check_positive
 from ..results import fitness, parse_results
 from .candidates import (FINE_STEPS, ORIGINAL_STEPS, CandidateSet, check_candidates,
-                         enumerate_candidates, read_candidates, write_archs, write_candidates)
+                         enumerate_candidates, read_candidates, write_candidates)
 from .evolution import Evolver, sample_generation
 from .measure import measure_archs, reference_name
 from .pareto import ParetoEvolver
@@ -230,7 +230,7 @@ def next_generation(cfg: SearchConfig, predictor: LatencyPredictor, space: Searc
 
 def write_generation(cfg: SearchConfig, gen: Generation, predictor: LatencyPredictor,
                      window: LatencyWindow) -> None:
-    write_archs(cfg.output_file, gen.children)
+    write_arch_file(cfg.output_file, gen.children)
     lat = predictor.predict(gen.children)
     logger.info("wrote %d archs to %s (predicted %s latency %.2f..%.2f ms, speedup "
                 "%.2fx..%.2fx)", len(gen.children), cfg.output_file, predictor.backend,
