@@ -68,8 +68,8 @@ from .configuration import AutoTinyBertConfig
 from .distill import TeacherSpec, kd_counts, kd_loss_sums, load_teacher, teacher_spec
 from .distributed import DistEnv, all_gather_object, all_reduce_sum, barrier
 from .errors import UserError
-from .growth import (PERMUTATION_FILE, Measure, check_sliceable, permutation_record, reorder,
-                     reorder_checkpoint, supernet_from_pretrained)
+from .growth import (PERMUTATION_FILE, Measure, Permutation, check_sliceable, permutation_record,
+                     read_permutation, reorder, reorder_checkpoint, supernet_from_pretrained)
 from .hf import (has_weights, load_config, load_model, normalize_keys, read_config_json,
                  read_state_dict, read_vocab, resolve_model_dir, save_model)
 from .io import atomic_path
@@ -234,7 +234,9 @@ class PretrainConfig:
     num_workers: int = flag(2, group=RUN, type=int, help="DataLoader worker processes")
     threads: int | None = flag(None, group=RUN, type=int, help="torch CPU threads per process")
     no_cuda: bool = flag(False, group=RUN, help="run on CPU even if a GPU is there")
-    no_progress: bool = flag(False, group=RUN, help="no progress bar")
+    no_progress: bool = flag(False, group=RUN,
+                             help="no progress bar (there is none when stdout is not a terminal "
+                                  "either): a progress line with the ETA every ~20 s instead")
 
     def __post_init__(self) -> None:
         """Flag combinations that cannot work; raised before anything is read or written."""
@@ -1181,9 +1183,11 @@ def plan_student(cfg: PretrainConfig, model_dir: Path, teacher_width: int | None
     return StudentPlan(start, model_dir, config, None, space, teacher_width)
 
 
-def build_student(plan: StudentPlan) -> AutoTinyBertForMaskedLM:
+def build_student(plan: StudentPlan, inherited: "Inherited | None" = None
+                  ) -> AutoTinyBertForMaskedLM:
     """The planned student, in train mode: the checkpoint's weights (parts it lacks fresh,
-    named in one log line) or fresh weights from the config."""
+    named in one log line) or fresh weights from the config. A fresh dense_fit as wide as a
+    reordered checkpoint (`inherited`) maps its features back to the original order."""
     model_dir, width = plan.model_dir, plan.teacher_width
     if plan.start == Start.FURTHER:
         overrides = {}
@@ -1199,9 +1203,16 @@ def build_student(plan: StudentPlan) -> AutoTinyBertForMaskedLM:
         if fresh:
             identity = ("bert.dense_fit.weight" in fresh
                         and model.config.fit_size == model.config.hidden_size)
+            how = " (dense_fit as the identity)" if identity else ""
+            if identity and inherited is not None:
+                # supernet_from_pretrained made it the identity; the checkpoint's feature j
+                # is the original's perm[j], and a teacher as wide is the original's order.
+                with torch.no_grad():
+                    eye = torch.eye(model.config.hidden_size)
+                    model.bert.dense_fit.weight.copy_(eye[:, list(inherited.perm.hidden)])
+                how = " (dense_fit maps the reordered features back to the original order)"
             logger.info("not in %s, initialised fresh: %s%s; the MLM decoder is tied to the "
-                        "word embeddings", model_dir, ", ".join(fresh),
-                        " (dense_fit as the identity)" if identity else "")
+                        "word embeddings", model_dir, ", ".join(fresh), how)
     else:
         model = AutoTinyBertForMaskedLM(plan.config)
     model.train()
@@ -1291,9 +1302,30 @@ def importance_batches(cfg: PretrainConfig, dataset: PretrainingDataset,
                           vocab.specials["[PAD]"])
 
 
+@dataclass(frozen=True)
+class Inherited:
+    """The permutation a pretrained start already carries (a reordered checkpoint's
+    permutation.json): kept in this run's checkpoints, composed with a new --reorder."""
+
+    perm: Permutation
+    source: str
+    record: bytes
+
+
+def inherited_permutation(model_dir: Path, config: AutoTinyBertConfig) -> Inherited | None:
+    perm = read_permutation(model_dir)
+    if perm is None:
+        return None
+    perm.validate(config)
+    record = (model_dir / PERMUTATION_FILE).read_bytes()
+    return Inherited(perm, str(json.loads(record).get("source", model_dir)), record)
+
+
 def reorder_student(cfg: PretrainConfig, model: AutoTinyBertForMaskedLM, student_dir: Path,
-                    dataset: PretrainingDataset, vocab: Vocab) -> bytes:
-    """--reorder: sort the pretrained units in place; the permutation record to save."""
+                    dataset: PretrainingDataset, vocab: Vocab,
+                    inherited: Inherited | None) -> bytes:
+    """--reorder: sort the pretrained units in place; the permutation record to save (from
+    the original checkpoint's units when the start was itself reordered)."""
     scheme = Scheme.parse(model.config.attention_scheme)
     batches = importance_batches(cfg, dataset, vocab)
     t0 = time.perf_counter()
@@ -1302,6 +1334,9 @@ def reorder_student(cfg: PretrainConfig, model: AutoTinyBertForMaskedLM, student
                 "%.1f s)", student_dir, cfg.reorder_importance.value,
                 sum(len(b["input_ids"]) for b in batches), scheme.name, time.perf_counter() - t0)
     model.train()
+    if inherited is not None:
+        return permutation_record(inherited.perm.then(perm), scheme, cfg.reorder_importance,
+                                  inherited.source)
     return permutation_record(perm, scheme, cfg.reorder_importance, student_dir)
 
 
@@ -1326,6 +1361,8 @@ def run_reorder_only(cfg: PretrainConfig) -> Path:
                         f"{positions} positions of {src}")
     batches = importance_batches(cfg, dataset, vocab)
     set_seed(cfg.seed)
+    for stale in out.parent.glob(f".{out.name}.*.tmp") if out.parent.is_dir() else ():
+        shutil.rmtree(stale, ignore_errors=True)  # what a killed --reorder_only left
     with atomic_path(out) as tmp:
         reorder_checkpoint(src, batches, tmp, scheme, cfg.reorder_importance, cfg.seed)
     logger.info("wrote the reordered copy of %s (%s scheme, %s importance) to %s", src,
@@ -1353,19 +1390,22 @@ def run_pretraining(cfg: PretrainConfig, env: DistEnv) -> TrainState | None:
     spec = run_teacher(cfg, vocab)
     plan = plan_student(cfg, student_dir, spec.hidden_size if spec else None)
     check_student(cfg, plan, vocab, spec)
+    inherited = (inherited_permutation(student_dir, plan.config)
+                 if plan.start == Start.PRETRAINED else None)
     dataset, collator = build_data(cfg, vocab)
     run_dir, tb_dir = run_dirs(cfg, env.world_size)
     resume_from = resume_point(cfg, run_dir)
     set_seed(cfg.seed)
-    model = build_student(plan)
+    model = build_student(plan, inherited)
     teacher = load_teacher(spec, env.device) if spec else None
     if env.is_main and resume_from is None:
         logger.info(start_line(plan.start, student_dir))
-    extra_files = {}
+    extra_files = {PERMUTATION_FILE: inherited.record} if inherited else {}
     if cfg.reorder and resume_from is None and env.is_main:
         # Once, on a fresh start, on rank 0 (broadcast below); a resumed run loads the
         # permuted weights and their permutation from its checkpoint.
-        extra_files[PERMUTATION_FILE] = reorder_student(cfg, model, student_dir, dataset, vocab)
+        extra_files[PERMUTATION_FILE] = reorder_student(cfg, model, student_dir, dataset, vocab,
+                                                        inherited)
     # A different seed per rank for dropout; the model itself was built identically.
     torch.manual_seed(cfg.seed + env.rank)
     model.to(env.device)  # NCCL broadcasts device tensors

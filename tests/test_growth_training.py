@@ -46,13 +46,14 @@ def work(tmp_path_factory):
             "bert": save_teacher(root / "bert")}  # a tiny HF BertModel + vocab.txt
 
 
-def argv_for(work, cache: Path, student, *extra: str, kd: bool = False) -> list[str]:
+def argv_for(work, cache: Path, student, *extra: str, kd: bool = False,
+             teacher: Path | None = None) -> list[str]:
     base = ["--pregenerated_data", str(work["data"]), "--cache_dir", str(cache),
             "--student_model", str(student), "--max_seq_length", str(SEQ), "--epochs", "2",
             "--train_batch_size", "8", "--learning_rate", "2e-3", "--warmup_proportion", "0.1",
             "--logging_steps", "1", "--num_workers", "0", "--no_progress", "--do_lower_case"]
     if kd:  # self-distillation: the teacher is the checkpoint the supernet grows from
-        base += ["--teacher_model", str(student), *KD_SPACE]
+        base += ["--teacher_model", str(teacher or student), *KD_SPACE]
     else:
         base += ["--mlm_loss", "--masked_lm_prob", "0.15"]
     return base + list(extra)
@@ -72,11 +73,11 @@ def built_model(monkeypatch):
             seen["model"] = self.model
             raise Built
 
-    monkeypatch.setattr(training, "Trainer", Spy)
-
     def build(argv):
-        with pytest.raises(Built):
-            pre_training.main(argv)
+        with monkeypatch.context() as patch:
+            patch.setattr(training, "Trainer", Spy)
+            with pytest.raises(Built):
+                pre_training.main(argv)
         return seen["model"]
     return build
 
@@ -235,6 +236,39 @@ def test_reorder_only_writes_an_equivalent_copy(work, tmp_path):
     assert json.loads((out / PERMUTATION_FILE).read_text())["scheme"] == "mlm"
 
 
+def test_a_reordered_copy_trains_on_in_the_original_order(work, tmp_path, built_model):
+    """Training from a --reorder_only copy: its permutation.json is carried into the run's
+    checkpoints, the fresh dense_fit maps its features back onto the original (teacher)
+    order, and a further --reorder records the permutation from the original's units."""
+    grown = tmp_path / "grown"
+    pre_training.main(["--pregenerated_data", str(work["data"]), "--student_model",
+                       str(work["bert"]), "--max_seq_length", str(SEQ), "--do_lower_case",
+                       "--reorder_samples", "16", "--reorder_only", str(grown)])
+    first = read_permutation(grown)
+    cache = tmp_path / "b"
+    argv = argv_for(work, cache, grown, "--epochs", "1", "--max_steps", "1", kd=True,
+                    teacher=work["bert"])  # the copy records the KD scheme
+    pre_training.main(argv)
+    assert ((run_dir(cache) / "step_1" / PERMUTATION_FILE).read_bytes()
+            == (grown / PERMUTATION_FILE).read_bytes())
+    cache = tmp_path / "c"
+    pre_training.main(argv_for(work, cache, grown, "--epochs", "1", "--max_steps", "1",
+                               "--reorder", "--reorder_importance", "magnitude", kd=True,
+                               teacher=work["bert"]))
+    record = json.loads((run_dir(cache) / "step_1" / PERMUTATION_FILE).read_text())
+    assert record["source"] == str(work["bert"]) and record["measure"] == "magnitude"
+    total = Permutation.from_json(record["permutation"])
+    assert total != first
+    # Self-distillation from the original: zero loss at full width before any step.
+    model = built_model(argv_for(work, tmp_path / "a", grown, kd=True, teacher=work["bert"]))
+    ids = torch.randint(1000, 30522, (2, 12))
+    model.eval().set_sample_config(full_sample(model.config))
+    with torch.no_grad():
+        fit = model.bert.dense_fit(model.bert(ids).last_hidden_state)
+        want = BertModel.from_pretrained(work["bert"]).eval()(input_ids=ids).last_hidden_state
+    assert torch.allclose(fit, want, atol=1e-5)
+
+
 # ---- bad input ---------------------------------------------------------------------------------
 def _edited_copy(src: Path, out: Path, **changes) -> Path:
     shutil.copytree(src, out)
@@ -269,10 +303,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(work, tmp_path, case, mess
     else:  # KD slices attention by head: 3 heads do not divide qkv 32
         student = _edited_copy(work["bert"], tmp_path / "s", num_attention_heads=3)
         kd = True
-    argv = argv_for(work, cache, student, *extra, kd=kd)
-    if kd:
-        argv[argv.index("--teacher_model") + 1] = str(work["bert"])
-    r = _script(argv)
+    r = _script(argv_for(work, cache, student, *extra, kd=kd, teacher=work["bert"]))
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
