@@ -891,9 +891,9 @@ def move_aside(path: Path) -> Path:
 
 
 def pending_jobs(cfg: RunConfig, jobs: list[Job], shard: Shard, results: Path,
-                 config: Any) -> list[Job]:
+                 config: Any) -> tuple[list[Job], int]:
     """This process's share of `jobs`, less those with a block in `results` (unless
-    --overwrite_results, which moves the old file aside first).
+    --overwrite_results, which moves the old file aside first), and how many were skipped.
 
     The share is taken from the whole job list, before looking at the file: it depends only on
     a job's index, so processes that read the file at different moments still split the same
@@ -907,13 +907,10 @@ def pending_jobs(cfg: RunConfig, jobs: list[Job], shard: Shard, results: Path,
                                 f"it aside yourself, then run without --overwrite_results")
             logger.warning("--overwrite_results: moved the old %s to %s; every job runs again",
                            results, move_aside(results))
-        return mine
+        return mine, 0
     done = completed_jobs(results, config, cfg.seeds)
     todo = [j for j in mine if j not in done]
-    if len(todo) < len(mine):
-        logger.info("%d of %d jobs already have results in %s: skipped", len(mine) - len(todo),
-                    len(mine), results)
-    return todo
+    return todo, len(mine) - len(todo)
 
 
 # ---- the whole run ------------------------------------------------------------------------------
@@ -933,11 +930,15 @@ def run(cfg: RunConfig) -> list[TaskResult]:
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = make_jobs(archs, [t.task for t in cfg.tasks], cfg.seeds)
+    results_file = out_dir / RESULTS_FILE
+    todo, skipped = pending_jobs(cfg, jobs, shard, results_file, config)
     where = "" if shard.count == 1 else f"; share {shard}: {len(shard.take(jobs))} of them"
     logger.info("evaluating %d jobs (%d arch(s) x %d task(s) x %d seed(s))%s on %s "
                 "(%s scheme)", len(jobs), len(archs), len(cfg.tasks), len(cfg.seeds), where,
                 device, config.attention_scheme.upper())
-    todo = pending_jobs(cfg, jobs, shard, out_dir / RESULTS_FILE, config)
+    if skipped:
+        logger.info("%d of %d jobs already have results in %s: skipped", skipped,
+                    len(todo) + skipped, results_file)
     if not todo:
         logger.info("nothing to evaluate")
         return []

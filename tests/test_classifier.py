@@ -282,3 +282,53 @@ def test_feature_cache_and_fp16_on_cpu(tmp_path, supernet, data, monkeypatch, ca
     # other settings make other features
     with pytest.raises(AssertionError, match="not taken from the cache"):
         run_inproc([*args, "--output_dir", str(tmp_path / "c"), "--doc_stride", "20"])
+
+
+def test_onnx_evaluation_of_a_fine_tuned_model(tmp_path, supernet, data, caplog):
+    """--onnx [--int8]: the --save_best_model output exported with its head and scored by ONNX
+    Runtime through the same evaluate code; FP32 scores as the torch model did."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    cands = tmp_path / "one.cands"
+    cands.write_text(format_arch_lines([SMALL]))
+    out = tmp_path / "ft"
+    (tuned,) = run_inproc(["--data_dir", str(data / "MNLI"), "--model", str(supernet),
+                           "--task_name", "mnli", "--output_dir", str(out), "--arches_file",
+                           str(cands), "--save_best_model", "--no_cuda", *PROXY])
+    saved = out / "mnli_seed42"
+    common = ["--data_dir", str(data / "MNLI"), "--model", str(saved), "--task_name", "mnli",
+              "--max_seq_length", "64", "--eval_batch_size", "5", "--do_lower_case"]
+    caplog.set_level("INFO", logger="superbert.finetune")
+    fp32, int8 = run_inproc([*common, "--output_dir", str(tmp_path / "dep"), "--onnx", "--int8"])
+    assert (fp32.runtime, int8.runtime) == ("onnxruntime-fp32", "onnxruntime-int8")
+    assert fp32.best == tuned.best  # the torch evaluation's accuracy of the best model
+    assert f"torch acc {tuned.best:.4f}; onnxruntime-fp32 acc {tuned.best:.4f}" in caplog.text
+    assert int8.best is not None and 0 <= int8.best <= 1 and int8.infer_cnt == 2
+    blocks = read_results(tmp_path / "dep" / "subbert.results")
+    assert [(b.runtime, b.arch, b.seed) for b in blocks] == [("onnxruntime-fp32", SMALL, None),
+                                                           ("onnxruntime-int8", SMALL, None)]
+    assert (tmp_path / "dep" / "mnli_seed42.onnx").is_file()
+    assert (tmp_path / "dep" / "mnli_seed42.int8.onnx").is_file()
+    assert (tmp_path / "dep-MM" / "eval_results.txt").read_text().count("runtime = ") == 2
+    assert not list(saved.glob("*.onnx"))  # the fine-tuned model's directory is left alone
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--onnx", "--learning_rate", "1e-3"], "--onnx evaluates without training: --learning_rate"),
+    (["--onnx", "--seed", "1"], "--seed does not apply"),
+    (["--int8"], "--int8 needs --onnx"),
+    (["--opset", "15"], "--opset needs --onnx"),
+])
+def test_onnx_flags_refused_where_they_mean_nothing(extra, message):
+    with pytest.raises(UserError, match=message):
+        parse_config(["--model", "m", "--output_dir", "o", "--data_dir", "a", "--task_name",
+                      "mnli", *extra])
+
+
+def test_onnx_needs_a_task_head(tmp_path, supernet, data):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    r = cli("--data_dir", str(data / "MNLI"), "--model", str(supernet), "--task_name", "mnli",
+            "--output_dir", str(tmp_path / "o"), "--onnx", "--do_lower_case")
+    assert r.returncode == 2 and "holds no task head" in r.stderr
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()]

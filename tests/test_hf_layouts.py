@@ -251,3 +251,62 @@ def test_vocab_count_reads_as_the_vocab_reader(tmp_path):
     vocab.write_bytes(b"[PAD]\n\xff\n")
     with pytest.raises(UserError, match="vocab file .* is not UTF-8"):
         count_vocab(vocab)
+
+
+def test_extractor_refuses_foreign_files_without_force(supernet, tmp_path):
+    out = tmp_path / "sub"
+    out.mkdir()
+    (out / "config.json").write_text('{"mine": true}\n')
+    assert_user_error(extractor(supernet, ARCH, out), "holds config.json that submodel_extractor "
+                                                      "did not write")
+    assert (out / "config.json").read_text() == '{"mine": true}\n'
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]
+    res = extractor(supernet, ARCH, out, "--force")
+    assert res.returncode == 0, res.stderr
+    assert json.loads((out / "config.json").read_text())["hidden_size"] == 48
+    record = json.loads((out / "extraction.json").read_text())
+    assert Arch.parse(record["arch"]) == Arch.parse(ARCH) and record["scheme"] == "mlm"
+    # its own earlier output is rewritten without --force
+    again = extractor(supernet, ARCH.replace("[96, 96]", "[64, 64]"), out)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((out / "config.json").read_text())["intermediate_size"] == 64
+    # a file as --output
+    (tmp_path / "file").write_text("x")
+    assert_user_error(extractor(supernet, ARCH, tmp_path / "file"), "is a file")
+
+
+def test_extractor_deploy_flags_need_onnx(supernet, tmp_path):
+    assert_user_error(extractor(supernet, ARCH, tmp_path / "a", "--int8"), "--int8 needs --onnx")
+    assert_user_error(extractor(supernet, ARCH, tmp_path / "b", "--opset", "15"),
+                      "--opset needs --onnx")
+    # onnxruntime missing: one line, nothing written
+    fake = tmp_path / "site"
+    (fake / "onnxruntime").mkdir(parents=True)
+    (fake / "onnxruntime" / "__init__.py").write_text("raise ImportError('no onnxruntime here')\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(fake), os.environ.get("PYTHONPATH", "")])}
+    res = subprocess.run([sys.executable, "submodel_extractor.py", "--model", str(supernet),
+                          "--arch", ARCH, "--output", str(tmp_path / "c"), "--onnx"],
+                         capture_output=True, text=True, cwd=ROOT, env=env)
+    assert_user_error(res, "need onnx and onnxruntime")
+    assert not (tmp_path / "c").exists()
+
+
+def test_extractor_onnx_export(supernet, tmp_path):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    out = tmp_path / "sub"
+    res = extractor(supernet, ARCH, out, "--onnx", "--int8", "--opset", "17")
+    assert res.returncode == 0, res.stderr
+    assert f"wrote {out / 'model.onnx'} and {out / 'model.int8.onnx'}" in res.stdout
+    meta = json.loads((out / "model.onnx.json").read_text())
+    assert meta["head"] == "encoder" and meta["opset"] == 17 and meta["max_abs_diff_vs_torch"] < 1e-3
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(["last_hidden_state"], {"input_ids": IDS.numpy(), "attention_mask": MASK.numpy(),
+                                           "token_type_ids": torch.zeros_like(IDS).numpy()})[0]
+    want = encode(load_model(out))
+    torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-4, atol=1e-4)
+    # re-extracting without --onnx: the graphs of the old weights go
+    again = extractor(supernet, ARCH.replace("[96, 96]", "[64, 64]"), out)
+    assert again.returncode == 0, again.stderr
+    assert not list(out.glob("*.onnx*"))

@@ -103,7 +103,7 @@ def torchrun_options() -> frozenset[str]:
 def test_wrappers_found():
     names = {p.name for p in WRAPPERS}
     assert {"single_gpu.sh", "torchrun_8gpu.sh", "multinode.sh", "slurm.sbatch",
-            "evolve_loop.sh", "quickstart.sh"} <= names
+            "evolve_loop.sh", "quickstart.sh", "slurm_eval_array.sbatch"} <= names
 
 
 @pytest.mark.parametrize("path", WRAPPERS, ids=lambda p: p.name)
@@ -154,6 +154,17 @@ CLUSTER_RUNS = [
     ("multinode.sh", ["mlm"]), ("slurm.sbatch", ["mlm"]), ("slurm.sbatch", ["further"]),
     ("evolve_loop.sh", []),
 ]
+# The evaluation on a cluster: wrapper, arguments, environment.
+EVAL_RUNS = {
+    "evolve 1 node x 4 GPUs": ("evolve_loop.sh", [], {"NPROC": "4"}),
+    "evolve node 0 of 2": ("evolve_loop.sh", [], {"NPROC": "2", "NNODES": "2", "NODE_RANK": "0",
+                                                  "MASTER_ADDR": "node001", "MASTER_PORT": "29600"}),
+    "evolve node 1 of 2": ("evolve_loop.sh", [], {"NPROC": "2", "NNODES": "2", "NODE_RANK": "1",
+                                                  "MASTER_ADDR": "node001"}),
+    "eval array": ("slurm_eval_array.sbatch", ["cands/gen_2.cands"],
+                   {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "3",
+                    "SLURM_ARRAY_TASK_STEP": "2", "SLURM_ARRAY_TASK_COUNT": "4"}),
+}
 
 
 def _stub(path: Path, body: str) -> None:
@@ -161,7 +172,8 @@ def _stub(path: Path, body: str) -> None:
     path.chmod(0o755)
 
 
-def _record_calls(wrapper: str, args: list[str], tmp: Path) -> list[list[str]]:
+def _record_calls(wrapper: str, args: list[str], tmp: Path,
+                  extra_env: dict[str, str] | None = None) -> list[list[str]]:
     bin_dir, log = tmp / "bin", tmp / "calls.jsonl"
     bin_dir.mkdir()
     record = (f'"{sys.executable}" -c "import json, sys; print(json.dumps(sys.argv[1:]))" '
@@ -173,7 +185,8 @@ def _record_calls(wrapper: str, args: list[str], tmp: Path) -> list[list[str]]:
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": "python",
            "MASTER_ADDR": "node001", "SLURM_JOB_NODELIST": "node[001-002]",
            "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_ID": "1234", "SLURM_SUBMIT_DIR": str(ROOT),
-           "CANDS_DIR": str(tmp / "cands"), "OUT_DIR": str(tmp / "search"), "GENERATIONS": "3"}
+           "CANDS_DIR": str(tmp / "cands"), "OUT_DIR": str(tmp / "search"), "GENERATIONS": "3",
+           "POLL_SECONDS": "0.1", **(extra_env or {})}
     path = ROOT / "experiments" / "cluster" / wrapper
     r = subprocess.run(["bash", str(path), *args], env=env, capture_output=True, text=True,
                        cwd=tmp, timeout=60)
@@ -222,3 +235,64 @@ def test_cluster_wrapper_arguments_parse(tmp_path, wrapper, args):
         assert len(ev) == 2
     else:
         assert seen == ["pre_training.py"]
+
+
+def _prepare_other_nodes(tmp: Path, env: dict[str, str]) -> None:
+    """What the other nodes of a multi-node evolve loop leave on the shared filesystem (the
+    stand-ins write nothing): node 0's .cands files for node 1, node 1's stamps for node 0."""
+    (tmp / "cands").mkdir()
+    (tmp / "search").mkdir()
+    for gen in (1, 2, 3):
+        if env.get("NODE_RANK") == "1":
+            (tmp / "cands" / f"gen_{gen}.cands").write_text("{}\n")
+        else:
+            (tmp / "search" / f".gen_{gen}.node_1.evaluated").touch()
+
+
+@pytest.mark.parametrize("name", list(EVAL_RUNS))
+def test_cluster_evaluation_wrappers(tmp_path, name):
+    """The evaluation under torchrun (one or several nodes) and as a SLURM array: the launcher
+    arguments and the evaluator's parse, each node's part of the loop."""
+    wrapper, args, env = EVAL_RUNS[name]
+    if env.get("NNODES"):
+        _prepare_other_nodes(tmp_path, env)
+    calls = _record_calls(wrapper, args, tmp_path, env)
+    from torch.distributed.run import get_args_parser
+    seen = []
+    for call in calls:
+        tool, argv = call[0], call[1:]
+        if tool == "torchrun":
+            ns = get_args_parser().parse_args(argv)
+            assert ns.nproc_per_node == env["NPROC"]
+            if "NNODES" in env:
+                assert (ns.nnodes, ns.node_rank) == (env["NNODES"], int(env["NODE_RANK"]))
+                assert ns.master_addr == env["MASTER_ADDR"] and not ns.standalone
+                assert ns.master_port == int(env.get("MASTER_PORT", "29500"))
+            else:
+                assert ns.standalone and ns.nnodes == "1:1"
+            script, argv = Path(ns.training_script).name, ns.training_script_args
+            assert script == "superbert_run_en_classifier.py"
+        else:
+            script, argv = Path(argv[0]).name, argv[1:]
+        _check_script_argv(script, argv)
+        seen.append((tool, script))
+        if script == "superbert_run_en_classifier.py":
+            cfg = _parser(script).parse_args(argv)
+            if wrapper == "slurm_eval_array.sbatch":
+                assert cfg.shard == "2/4" and cfg.arches_file == "cands/gen_2.cands"
+            else:
+                assert not cfg.shard  # torchrun's ranks pick their shares
+    evals = [s for s in seen if s[1] == "superbert_run_en_classifier.py"]
+    if wrapper == "slurm_eval_array.sbatch":
+        assert seen == [("python", "superbert_run_en_classifier.py")]
+        return
+    assert evals == [("torchrun", "superbert_run_en_classifier.py")] * 3
+    searches = [s for s in seen if s[1] == "searcher.py"]
+    if env.get("NODE_RANK") == "1":
+        assert seen == evals  # node 1 only evaluates
+        assert sorted(p.name for p in (tmp_path / "search").glob(".gen_*")) == [
+            f".gen_{g}.node_1.evaluated" for g in (1, 2, 3)]
+    else:
+        assert len(searches) == 4 and seen[-1][1] == "summarize.py"
+        assert sorted(p.name for p in (tmp_path / "search").glob(".gen_*.evaluated")
+                      if "node" not in p.name) == [f".gen_{g}.evaluated" for g in (1, 2, 3)]
