@@ -12,9 +12,11 @@ unless --scratch; `--reorder` first sorts its units by importance, `--reorder_on
 only writes the reordered copy:
 
     python pre_training.py --pregenerated_data DATA --student_model BERT_DIR \
-        --teacher_model BERT_DIR --reorder ...        (self-distillation from the start) Checkpoints go to
-<cache_dir>/output/superbert/checkpoints/<run name>/epoch_<e>/ (and step_<n>/ with
---save_steps); `--resume auto` continues exactly where the newest complete one stopped.
+        --teacher_model BERT_DIR --reorder ...        (self-distillation from the start)
+
+Checkpoints go to <cache_dir>/output/superbert/checkpoints/<run name>/epoch_<e>/ (and
+step_<n>/ with --save_steps, and of the last step with --max_steps); `--resume auto`
+continues exactly where the newest complete one stopped.
 """
 from __future__ import annotations
 

@@ -63,8 +63,8 @@ from .checkpoint import (OPTIMIZER_FILE, TRAINER_STATE, find_checkpoints, latest
                          remove_staging, rng_state, set_rng_state, set_seed, verify_checkpoint,
                          write_manifest)
 from .cli import flag
-from .data import MaskingCollator, PretrainingDataset, sample_batches
 from .configuration import AutoTinyBertConfig
+from .data import MaskingCollator, PretrainingDataset, sample_batches
 from .distill import TeacherSpec, kd_counts, kd_loss_sums, load_teacher, teacher_spec
 from .distributed import DistEnv, all_gather_object, all_reduce_sum, barrier
 from .errors import UserError
@@ -220,7 +220,8 @@ class PretrainConfig:
     save_steps: int = flag(0, group=RUN, type=int,
                            help="also checkpoint every N optimizer steps (0: per epoch only)")
     max_steps: int = flag(0, group=RUN, type=int,
-                          help="stop after N optimizer steps (the schedule still spans --epochs)")
+                          help="stop after N optimizer steps, with a checkpoint of step N (the "
+                               "schedule still spans --epochs)")
     resume: str | None = flag(None, group=RUN, metavar="DIR|auto",
                               help="continue exactly from a checkpoint directory, or the newest "
                                    "complete one of this run (auto)")
@@ -244,10 +245,10 @@ class PretrainConfig:
             raise UserError("--kd and --mlm_loss contradict each other")
         if self.further_train and self.scratch:
             raise UserError("--scratch and --further_train contradict each other")
-        object.__setattr__(self, "reorder_importance", Measure.parse(self.reorder_importance))
-        self._check_reorder()
         if self.super_model is not None:
             object.__setattr__(self, "super_model", Scheme.parse(self.super_model))
+        object.__setattr__(self, "reorder_importance", Measure.parse(self.reorder_importance))
+        self._check_reorder()
         for name in SPACE_FLAGS:
             value = getattr(self, f"{name}_space")
             if value is not None:
@@ -873,7 +874,7 @@ class Trainer:
         progress = Progress(self.total_steps, self.state.global_step, env.world_size) \
             if env.is_main and bar is None else None
         self.model.train()
-        stop = False
+        stop = bool(cfg.max_steps and self.state.global_step >= cfg.max_steps)
         while self.state.epoch < cfg.epochs and not stop:
             epoch = self.state.epoch
             skip = self.state.micro_in_epoch
@@ -893,14 +894,13 @@ class Trainer:
                 self.state.micro_in_epoch += self.micro_per_step
                 self._add_to_window(window, terms, counts, archs, arch_losses)
                 step = self.state.global_step
-                if step % cfg.logging_steps == 0 or step == self.total_steps:
-                    self._log_window(window, archs, bar)
+                stop = bool(cfg.max_steps and step >= cfg.max_steps)
+                if step % cfg.logging_steps == 0 or step == self.total_steps or stop:
+                    self._log_window(window, archs, bar)  # the last steps are logged too
                 if bar is not None:
                     bar.update(1)
                 if progress is not None:
                     progress.step(terms.get("loss"), counts.tokens)
-                if cfg.max_steps and step >= cfg.max_steps:
-                    stop = True
                 if self.run_dir is not None and (
                         stop or (cfg.save_steps and step % cfg.save_steps == 0)):
                     # --max_steps ends with a checkpoint of its last step, whatever

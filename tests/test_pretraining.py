@@ -453,8 +453,14 @@ def test_max_steps_ends_with_a_checkpoint_of_its_step(work, tmp_path):
     assert [p.name for p in find_checkpoints(run_dir(cache))] == ["step_3"]
     assert verify_checkpoint(run_dir(cache) / "step_3")["global_step"] == 3
     cache = tmp_path / "c2"
-    pre_training.main(args(work, cache, "--max_steps", "5", "--save_steps", "2"))
+    pre_training.main(args(work, cache, "--max_steps", "5", "--save_steps", "2",
+                           "--logging_steps", "2"))
     assert [p.name for p in find_checkpoints(run_dir(cache))] == ["step_2", "step_4", "step_5"]
+    assert [r["step"] for r in log_of(cache)] == [2, 4, 5]  # the last steps are logged too
+    # Resumed at (or past) --max_steps: nothing more is trained.
+    pre_training.main(args(work, cache, "--max_steps", "5", "--save_steps", "2",
+                           "--logging_steps", "2", "--resume", "auto"))
+    assert [r["step"] for r in log_of(cache)] == [2, 4, 5]
 
 
 def test_a_resumed_run_cleans_up_and_logs_no_step_twice(work, tmp_path, caplog):
