@@ -24,7 +24,13 @@ Where this differs from the original (each a fix, or a flag keeps the original's
 - arch seeds depend on (seed, step, index), not on the world size (`arch_seed`);
 - losses are divided by the global element count of the step (MLM: masked tokens; KD: see
   `distill.py`), so GAS and world size do not change the objective;
-- a trailing window of fewer than GAS micro-batches at the end of an epoch is dropped;
+- a trailing window of fewer than GAS micro-batches at the end of an epoch is dropped (data
+  short of one whole step is one partial step per epoch);
+- a --student_model with weights is the supernet's start (the original always started from
+  scratch; --scratch still does), optionally reordered by unit importance (--reorder,
+  `growth.py`) once, before the first step of a fresh run;
+- --max_steps ends with a checkpoint of its step; --resume refuses changed settings unless
+  --resume_changed_settings, and drops a killed run's records after the resumed step;
 - every checkpoint (epoch_<e> and step_<n>) carries optimizer, scheduler, scaler, RNG and data
   position, and `--resume` continues exactly (`--continue_index` only skipped epochs);
 - `DistributedSampler.set_epoch` is called every epoch (the original reshuffled identically);
@@ -1184,10 +1190,12 @@ def plan_student(cfg: PretrainConfig, model_dir: Path, teacher_width: int | None
 
 
 def build_student(plan: StudentPlan, inherited: "Inherited | None" = None
-                  ) -> AutoTinyBertForMaskedLM:
-    """The planned student, in train mode: the checkpoint's weights (parts it lacks fresh,
-    named in one log line) or fresh weights from the config. A fresh dense_fit as wide as a
-    reordered checkpoint (`inherited`) maps its features back to the original order."""
+                  ) -> tuple[AutoTinyBertForMaskedLM, str | None]:
+    """The planned student, in train mode: the checkpoint's weights or fresh weights from the
+    config; and the log line naming the parts a checkpoint lacked (initialised fresh), if any.
+    A fresh dense_fit as wide as a reordered checkpoint (`inherited`) maps its features back
+    to the original order."""
+    fresh_line = None
     model_dir, width = plan.model_dir, plan.teacher_width
     if plan.start == Start.FURTHER:
         overrides = {}
@@ -1211,12 +1219,12 @@ def build_student(plan: StudentPlan, inherited: "Inherited | None" = None
                     eye = torch.eye(model.config.hidden_size)
                     model.bert.dense_fit.weight.copy_(eye[:, list(inherited.perm.hidden)])
                 how = " (dense_fit maps the reordered features back to the original order)"
-            logger.info("not in %s, initialised fresh: %s%s; the MLM decoder is tied to the "
-                        "word embeddings", model_dir, ", ".join(fresh), how)
+            fresh_line = (f"not in {model_dir}, initialised fresh: {', '.join(fresh)}{how}; "
+                          f"the MLM decoder is tied to the word embeddings")
     else:
         model = AutoTinyBertForMaskedLM(plan.config)
     model.train()
-    return model
+    return model, fresh_line
 
 
 def check_student(cfg: PretrainConfig, plan: StudentPlan, vocab: Vocab,
@@ -1396,10 +1404,12 @@ def run_pretraining(cfg: PretrainConfig, env: DistEnv) -> TrainState | None:
     run_dir, tb_dir = run_dirs(cfg, env.world_size)
     resume_from = resume_point(cfg, run_dir)
     set_seed(cfg.seed)
-    model = build_student(plan, inherited)
-    teacher = load_teacher(spec, env.device) if spec else None
+    model, fresh_line = build_student(plan, inherited)
     if env.is_main and resume_from is None:
         logger.info(start_line(plan.start, student_dir))
+        if fresh_line:
+            logger.info(fresh_line)
+    teacher = load_teacher(spec, env.device) if spec else None
     extra_files = {PERMUTATION_FILE: inherited.record} if inherited else {}
     if cfg.reorder and resume_from is None and env.is_main:
         # Once, on a fresh start, on rank 0 (broadcast below); a resumed run loads the
