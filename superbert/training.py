@@ -1410,6 +1410,7 @@ def run_pretraining(cfg: PretrainConfig, env: DistEnv) -> TrainState | None:
         if fresh_line:
             logger.info(fresh_line)
     teacher = load_teacher(spec, env.device) if spec else None
+    model.to(env.device)  # NCCL broadcasts device tensors; the reorder scores run there
     extra_files = {PERMUTATION_FILE: inherited.record} if inherited else {}
     if cfg.reorder and resume_from is None and env.is_main:
         # Once, on a fresh start, on rank 0 (broadcast below); a resumed run loads the
@@ -1418,7 +1419,6 @@ def run_pretraining(cfg: PretrainConfig, env: DistEnv) -> TrainState | None:
                                                         inherited)
     # A different seed per rank for dropout; the model itself was built identically.
     torch.manual_seed(cfg.seed + env.rank)
-    model.to(env.device)  # NCCL broadcasts device tensors
     broadcast_parameters(env, model)
     trainer = Trainer(cfg, env, model, dataset, collator, plan.space, plan.fixed, student_dir,
                       teacher=teacher, run_dir=run_dir, tb_dir=tb_dir, extra_files=extra_files)
