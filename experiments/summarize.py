@@ -1,13 +1,25 @@
-"""Summarise a search: the chosen arch, predicted vs measured speedup, task scores, parameter
-count, held-out MLM loss before/after further training, and the search-progress plot.
+"""Summarise a search: the chosen arch, predicted vs measured speedup, task scores beside each
+task's chance level, parameter count, held-out MLM loss before/after further training, the
+search-progress plot, and the chosen arch beside the default-ratio arch of the same latency.
 
     python experiments/summarize.py --results experiments/search/subbert.results \
         --generations experiments/cands/gen_1.cands experiments/cands/gen_2.cands ... \
         --supernet SUPERNET_DIR --time_pt experiments/latency/time.pt \
         [--base_arch "{...}"] [--inherited EXTRACTED_DIR --further FURTHER_DIR \
-         --heldout_data HELDOUT_DATA_DIR] --output_dir experiments/summary
+         --heldout_data HELDOUT_DATA_DIR] \
+        [--final_results FINAL_EVAL/subbert.results] \
+        [--task_data mnli=BOOKS/MNLI squad1=BOOKS/SQuAD sst-2=BOOKS/SST-2] \
+        [--default_arch_file DEFAULT.arch --default_final_results FINAL_DEFAULT/subbert.results \
+         --default_further DEFAULT_FURTHER_DIR] --output_dir experiments/summary
 
     python experiments/summarize.py --results ... --print_best     # just the best arch line
+    python experiments/summarize.py --results ... --print_default_arch --time_pt TIME_PT \
+        --supernet SUPERNET_DIR [space flags as searcher.py]  # its default-ratio twin's line
+
+With --task_data, each task's chance level and majority-class rate come from its dev file, and
+every score within 2 points of chance is flagged AT CHANCE. The final evaluation's saved best
+models (--save_best_model: <dir of --final_results>/<task>_seed<seed>) are run over the dev set
+again and a classifier that gives one class to >= 95% of it is flagged COLLAPSED.
 
 Writes summary.md (printed too), summary.json and search_progress.png under --output_dir.
 """
@@ -17,12 +29,18 @@ import argparse
 import logging
 from pathlib import Path
 
-from superbert.arch import Arch
+from superbert.arch import (SPACE_FLAGS, Arch, Scheme, SearchSpace, add_space_args,
+                            read_arch_file)
+from superbert.cli import run_main, setup_logging
 from superbert.errors import UserError
-from superbert.latency import BERT_BASE
+from superbert.hf import load_config, resolve_model_dir
+from superbert.latency import BERT_BASE, LatencyPredictor
 from superbert.report import (best_arch, build_summary, evaluated_archs, format_summary,
                               write_summary)
-from superbert.cli import run_main, setup_logging
+from superbert.search.baseline import matching_default_arch
+from superbert.search.candidates import ORIGINAL_STEPS
+
+SPACE_KEYS = tuple(f"{name}_space" for name in SPACE_FLAGS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the generation .cands files in order (1 = Random, then Evolved)")
     p.add_argument("--print_best", action="store_true",
                    help="only print the best arch (the canonical dict line) and exit")
+    p.add_argument("--print_default_arch", action="store_true",
+                   help="only print the default-ratio arch (FFN = 4 x hidden, qkv = hidden, on "
+                        "the search grid) whose predicted latency is closest to the best arch's, "
+                        "and exit; needs --time_pt and --supernet (space and step flags as "
+                        "searcher.py's)")
     p.add_argument("--supernet", help="the SuperPLM directory the archs were evaluated on")
     p.add_argument("--time_pt", help="latency predictor (latency_predictor.py output)")
     p.add_argument("--base_arch", default=None,
@@ -41,7 +64,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inherited", help="the extracted sub-model before further training")
     p.add_argument("--further", help="the further-trained model directory (loaded with transformers)")
     p.add_argument("--final_results",
-                   help="subbert.results of the further-trained model fine-tuned on tasks")
+                   help="subbert.results of the further-trained model fine-tuned on tasks; its "
+                        "directory's <task>_seed<seed> models (--save_best_model) are checked "
+                        "for collapse")
+    p.add_argument("--task_data", nargs="*", default=[], metavar="TASK=DIR",
+                   help="task data directories (e.g. mnli=books/MNLI squad1=books/SQuAD): chance "
+                        "and majority-class rates from the dev files, and the collapse check")
+    p.add_argument("--final_max_seq_length", type=int, default=None,
+                   help="the --max_seq_length the final evaluations ran with (default: the "
+                        "evaluator's per-task default)")
+    p.add_argument("--default_arch_file",
+                   help="the default-ratio arch (--print_default_arch output): timed beside the "
+                        "chosen arch and shown side by side")
+    p.add_argument("--default_final_results",
+                   help="subbert.results of the default-ratio arch's further-trained model, "
+                        "fine-tuned (its <task>_seed<seed> models are checked for collapse)")
+    p.add_argument("--default_further",
+                   help="the default-ratio arch's further-trained model (parameters through "
+                        "transformers; held-out MLM loss with --heldout_data)")
     p.add_argument("--heldout_data", help="generate_data.py output of the held-out chapters")
     p.add_argument("--max_seq_length", type=int, default=128)
     p.add_argument("--heldout_sequences", type=int, default=None,
@@ -50,7 +90,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--infer_cnt", type=int, default=10, help="timed forwards per arch and round")
     p.add_argument("--plots", nargs="*", default=[], help="other plots to list (e.g. predictor fit)")
     p.add_argument("--output_dir", help="where summary.md / summary.json / search_progress.png go")
+    space = p.add_argument_group("--print_default_arch: the search space (as searcher.py)")
+    add_space_args(space, original_defaults=False)
+    for name, step in ORIGINAL_STEPS.items():
+        space.add_argument(f"--{name}", type=int, default=None,
+                           help=f"grid step (default {step}, searcher.py's)")
     return p
+
+
+def parse_task_data(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        task, sep, path = item.partition("=")
+        if not sep or not task or not path:
+            raise UserError(f"--task_data takes TASK=DIR, got {item!r}")
+        out[task] = path
+    return out
+
+
+def print_default_arch(args: argparse.Namespace) -> None:
+    missing = [f"--{k}" for k in ("time_pt", "supernet") if not getattr(args, k)]
+    if missing:
+        raise UserError(f"--print_default_arch needs {', '.join(missing)}")
+    best = best_arch(evaluated_archs(args.results, args.generations)).arch
+    predictor = LatencyPredictor.load(args.time_pt)
+    config = load_config(resolve_model_dir(args.supernet))
+    scheme = Scheme.resolve(config.attention_scheme, predictor.scheme,
+                            what=f"{args.supernet} (the latency predictor's scheme)")
+    ranges = {key: getattr(args, name) for key, name in zip(
+        ("layers", "hidden", "qkv", "ffn", "heads"), SPACE_KEYS)}
+    steps = {k: getattr(args, k) or v for k, v in ORIGINAL_STEPS.items()}
+    space = SearchSpace.for_supernet(config, scheme, **ranges, **steps)
+    space.validate_against(config)
+    print(matching_default_arch(predictor, best, space))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,11 +131,25 @@ def main(argv: list[str] | None = None) -> None:
     if args.print_best:
         print(best_arch(evaluated_archs(args.results, args.generations)).arch)
         return
+    if args.print_default_arch:
+        print_default_arch(args)
+        return
+    space_flags = [f"--{k}" for k in (*SPACE_KEYS, *ORIGINAL_STEPS) if getattr(args, k) is not None]
+    if space_flags:
+        raise UserError(f"{', '.join(space_flags)}: only --print_default_arch reads the space")
     missing = [f"--{k}" for k in ("supernet", "time_pt", "output_dir") if not getattr(args, k)]
     if missing:
         raise UserError(f"the summary needs {', '.join(missing)}")
     if bool(args.inherited) != bool(args.further) or (args.heldout_data and not args.further):
         raise UserError("--inherited and --further go together (and --heldout_data needs both)")
+    if (args.default_final_results or args.default_further) and not args.default_arch_file:
+        raise UserError("--default_final_results and --default_further need --default_arch_file")
+    default_arch = None
+    if args.default_arch_file:
+        archs = read_arch_file(args.default_arch_file, "default arch file")
+        if len(archs) != 1:
+            raise UserError(f"{args.default_arch_file} should hold one arch, found {len(archs)}")
+        default_arch = archs[0]
     base = Arch.parse(args.base_arch) if args.base_arch else BERT_BASE
     out = Path(args.output_dir)
     summary = build_summary(args.results, args.generations, args.supernet, args.time_pt, base,
@@ -71,6 +157,11 @@ def main(argv: list[str] | None = None) -> None:
                             heldout_data=args.heldout_data, max_seq_length=args.max_seq_length,
                             heldout_sequences=args.heldout_sequences,
                             final_results=args.final_results,
+                            task_data=parse_task_data(args.task_data),
+                            final_max_seq_length=args.final_max_seq_length,
+                            default_arch=default_arch,
+                            default_final_results=args.default_final_results,
+                            default_further=args.default_further,
                             threads=args.threads, infer_cnt=args.infer_cnt,
                             plot=out / "search_progress.png", extra_plots=args.plots)
     md, js = write_summary(summary, out)
