@@ -709,8 +709,9 @@ class Trainer:
                             f"{_describe(fixed or changed)}{hint}")
         return info
 
-    def load_checkpoint(self, directory: Path) -> None:
-        info = self.check_resume(directory)
+    def load_checkpoint(self, directory: Path, info: dict[str, Any] | None = None) -> None:
+        """Continue from `directory` (`info`: its manifest as `check_resume` returned it)."""
+        info = info if info is not None else self.check_resume(directory)
         changed = self.changed_settings(info)
         state = normalize_keys(read_state_dict(directory))
         own = self.model.state_dict()
@@ -1422,9 +1423,9 @@ def run_pretraining(cfg: PretrainConfig, env: DistEnv) -> TrainState | None:
     broadcast_parameters(env, model)
     trainer = Trainer(cfg, env, model, dataset, collator, plan.space, plan.fixed, student_dir,
                       teacher=teacher, run_dir=run_dir, tb_dir=tb_dir, extra_files=extra_files)
-    if resume_from is not None:
-        trainer.check_resume(resume_from)  # before anything is written
+    # Checked before anything is written (the manifest's hashes are read once, here).
+    info = trainer.check_resume(resume_from) if resume_from is not None else None
     prepare_output_dirs(cfg, env, run_dir, tb_dir)
     if resume_from is not None:
-        trainer.load_checkpoint(resume_from)
+        trainer.load_checkpoint(resume_from, info)
     return trainer.train()
