@@ -1,7 +1,7 @@
 """Does the search's proxy rank archs the way training them would, and does searching beat BERT's
 default ratios at equal latency?
 
-1. Rank fidelity. N archs spread over the space's predicted-latency range (quantiles of the grid)
+1. Rank fidelity. N archs spread evenly over the space's predicted-latency range (grid archs)
    are scored twice, with the same fine-tuning settings and tasks as the search (MNLI-style and
    SQuAD-style book tasks, fitness = their mean):
      proxy        the inherited slice of the supernet (`superbert_run_en_classifier.py
@@ -183,15 +183,17 @@ def standalone_scores(s: Setup, arch: Arch, seeds: list[int]) -> dict[int, float
 
 # ---- part 1: rank fidelity ----------------------------------------------------------------------
 def spread_archs(space: SearchSpace, predictor: LatencyPredictor, n: int) -> list[Arch]:
-    """`n` grid archs at evenly spaced quantiles of the grid's predicted latency."""
+    """`n` grid archs spanning the grid's predicted-latency range evenly: for each of `n` evenly
+    spaced latencies from the fastest to the slowest arch, the arch predicted closest to it
+    (each arch once)."""
     grid = list(space.iter_grid())
     lat = np.asarray(predictor.predict(grid))
-    order = np.argsort(lat, kind="stable")
     picks: list[Arch] = []
-    for q in np.linspace(0, 1, n):
-        arch = grid[int(order[int(round(q * (len(grid) - 1)))])]
-        if arch not in picks:
-            picks.append(arch)
+    for target in np.linspace(lat.min(), lat.max(), n):
+        for i in np.argsort(np.abs(lat - target), kind="stable"):
+            if grid[i] not in picks:
+                picks.append(grid[i])
+                break
     return picks
 
 
