@@ -17,6 +17,21 @@ Per-task defaults follow the original (e.g. mnli: 4 epochs, seq 128, lr 3e-5, ba
 every 500 steps; squad1: 4 epochs, seq 384, lr 3e-5, batch 16); a flag given on the command
 line overrides them for every task.
 
+Many processes share one run's (arch, task, seed) jobs without talking to each other: under
+`torchrun --nproc_per_node N [--nnodes M ...]` each rank takes its share (job k goes to rank
+k mod world size) and fine-tunes on GPU LOCAL_RANK; `--shard I/N` (or a SLURM job array's
+SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT) picks a share without torchrun. Every process
+appends its blocks, under a file lock, to the one <output_dir>/subbert.results, each with a
+`seed = N` line. Re-running the same command evaluates only the jobs without a block there
+("N of M jobs already have results in FILE: skipped"); --overwrite_results re-evaluates all of
+them after moving the old file to subbert.results.bak-<time>. Blocks of other archs or tasks
+(earlier generations) are kept; a block of an arch this supernet cannot hold is an error.
+
+Deploy check: `--model FINETUNED_DIR --onnx [--int8]` (a --save_best_model directory, one
+task) trains nothing: it exports the model with its head to <output_dir>/<name>.onnx, scores
+the dev set with ONNX Runtime through the same evaluation code, logs the torch model's score
+beside it, and appends one block per runtime marked `runtime = onnxruntime-fp32|-int8`.
+
 Deviation from the paper, for cheap search: --max_train_examples, --max_eval_examples,
 --max_steps and --eval_step make a proxy score (the paper fine-tunes fully; the original had
 no such flags). Other differences: --weight_decay is used (default 0.01, the value the original

@@ -41,7 +41,7 @@ from .arch import Arch, Scheme, arch_of_config, read_arch_file, unique, validate
 from .cli import flag
 from .errors import UserError
 from .hf import file_md5, load_config, load_model, load_tokenizer, resolve_model_dir, save_model
-from .io import atomic_path, atomic_write_text
+from .io import atomic_path, atomic_write_text, file_digest
 from .jobs import Job, Shard, locked_append, make_jobs, parse_shard, resolve_shard
 from .modeling import (AutoTinyBertForQuestionAnswering, AutoTinyBertForSequenceClassification,
                        AutoTinyBertPreTrainedModel, extract_submodel)
@@ -56,7 +56,7 @@ logger = logging.getLogger(__name__)
 RESULTS_FILE = "subbert.results"
 EVAL_RESULTS_FILE = "eval_results.txt"
 BERT_ADAM_EPS = 1e-6  # BertAdam's own default, which the original evaluator used
-FEATURES_VERSION = 1  # bump when the feature layout changes (invalidates --cache_dir entries)
+FEATURES_VERSION = 2  # bump when the feature layout changes (invalidates --cache_dir entries)
 
 
 # ---- configuration ------------------------------------------------------------------------------
@@ -355,20 +355,86 @@ def load_task_data(cfg: TaskConfig, tokenizer, cache_dir: str | None = None,
         for f in task_files(cfg):
             if not f.is_file():
                 raise UserError(f"{cfg.task} file not found: {f}")
-        path = Path(cache_dir) / f"features-{cfg.task}-{_cache_key(cfg, tokenizer_id)}.pt"
-        if path.is_file():
+        path = Path(cache_dir) / f"features-{cfg.task}-{_cache_key(cfg, tokenizer_id)}"
+        if path.is_dir():
             try:
-                cached = torch.load(path, map_location="cpu", weights_only=False)
+                data = read_feature_cache(path, cfg)
                 logger.info("%s: features from the cache %s", cfg.task, path)
-                return TaskData(cfg, **cached)
-            except Exception as err:  # a damaged cache entry is rebuilt, never trusted
-                logger.warning("ignoring unreadable feature cache %s (%s)", path, err)
+                return data
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                # a damaged or altered entry is rebuilt, never trusted
+                logger.warning("%s: rebuilding the feature cache %s: %s", cfg.task, path, err)
     data = _read_task_data(cfg, tokenizer)
     if path is not None:
         with atomic_path(path) as tmp:
-            torch.save({k: getattr(data, k) for k in ("train", "dev", "num_labels",
-                                                       "dev_examples", "dev_mm")}, tmp)
+            write_feature_cache(tmp, data)
     return data
+
+
+# ---- the feature cache: tensors in safetensors, the rest in JSON (nothing is unpickled) ---------
+CACHE_TENSORS, CACHE_META = "features.safetensors", "features.json"
+_GLUE_TENSORS = ("input_ids", "token_type_ids", "lengths", "labels")
+_SQUAD_TENSORS = ("input_ids", "token_type_ids", "lengths", "start_positions", "end_positions")
+_SQUAD_LISTS = ("example_index", "offsets", "max_context")
+
+
+def write_feature_cache(out: Path, data: TaskData) -> None:
+    """`data`'s features as a directory: features.safetensors (every tensor) and features.json
+    (the lists, SQuAD's dev examples, and the tensors file's sha256)."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True)
+    tensors: dict[str, torch.Tensor] = {}
+    parts: dict[str, Any] = {}
+    for part in ("train", "dev", "dev_mm"):
+        feats = getattr(data, part)
+        if feats is None:
+            parts[part] = None
+            continue
+        qa = isinstance(feats, squad.SquadFeatures)
+        for name in _SQUAD_TENSORS if qa else _GLUE_TENSORS:
+            tensors[f"{part}.{name}"] = getattr(feats, name).contiguous()
+        parts[part] = {"kind": "squad" if qa else "glue",
+                       **({n: getattr(feats, n) for n in _SQUAD_LISTS} if qa else {})}
+    save_file(tensors, str(out / CACHE_TENSORS))
+    meta = {"version": FEATURES_VERSION, "num_labels": data.num_labels, "parts": parts,
+            "dev_examples": [asdict(e) for e in data.dev_examples],
+            "sha256": file_digest(out / CACHE_TENSORS)}
+    (out / CACHE_META).write_text(json.dumps(meta), encoding="utf-8")
+
+
+def read_feature_cache(path: Path, cfg: TaskConfig) -> TaskData:
+    """The TaskData `write_feature_cache` wrote; ValueError if it is not intact."""
+    from safetensors.torch import load_file
+
+    meta = json.loads((path / CACHE_META).read_text(encoding="utf-8"))
+    if meta.get("version") != FEATURES_VERSION:
+        raise ValueError(f"features version {meta.get('version')}, not {FEATURES_VERSION}")
+    if file_digest(path / CACHE_TENSORS) != meta["sha256"]:
+        raise ValueError(f"{CACHE_TENSORS} does not match the checksum in {CACHE_META}")
+    tensors = load_file(str(path / CACHE_TENSORS))
+    parts = {}
+    for part, spec in meta["parts"].items():
+        if spec is None:
+            parts[part] = None
+            continue
+        qa = spec["kind"] == "squad"
+        values = {n: tensors[f"{part}.{n}"] for n in (_SQUAD_TENSORS if qa else _GLUE_TENSORS)}
+        if qa:
+            values["example_index"] = [int(i) for i in spec["example_index"]]
+            values["offsets"] = [[None if o is None else (int(o[0]), int(o[1])) for o in row]
+                                 for row in spec["offsets"]]
+            values["max_context"] = [[bool(b) for b in row] for row in spec["max_context"]]
+        feats = (squad.SquadFeatures if qa else glue.Features)(**values)
+        rows = {len(v) for v in values.values() if isinstance(v, (torch.Tensor, list)) and
+                (not isinstance(v, list) or v)}
+        if len(rows) != 1:
+            raise ValueError(f"{part}: fields of different lengths {sorted(rows)}")
+        parts[part] = feats
+    examples = [squad.SquadExample(**{**e, "answers": tuple(e["answers"])})
+                for e in meta["dev_examples"]]
+    return TaskData(cfg, parts["train"], parts["dev"], int(meta["num_labels"]),
+                    dev_examples=examples, dev_mm=parts["dev_mm"])
 
 
 def _read_task_data(cfg: TaskConfig, tokenizer) -> TaskData:

@@ -271,7 +271,8 @@ def test_feature_cache_and_fp16_on_cpu(tmp_path, supernet, data, monkeypatch, ca
             "squad1", "--cache_dir", str(tmp_path / "cache"), *PROXY, "--no_cuda"]
     with pytest.warns(UserWarning, match="--fp16 needs a GPU"):
         first = run_inproc([*args, "--output_dir", str(tmp_path / "a"), "--fp16"])
-    assert len(list((tmp_path / "cache").glob("features-squad1-*.pt"))) == 1
+    (entry,) = (tmp_path / "cache").glob("features-squad1-*")
+    assert sorted(f.name for f in entry.iterdir()) == ["features.json", "features.safetensors"]
 
     def no_reading(*a, **k):
         raise AssertionError("features were not taken from the cache")
@@ -332,3 +333,50 @@ def test_onnx_needs_a_task_head(tmp_path, supernet, data):
             "--output_dir", str(tmp_path / "o"), "--onnx", "--do_lower_case")
     assert r.returncode == 2 and "holds no task head" in r.stderr
     assert r.stderr.strip().splitlines() == [r.stderr.strip()]
+
+
+@pytest.mark.parametrize("task", ["squad1", "mnli"])
+def test_feature_cache_round_trip_and_tampering(tmp_path, supernet, data, task, caplog):
+    """The cache holds tensors (safetensors) and JSON, never a pickle: written then read, the
+    features are identical; an altered entry is rebuilt with one warning."""
+    from superbert.hf import load_tokenizer
+
+    cfg = parse_config(["--data_dir", str(data / ("SQuAD" if task == "squad1" else "MNLI")),
+                        "--model", str(supernet), "--task_name", task, "--output_dir", "o",
+                        *PROXY]).tasks[0]
+    tok = load_tokenizer(supernet, True)
+    cache = tmp_path / "cache"
+    built = ft.load_task_data(cfg, tok, str(cache), "t")
+    (entry,) = cache.iterdir()
+    read = ft.read_feature_cache(entry, cfg)
+
+    def same(a, b):
+        assert type(a) is type(b)
+        for name, value in vars(a).items():
+            other = getattr(b, name)
+            if isinstance(value, torch.Tensor):
+                assert value.dtype == other.dtype and torch.equal(value, other), name
+            else:
+                assert value == other, name
+
+    for part in ("train", "dev", "dev_mm"):
+        if getattr(built, part) is None:
+            assert getattr(read, part) is None
+        else:
+            same(getattr(built, part), getattr(read, part))
+    assert read.dev_examples == built.dev_examples and read.num_labels == built.num_labels
+    if task == "mnli":
+        assert read.dev_mm is not None
+
+    raw = bytearray((entry / "features.safetensors").read_bytes())
+    raw[-1] ^= 0xFF
+    (entry / "features.safetensors").write_bytes(bytes(raw))
+    caplog.set_level("INFO", logger="superbert.finetune")
+    again = ft.load_task_data(cfg, tok, str(cache), "t")
+    warnings_ = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings_) == 1 and "rebuilding the feature cache" in warnings_[0].message
+    assert "does not match the checksum" in warnings_[0].message
+    same(again.train, built.train)
+    caplog.clear()
+    ft.load_task_data(cfg, tok, str(cache), "t")  # the rebuilt entry is good again
+    assert "features from the cache" in caplog.text and "rebuilding" not in caplog.text
