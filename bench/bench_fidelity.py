@@ -260,7 +260,8 @@ def search_winner(s: Setup, speedup: float) -> tuple[Arch, dict[Arch, dict[str, 
         gen = d / f"gen_{g}.cands"
         if not gen.exists():
             method = (["--method", "Random"] if g == 1 else
-                      ["--method", "Evolved", "--arch_perfs_file", str(results / "subbert.results")])
+                      ["--method", "Evolved", "--arch_perfs_file",
+                       str(results / "subbert.results")])
             run(s, common + method + ["--gen_size", str(s.gen_size), "--seed", str(g),
                                       "--output_file", str(gen)])
         scored = evaluate(s, s.supernet, results, s.seeds[:1], gen)
@@ -356,7 +357,8 @@ def space_of(args: argparse.Namespace, config, scheme: Scheme) -> tuple[SearchSp
     flags = [x for k, v in ranges.items() for x in (f"--{k}_space", str(v[0]), str(v[1]))]
     keys = {"layer_num": "layers", "hidden_size": "hidden", "intermediate_size": "ffn",
             "qkv_size": "qkv", "head_num": "heads"}
-    space = SearchSpace.for_supernet(config, scheme, **{keys[k]: tuple(v) for k, v in ranges.items()},
+    space = SearchSpace.for_supernet(config, scheme,
+                                     **{keys[k]: tuple(v) for k, v in ranges.items()},
                                      **ORIGINAL_STEPS)
     space.validate_against(config)
     return space, flags

@@ -332,7 +332,9 @@ class Summary:
 
     @property
     def measured_speedup_bert_base(self) -> float | None:
-        return None if self.measured_bert_base_ms is None else self.measured_bert_base_ms / self.measured_ms
+        if self.measured_bert_base_ms is None:
+            return None
+        return self.measured_bert_base_ms / self.measured_ms
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -476,8 +478,8 @@ def format_summary(s: Summary) -> str:
                   f"{_fmt(s.mlm_loss_inherited, '.4f')} | {_fmt(s.mlm_loss_further, '.4f')} |", ""]
     lines += ["| generation | archs evaluated | at chance on every task | best fitness | "
               "best so far |", "|---|---|---|---|---|"]
-    lines += [f"| {g['generation']} | {g['evaluated']} | "
-              f"{g.get('at_chance', '-')}{' **AT CHANCE**' if g.get('at_chance') == g['evaluated'] else ''}"
+    lines += [f"| {g['generation']} | {g['evaluated']} | {g.get('at_chance', '-')}"
+              f"{' **AT CHANCE**' if g.get('at_chance') == g['evaluated'] else ''}"
               f" | {g['best']:.2f} | {g['best_so_far']:.2f} |" for g in s.generations]
     lines += ["", "Top archs by fitness:", "", "| arch | generation | " + " | ".join(tasks)
               + " | fitness |", "|---|---|" + "---|" * len(tasks) + "---|"]
@@ -505,8 +507,10 @@ def _comparison_table(s: Summary) -> list[str]:
     if s.measured_bert_base_ms is not None:
         rows.append(("measured speedup vs BERT-base", f"{s.measured_speedup_bert_base:.2f}x",
                      f"{s.measured_bert_base_ms / d['measured_ms']:.2f}x"))
+    d_predicted = (None if s.predicted_base_ms is None
+                   else s.predicted_base_ms / d["predicted_ms"])
     rows.append((f"predicted speedup vs `{base}`", f"{_fmt(s.predicted_speedup)}x",
-                 f"{_fmt(None if s.predicted_base_ms is None else s.predicted_base_ms / d['predicted_ms'])}x"))
+                 f"{_fmt(d_predicted)}x"))
     ours, theirs = s.final_scores or {}, d.get("final_scores") or {}
     for t in sorted(set(ours) | set(theirs)):
         rows.append((f"final {t}",

@@ -87,7 +87,8 @@ def _squad(d: Path) -> Path:
 
     train = [article("t1", "Alice went home.", "Alice"), article("t2", "Then Alice ran.", "Alice"),
              article("t3", "Bob sat down.", "Bob")]
-    dev = [article("d1", "Alice laughed loudly.", "Alice"), article("d2", "Later Bob slept.", "Bob"),
+    dev = [article("d1", "Alice laughed loudly.", "Alice"),
+           article("d2", "Later Bob slept.", "Bob"),
            article("d3", "Yes Carol said.", "Carol"), article("d4", "Dan is here.", "Dan")]
     (d / "train-v1.1.json").write_text(json.dumps({"version": "1.1", "data": train}))
     (d / "dev-v1.1.json").write_text(json.dumps({"version": "1.1", "data": dev}))
@@ -106,7 +107,8 @@ def test_task_levels_from_dev_files(tmp_path):
     assert sq.chance == pytest.approx(50.0) and sq.majority is None
     assert "first context word F1 50.00" in sq.chance_note and "'Alice' F1 25.00" in sq.chance_note
     # without data: chance from the label count; SQuAD unknown
-    assert task_levels("mnli").chance == pytest.approx(100 / 3) and task_levels("mnli").majority is None
+    bare = task_levels("mnli")
+    assert bare.chance == pytest.approx(100 / 3) and bare.majority is None
     assert task_levels("squad1").chance is None
     assert task_levels("cola").chance == 0.0
 
@@ -114,7 +116,8 @@ def test_task_levels_from_dev_files(tmp_path):
 def test_generation_table_counts_archs_at_chance():
     a, b = Arch(1, 64, 2, 64, 256), Arch(2, 64, 2, 64, 256)
     levels = {"mnli": report.TaskLevels("mnli", "acc", 100 / 3, "", 100 / 3)}
-    ev = [report.Evaluated(a, 1, {"mnli": 33.0}, 33.0), report.Evaluated(b, 1, {"mnli": 48.0}, 48.0),
+    ev = [report.Evaluated(a, 1, {"mnli": 33.0}, 33.0),
+          report.Evaluated(b, 1, {"mnli": 48.0}, 48.0),
           report.Evaluated(a, 2, {"mnli": 34.0}, 34.0)]
     assert [r["at_chance"] for r in generation_table(ev, levels)] == [1, 1]
     assert "at_chance" not in generation_table(ev)[0]  # without levels, the old rows
@@ -172,7 +175,7 @@ def test_matching_default_arch_has_the_closest_predicted_latency():
     assert matching_default_arch(pred, Arch(3, 96, 3, 96, 384), space) == Arch(3, 96, 3, 96, 384)
 
 
-# ---- summary.md from hand-made result files -------------------------------------------------------
+# ---- summary.md from hand-made result files ------------------------------------------------
 
 CHOSEN = Arch(2, 64, 1, 32, 256)
 OTHER = Arch(1, 64, 2, 64, 128)
@@ -229,7 +232,8 @@ def pipeline_files(tmp_path, monkeypatch):
                       + _block("mnli", OTHER, 33.0) + _block("squad1", OTHER, 30.0))
     final = tmp_path / "final_eval"
     final.mkdir()
-    (final / "subbert.results").write_text(_block("sst-2", CHOSEN, 60.0) + _block("mnli", CHOSEN, 33.0))
+    (final / "subbert.results").write_text(_block("sst-2", CHOSEN, 60.0)
+                                           + _block("mnli", CHOSEN, 33.0))
     _collapsed_classifier(final / "sst-2_seed42")
     default_final = tmp_path / "final_default"
     default_final.mkdir()
@@ -268,7 +272,8 @@ def test_summary_shows_chance_majority_collapse_and_the_default_arch(pipeline_fi
     [pred] = s.final_predictions["sst-2"]
     assert pred.counts == {"0": 20, "1": 0} and pred.flag == COLLAPSED
     assert pred.rescored == pytest.approx(60.0)  # the saved model re-scored on dev
-    assert "| sst-2 | 60.00 **AT MAJORITY** | 50.00 | 60.00 | seed 42: 0 20, 1 0 **COLLAPSED** |" in md
+    assert ("| sst-2 | 60.00 **AT MAJORITY** | 50.00 | 60.00 | seed 42: 0 20, 1 0 **COLLAPSED** |"
+            in md)
     assert "no saved model mnli_seed42" in md
     # side by side with the default-ratio arch: measured both, and BERT-base too
     assert "| | chosen (searched) | default ratios |" in md
@@ -284,7 +289,8 @@ def test_summary_shows_chance_majority_collapse_and_the_default_arch(pipeline_fi
     assert js["final_predictions"]["sst-2"][0]["flag"] == COLLAPSED
     assert js["levels"]["sst-2"]["majority"] == pytest.approx(60.0)
     assert js["default"]["arch"] == str(DEFAULT)
-    assert js["measured_speedup_bert_base"] == pytest.approx(s.measured_bert_base_ms / s.measured_ms)
+    assert js["measured_speedup_bert_base"] == pytest.approx(
+        s.measured_bert_base_ms / s.measured_ms)
 
 
 def test_summary_without_task_data_or_default_still_flags_by_label_count(pipeline_files):

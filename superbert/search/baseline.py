@@ -1,4 +1,4 @@
-"""The default-ratio baseline: BERT's own shape rules, scaled down, at the latency of a searched arch.
+"""The default-ratio baseline: BERT's shape rules, scaled down, at the latency of a searched arch.
 
 A searched arch is only worth its search if it beats the arch one would pick without searching:
 BERT's ratios, FFN = 4 x hidden and qkv = hidden, with the depth and width varied. On a
