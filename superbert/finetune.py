@@ -42,7 +42,8 @@ from .cli import flag
 from .errors import UserError
 from .hf import file_md5, load_config, load_model, load_tokenizer, resolve_model_dir, save_model
 from .io import atomic_path, atomic_write_text, file_digest
-from .jobs import Job, Shard, locked_append, make_jobs, parse_shard, resolve_shard
+from .jobs import (Job, Shard, locked_append, make_jobs, parse_shard, resolve_shard,
+                   shared_lock)
 from .modeling import (AutoTinyBertForQuestionAnswering, AutoTinyBertForSequenceClassification,
                        AutoTinyBertPreTrainedModel, extract_submodel)
 from .optim import BertAdam, make_optimizer, warmup_linear
@@ -822,6 +823,10 @@ def finetune(supernet: AutoTinyBertPreTrainedModel, arch: Arch, data: TaskData, 
     for step, train_loss in train_steps(model, data, plan, optimizer, scheduler, order, device,
                                         fp16, bar):
         outcome = evaluate(model, data, data.dev, task, device, fp16, data.dev_examples)
+        if not (math.isfinite(train_loss) and math.isfinite(outcome.score)):
+            logger.warning("%s: training loss %s, dev score %s at step %d: the fine-tuning "
+                           "diverged; a non-finite score never counts as the best", bar.label,
+                           train_loss, outcome.score, step)
         record = record_evaluation(result, best, outcome, step, train_loss, task, model,
                                    keep_best_model)
         if on_eval is not None:
@@ -928,8 +933,10 @@ def completed_jobs(path: Path, config: Any, seeds: tuple[int, ...]) -> set[Job]:
     cannot hold means the file belongs to another supernet: an error naming the line."""
     if not path.exists():
         return set()
+    with shared_lock(path):
+        blocks = read_results(path)
     done = set()
-    for block in read_results(path):
+    for block in blocks:
         try:
             validate_arch(block.arch, config)
         except UserError as err:

@@ -16,12 +16,13 @@ to one file that every process appends to under an exclusive lock (`locked_appen
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence, TypeVar
+from typing import Iterable, Iterator, Mapping, Sequence, TypeVar
 
 from .arch import Arch
 from .errors import UserError
@@ -121,6 +122,26 @@ def locked_append(path: str | os.PathLike, text: str) -> None:
             while written < len(data):
                 written += os.write(fd, data[written:])
             os.fsync(fd)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def shared_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold a shared lock on `path` (if it exists) while reading it: a reader then never sees
+    half of a block that `locked_append` is writing (a SLURM array task that starts while
+    others append, a resumed rank)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        try:
+            yield
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:

@@ -10,7 +10,8 @@ from hypothesis import given, settings, strategies as st
 
 from superbert.arch import Arch
 from superbert.errors import UserError
-from superbert.jobs import Shard, locked_append, make_jobs, parse_shard, resolve_shard
+from superbert.jobs import (Shard, locked_append, make_jobs, parse_shard, resolve_shard,
+                           shared_lock)
 from superbert.results import TaskResult, format_results_block, read_results
 
 
@@ -90,3 +91,30 @@ def test_locked_append_writes_whole_text(tmp_path):
     locked_append(path, format_results_block(r))
     locked_append(path, format_results_block(r))
     assert len(read_results(str(path))) == 2
+
+
+def test_readers_wait_for_a_writer(tmp_path):
+    """shared_lock blocks while another holder has the exclusive lock locked_append takes."""
+    import fcntl
+    import os
+    import threading
+
+    path = tmp_path / "subbert.results"
+    path.write_text("")
+    fd = os.open(path, os.O_WRONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    entered = threading.Event()
+
+    def reader():
+        with shared_lock(path):
+            entered.set()
+
+    t = threading.Thread(target=reader)
+    t.start()
+    assert not entered.wait(0.3)  # held off by the writer
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+    assert entered.wait(10)
+    t.join()
+    with shared_lock(tmp_path / "missing"):  # nothing to lock: no error
+        pass
