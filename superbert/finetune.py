@@ -996,6 +996,9 @@ def run(cfg: RunConfig) -> list[TaskResult]:
     config = load_config(model_dir, cfg.scheme)  # a --super_model contradiction fails here
     archs = load_archs(cfg, config)
     check_sequence_lengths(cfg.tasks, config)
+    if cfg.shard and int(os.environ.get("WORLD_SIZE") or 1) > 1:
+        raise UserError("--shard under torchrun: every rank would run the same share; let the "
+                        "ranks split the jobs (drop --shard), or run plain processes with --shard")
     shard = resolve_shard(cfg.shard or None)
     device = pick_device(cfg.no_cuda, _local_rank() if shard.source == "torchrun rank" else None)
     fp16 = resolve_precision(device, cfg.fp16)

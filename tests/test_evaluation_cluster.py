@@ -291,3 +291,34 @@ def test_pick_device_follows_local_rank(monkeypatch):
     assert pick_device(True, 3) == torch.device("cpu")
     if not torch.cuda.is_available():
         assert pick_device(False, 0) == torch.device("cpu")
+
+
+def test_shard_under_torchrun_is_refused(setup, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(UserError, match="--shard under torchrun"):
+        run(RunConfig_from([*args(setup, tmp_path / "out"), "--shard", "0/2"]))
+
+
+def test_a_diverged_fine_tuning_is_warned_about(setup, tmp_path, monkeypatch, caplog):
+    """A non-finite dev score never becomes the best, and it is said."""
+    import superbert.finetune as ft
+    real = ft.evaluate
+    calls = []
+
+    def nan_at_first(*a, **k):
+        outcome = real(*a, **k)
+        calls.append(outcome.score)
+        if len(calls) == 1:
+            outcome.score = float("nan")
+        return outcome
+
+    monkeypatch.setattr(ft, "evaluate", nan_at_first)
+    caplog.set_level("WARNING", logger="superbert.finetune")
+    one_arch = tmp_path / "one.cands"
+    one_arch.write_text(format_arch_lines(ARCHS[:1]))
+    (res,) = run(RunConfig_from([*args(setup, tmp_path / "out"), "--arches_file", str(one_arch),
+                                 "--seed", "3", "--task_name", "rte", "--data_dir",
+                                 str(setup["rte"])]))
+    assert "dev score nan at step 2: the fine-tuning diverged" in caplog.text
+    assert res.best is not None and math.isfinite(res.best)
