@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from .arch import Arch, Scheme, arch_of_config, read_arch_file, unique, validate_arch
@@ -351,7 +352,7 @@ def load_task_data(cfg: TaskConfig, tokenizer, cache_dir: str | None = None,
     data_dir = Path(cfg.data_dir)
     if not data_dir.is_dir():
         raise UserError(f"data directory for {cfg.task} not found: {data_dir}")
-    path = None
+    path, damaged = None, False
     if cache_dir:
         for f in task_files(cfg):
             if not f.is_file():
@@ -362,13 +363,21 @@ def load_task_data(cfg: TaskConfig, tokenizer, cache_dir: str | None = None,
                 data = read_feature_cache(path, cfg)
                 logger.info("%s: features from the cache %s", cfg.task, path)
                 return data
-            except (OSError, ValueError, KeyError, TypeError) as err:
+            except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:
                 # a damaged or altered entry is rebuilt, never trusted
                 logger.warning("%s: rebuilding the feature cache %s: %s", cfg.task, path, err)
+                damaged = True
     data = _read_task_data(cfg, tokenizer)
-    if path is not None:
-        with atomic_path(path) as tmp:
-            write_feature_cache(tmp, data)
+    if path is not None and (damaged or not path.is_dir()):
+        # Processes sharing a run (torchrun ranks) may all build the same entry: the first
+        # complete one stays; a process that loses the race keeps its own copy in memory.
+        try:
+            with atomic_path(path) as tmp:
+                write_feature_cache(tmp, data)
+        except OSError as err:
+            if not path.is_dir():
+                logger.warning("%s: could not store the feature cache %s (%s)", cfg.task, path,
+                               err)
     return data
 
 
@@ -1136,9 +1145,9 @@ def run_exported(cfg: RunConfig) -> list[TaskResult]:
                           _format_kv({**mm, **tag, "task": "mnli-mm"}))
         best, em = ((outcome.metrics["f1"], outcome.metrics["em"]) if is_squad(task)
                     else (outcome.metrics[best_key(task)], None))
+        per_batch = outcome.infer_ms / max(outcome.infer_batches, 1)
         result = TaskResult(task=task, arch=arch, param_count=_param_count(arch, config),
-                            best=best, em=em,
-                            time_per_batch_infer_ms=outcome.infer_ms / max(outcome.infer_batches, 1),
+                            best=best, em=em, time_per_batch_infer_ms=per_batch,
                             infer_cnt=outcome.infer_batches, runtime=runtime)
         locked_append(out_dir / RESULTS_FILE, format_results_block(result))
         results.append(result)

@@ -572,8 +572,9 @@ def extract_to_dir(model_dir: str | os.PathLike, arch: Any, output: str | os.Pat
     record = {"format": "superbert-extraction", "source": str(model_dir.resolve()),
               "arch": str(arch), "scheme": str(sub.config.attention_scheme)}
     stale = [output / n for n in ONNX_FILES if (output / n).exists()]
+    record_bytes = (json.dumps(record, indent=2) + "\n").encode()
     out = save_model(sub, output, vocab, do_lower_case=lower,
-                     extra_files={EXTRACTION_RECORD: (json.dumps(record, indent=2) + "\n").encode()})
+                     extra_files={EXTRACTION_RECORD: record_bytes})
     for path in stale:
         logger.warning("removing %s: it was exported from an earlier extraction", path)
         path.unlink()

@@ -91,7 +91,8 @@ def test_two_shard_processes_equal_one_process(setup, reference):
     # every evaluation of both processes is in the one eval_results.txt, whole
     ev = (out / "eval_results.txt").read_text()
     assert ev.count("global_step = ") == 2 * N_JOBS  # steps 2 and 3 of each job
-    assert (setup["root"] / "shards-MM" / "eval_results.txt").read_text().count("task = mnli-mm") == 6
+    mm = (setup["root"] / "shards-MM" / "eval_results.txt").read_text()
+    assert mm.count("task = mnli-mm") == 6
 
 
 def free_port() -> int:
@@ -229,7 +230,8 @@ def test_blocks_without_seed_count_for_a_single_seed_run(setup, tmp_path, caplog
 finite = st.floats(allow_nan=False, allow_infinity=False, min_value=-1e6, max_value=1e6)
 
 
-@given(best=finite, em=st.one_of(st.none(), finite), seed=st.one_of(st.none(), st.integers(0, 10**6)),
+@given(best=finite, em=st.one_of(st.none(), finite),
+       seed=st.one_of(st.none(), st.integers(0, 10**6)),
        runtime=st.sampled_from([None, "onnxruntime-fp32", "onnxruntime-int8"]),
        bad=st.sampled_from(["nan", "inf", "-inf", "NaN", "Infinity"]),
        where=st.sampled_from(["best", "f1", "em"]), before=st.integers(0, 3))
@@ -247,8 +249,9 @@ def test_blocks_roundtrip_and_non_finite_scores_name_file_and_line(tmp_path_fact
     with pytest.raises(ValueError, match="refusing to write"):
         format_results_block(TaskResult("mnli", arch, 7, float(bad), None, 1.0, 1))
     score = {"best": bad, "f1": f"f1: {bad}; em: 1.0", "em": f"f1: 1.0; em: {bad}"}[where]
-    text = format_results_block(r) * before + format_results_block(
-        TaskResult("mnli", arch, 7, 0.5, None, 1.0, 1)).replace("best_acc = 0.5", f"best_acc = {score}")
+    damaged = format_results_block(TaskResult("mnli", arch, 7, 0.5, None, 1.0, 1))
+    text = format_results_block(r) * before + damaged.replace("best_acc = 0.5",
+                                                                f"best_acc = {score}")
     path.write_text(text)
     with pytest.raises(UserError) as err:
         read_results(path)
@@ -264,7 +267,8 @@ def test_progress_lines_off_a_terminal(setup, tmp_path, caplog, monkeypatch):
     one_arch.write_text(format_arch_lines(ARCHS[:1]))
     run(RunConfig_from([*args(setup, tmp_path / "out"), "--arches_file", str(one_arch),
                         "--seed", "3", "--task_name", "rte", "--data_dir", str(setup["rte"])]))
-    lines = [m for m in caplog.messages if re.match(r"job 1/1 rte \S+: step \d/3 loss [\d.]+ ETA \d+m\d\ds", m)]
+    progress = re.compile(r"job 1/1 rte \S+: step \d/3 loss [\d.]+ ETA \d+m\d\ds")
+    lines = [m for m in caplog.messages if progress.match(m)]
     assert len(lines) == 3, caplog.messages
     assert sum("evaluating 1 jobs" in m for m in caplog.messages) == 1
     caplog.clear()
