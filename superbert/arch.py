@@ -23,29 +23,24 @@ import os
 import random
 import re
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from .cli import add_flags, flag
+from .cli import Choice, add_flags, flag
 from .errors import UserError
 from .io import atomic_write_text, read_text
 
-class Scheme(StrEnum):
+class Scheme(Choice):
     """How a supernet's attention is sliced (see the module docstring). A `str`, so it is
-    written to config.json and compared as "mlm"/"kd"."""
+    written to config.json and compared as "mlm"/"kd"; `Scheme.parse` takes any case."""
 
     MLM = "mlm"
     KD = "kd"
 
     @classmethod
-    def parse(cls, text: "str | Scheme") -> "Scheme":
-        """`mlm`/`kd` in any case; anything else is a UserError."""
-        try:
-            return cls(str(text).strip().lower())
-        except ValueError:
-            raise UserError(f"unknown attention scheme {text!r}: expected one of MLM, KD") from None
+    def label(cls) -> str:
+        return "attention scheme"
 
     @classmethod
     def resolve(cls, saved: "str | Scheme | None", requested: "str | Scheme | None",

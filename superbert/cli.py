@@ -6,11 +6,13 @@ import argparse
 import dataclasses
 import logging
 import sys
+from enum import StrEnum
 from typing import Any, Callable, Iterable, TypeVar
 
 from .errors import UserError
 
 T = TypeVar("T")
+C = TypeVar("C", bound="Choice")
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -93,3 +95,21 @@ def config_from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) -
     values = {f.name: getattr(args, f.name) for f in config_flags(cls) if hasattr(args, f.name)}
     values.update(overrides)
     return cls(**values)
+
+
+class Choice(StrEnum):
+    """A closed set of names a user may type (a scheme, an importance measure, an ONNX head):
+    `parse` accepts any case and surrounding blanks, and anything else is one UserError listing
+    the choices, named by `label()`."""
+
+    @classmethod
+    def label(cls) -> str:
+        return cls.__name__.lower()
+
+    @classmethod
+    def parse(cls: type[C], text: Any) -> C:
+        try:
+            return cls(str(text).strip().lower())
+        except ValueError:
+            raise UserError(f"unknown {cls.label()} {text!r}: expected one of "
+                            f"{', '.join(c.value for c in cls)}") from None

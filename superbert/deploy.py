@@ -56,7 +56,7 @@ from torch import nn
 
 from .arch import Arch
 from .errors import UserError
-from .io import staging_dir
+from .io import read_json, staging_dir
 
 logger = logging.getLogger(__name__)
 
@@ -148,10 +148,7 @@ def read_sidecar(onnx_path: str | os.PathLike) -> dict[str, Any] | None:
     path = sidecar_path(onnx_path)
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot read the ONNX sidecar {path}: {err}") from None
+    data = read_json(path, "ONNX sidecar")
     if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
         raise UserError(f"{path} is not a superbert ONNX sidecar")
     return data

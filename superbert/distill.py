@@ -32,6 +32,15 @@ from .hf import resolve_model_dir
 logger = logging.getLogger(__name__)
 
 
+def check_absolute_positions(config) -> None:
+    """The KD losses compare the teacher's last layer token by token: relative position schemes
+    are not supported."""
+    kind = getattr(config, "position_embedding_type", "absolute")
+    if kind not in (None, "absolute"):
+        raise UserError(f"teacher uses position_embedding_type={kind!r}; only absolute "
+                        f"positions (BERT, ELECTRA) are supported")
+
+
 @dataclass
 class TeacherOutput:
     hidden: torch.Tensor  # [B, T, D_teacher], the last hidden state
@@ -54,10 +63,7 @@ class Teacher:
         if not all(hasattr(attn, k) for k in ("query", "key")):
             raise UserError(f"teacher of type {cfg.model_type!r} has no query/key projections "
                             f"in its last layer; use a BERT or ELECTRA model")
-        kind = getattr(cfg, "position_embedding_type", "absolute")
-        if kind not in (None, "absolute"):
-            raise UserError(f"teacher uses position_embedding_type={kind!r}; only absolute "
-                            f"positions (BERT, ELECTRA) are supported")
+        check_absolute_positions(cfg)
         self.last_attention = attn
         self.head_dim = self.hidden_size // self.num_heads
 
@@ -137,10 +143,7 @@ def teacher_spec(name_or_path: str) -> TeacherSpec:
     if config.model_type not in ("bert", "electra"):
         raise UserError(f"teacher {name_or_path} is a {config.model_type!r} model; expected a "
                         f"BERT or ELECTRA encoder")
-    kind = getattr(config, "position_embedding_type", "absolute")
-    if kind not in (None, "absolute"):
-        raise UserError(f"teacher uses position_embedding_type={kind!r}; only absolute "
-                        f"positions (BERT, ELECTRA) are supported")
+    check_absolute_positions(config)
     return TeacherSpec(path, config)
 
 

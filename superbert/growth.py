@@ -58,7 +58,6 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -67,6 +66,7 @@ import torch
 from torch import nn
 
 from .arch import Scheme
+from .cli import Choice
 from .configuration import AutoTinyBertConfig
 from .errors import UserError
 from .modeling import (AutoTinyBertForMaskedLM, AutoTinyBertForQuestionAnswering,
@@ -78,19 +78,15 @@ logger = logging.getLogger(__name__)
 PERMUTATION_FILE = "permutation.json"
 
 
-class Measure(StrEnum):
+class Measure(Choice):
     """How unit importance is scored (see the module docstring)."""
 
     TAYLOR = "taylor"
     MAGNITUDE = "magnitude"
 
     @classmethod
-    def parse(cls, text: "str | Measure") -> "Measure":
-        try:
-            return cls(str(text).strip().lower())
-        except ValueError:
-            raise UserError(f"unknown importance measure {text!r}: expected one of "
-                            f"{', '.join(m.value for m in cls)}") from None
+    def label(cls) -> str:
+        return "importance measure"
 
 
 # ---- a supernet from a pretrained checkpoint ---------------------------------------------------

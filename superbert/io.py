@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from .errors import UserError
 
@@ -92,3 +93,12 @@ def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    """A JSON file's value; unreadable or malformed is one UserError naming `what` and the path."""
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
+    except ValueError as err:
+        raise UserError(f"{what} {path} is not valid JSON: {err}") from None

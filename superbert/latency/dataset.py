@@ -33,7 +33,7 @@ from ..configuration import AutoTinyBertConfig
 from ..errors import UserError
 from ..hf import load_config, read_config_json, resolve_model_dir
 from ..deploy import require_onnx
-from ..io import append_text_durably, atomic_write_text
+from ..io import append_text_durably, atomic_write_text, read_json
 from .checks import check_output, record_field
 from .timing import (BERT_BASE, TIMING_TOKEN_ID, Drift, Timer, TimingProtocol, check_backend,
                      machine_info)
@@ -106,10 +106,7 @@ def read_sidecar(dataset: str | os.PathLike) -> dict[str, Any] | None:
     path = sidecar_path(dataset)
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot read the latency dataset sidecar {path}: {err}") from None
+    data = read_json(path, "latency dataset sidecar")
     if not isinstance(data, dict) or data.get("format") != DATASET_FORMAT:
         raise UserError(f"{path} is not a latency dataset sidecar")
     for key, kind in SIDECAR_FIELDS.items():
