@@ -1123,6 +1123,14 @@ def run_exported(cfg: RunConfig) -> list[TaskResult]:
         raise UserError(f"{model_dir} has {config.num_labels} labels but {task} has "
                         f"{data.num_labels}")
     out_dir = Path(cfg.output_dir)
+    results_file = out_dir / RESULTS_FILE
+    if results_file.exists():
+        with shared_lock(results_file):
+            tuned = [b for b in read_results(results_file) if b.runtime is None]
+        if tuned:
+            raise UserError(f"{results_file} holds fine-tuning results (line {tuned[0].line}); "
+                            f"give --onnx its own --output_dir, or Evolved would average the "
+                            f"deployed scores into the archs' fitness")
     out_dir.mkdir(parents=True, exist_ok=True)
     files = deploy.export_onnx(model_dir, out_dir / f"{model_dir.name}.onnx", head=head,
                                opset=cfg.opset, int8=cfg.int8)

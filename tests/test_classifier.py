@@ -312,6 +312,8 @@ def test_onnx_evaluation_of_a_fine_tuned_model(tmp_path, supernet, data, caplog)
     assert (tmp_path / "dep" / "mnli_seed42.int8.onnx").is_file()
     assert (tmp_path / "dep-MM" / "eval_results.txt").read_text().count("runtime = ") == 2
     assert not list(saved.glob("*.onnx"))  # the fine-tuned model's directory is left alone
+    with pytest.raises(UserError, match="holds fine-tuning results"):
+        run_inproc([*common, "--output_dir", str(out), "--onnx"])  # the search's results file
 
 
 @pytest.mark.parametrize("extra, message", [
