@@ -873,12 +873,18 @@ class Trainer:
                         self.total_steps, self.warmup_steps, self.warmup_how,
                         f"fixed arch {self.fixed_arch.short()}" if self.fixed_arch else
                         f"{self.space.scheme.upper()} space of {self.space.size():,} archs")
+            if cfg.max_steps and cfg.max_steps < self.total_steps:
+                logger.info("--max_steps %d: the run stops there, inside the schedule of %d "
+                            "steps above (learning rate and warm-up follow that schedule)",
+                            cfg.max_steps, self.total_steps)
+        # What this run will do: the schedule's steps, or fewer with --max_steps.
+        last_step = min(self.total_steps, cfg.max_steps) if cfg.max_steps else self.total_steps
         bar = None
         if env.is_main and cfg.progress and sys.stdout.isatty():
-            bar = tqdm(total=self.total_steps, initial=self.state.global_step, unit="step",
+            bar = tqdm(total=last_step, initial=self.state.global_step, unit="step",
                        dynamic_ncols=True, desc="pre-training")
         window = self._new_window()
-        progress = Progress(self.total_steps, self.state.global_step, env.world_size) \
+        progress = Progress(last_step, self.state.global_step, env.world_size) \
             if env.is_main and bar is None else None
         self.model.train()
         stop = bool(cfg.max_steps and self.state.global_step >= cfg.max_steps)
