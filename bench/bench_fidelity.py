@@ -46,7 +46,7 @@ from superbert.arch import Arch, Scheme, SearchSpace, write_arch_file
 from superbert.checkpoint import find_checkpoints
 from superbert.hf import load_config, resolve_model_dir
 from superbert.latency import LatencyPredictor
-from superbert.report import measure_latencies
+from superbert.report import measure_latencies, task_levels
 from superbert.results import fitness, parse_results, read_results
 from superbert.search import reference_arch
 from superbert.search.baseline import default_ratio_archs
@@ -336,9 +336,12 @@ def estimate_seconds(s: Setup, predictor: LatencyPredictor) -> float:
     base = predictor.base_latency_ms or max(fid)
     targets = [base / x for x in s.speedups]
 
-    def ft(ms: float, runs: int) -> float:  # `runs` fine-tunings of every task
+    dev = sum(task_levels(t, s.books / TASK_DIRS[t]).dev_examples or 0 for t in s.tasks)
+
+    def ft(ms: float, runs: int) -> float:  # `runs` fine-tunings of every task, dev pass at end
         step = TRAIN_FACTOR * s.ft_batch * s.eval_seq / 128 * ms / 1000
-        return runs * len(s.tasks) * s.ft_steps * step
+        dev_pass = dev * s.eval_seq / 128 * ms / 1000
+        return runs * (len(s.tasks) * s.ft_steps * step + dev_pass)
 
     def further(ms: float) -> float:
         step = TRAIN_FACTOR * s.further_batch * s.seq / 128 * ms / 1000
@@ -492,6 +495,10 @@ def main() -> None:
         est = estimate_seconds(s, predictor)
     else:
         est = fit_budget(s, predictor, 60 * args.budget_min)
+        if est > 60 * args.budget_min:
+            print(f"warning: even at {s.further_steps} further-training and {s.ft_steps} "
+                  f"fine-tuning steps the estimate exceeds --budget_min {args.budget_min:g}; "
+                  f"lower --archs or use smaller task sets", flush=True)
     print(f"supernet {s.supernet} ({scheme.name}); outputs and log under {s.out}", flush=True)
     print(f"estimate: about {est / 60:.0f} min on 2 cores ({s.n_archs} archs for fidelity, "
           f"{len(s.speedups)} speedup targets, further training {s.further_steps} steps, "
