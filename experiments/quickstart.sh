@@ -78,10 +78,11 @@ main() {
            --intermediate_size_space 256 1536)
     SEQ=64  # book sentences are short; half the cost of 128
     PRETRAIN_STEPS=150; PRETRAIN_BATCH=16; PRETRAIN_LR=1e-4  # pretrained weights: a gentle lr
-    GROW=(--reorder --reorder_samples 256)
+    GROW=(--reorder --reorder_samples 128)  # importance from 128 training sequences
     SPEEDUP=3; LAT_WINDOW=(0.85 1.1); GEN_SIZE=6           # 3x MiniLM's speed
     # Proxy fine-tuning of inherited slices: 1e-4 (pretrained slices; 3e-4 overshoots them).
-    EVAL_STEPS=60; EVAL_BATCH=16; EVAL_TRAIN=2000; EVAL_LR=1e-4; EVAL_SEQ=64
+    EVAL_STEPS=60; EVAL_BATCH=16; EVAL_TRAIN=2000; EVAL_LR=1e-4
+    FINAL_SEQ=(--max_seq_length 64)  # book sentences (and sentence pairs) fit in 64 tokens
     FURTHER_STEPS=150; FURTHER_LR=1e-4
     FINAL_STEPS=200
   else
@@ -97,7 +98,8 @@ main() {
     # Proxy fine-tuning per arch and task. The per-task learning rates of the original (2e-5 to
     # 3e-5) suit BERT-base over thousands of steps; a tiny sub-model over a few dozen steps needs
     # ~10x more (BertAdam has no bias correction, so its first steps are already larger than lr).
-    EVAL_STEPS=40; EVAL_BATCH=16; EVAL_TRAIN=1000; EVAL_LR=3e-4; EVAL_SEQ=128
+    EVAL_STEPS=40; EVAL_BATCH=16; EVAL_TRAIN=1000; EVAL_LR=3e-4
+    FINAL_SEQ=()                     # the evaluator's per-task defaults
     FURTHER_STEPS=300; FURTHER_LR=1e-3  # (at 2e-4 over 150 steps the held-out loss barely moved)
     FINAL_STEPS=120
   fi
@@ -116,7 +118,7 @@ main() {
     PRETRAIN_STEPS=30; PRETRAIN_BATCH=8
     LAT_ARCHS=40; LAT_PASSES=1
     SPEEDUP=1.5; LAT_WINDOW=(0.5 1.5); GEN_SIZE=3            # a wide window: the grid is tiny
-    EVAL_STEPS=3; EVAL_BATCH=8; EVAL_TRAIN=48; EVAL_SEQ=64
+    EVAL_STEPS=3; EVAL_BATCH=8; EVAL_TRAIN=48
     FURTHER_STEPS=30; HELDOUT_SEQS=128; FINAL_STEPS=9
   elif [[ "$SIZE" != default ]]; then
     echo "error: QUICKSTART_SIZE must be default or smoke, not $SIZE" >&2; exit 2
@@ -242,7 +244,9 @@ main() {
   # 5. Search: candidates in the latency window, a Random first generation, evaluate, and two
   #    Evolved generations (each evaluated: fine-tune the inherited slice on the book tasks).
   if [[ "$START" == grown ]]; then
-    SEARCH_TASKS=(--data_dir "$BOOKS/SST-2 $BOOKS/MNLI $BOOKS/SQuAD" --task_name "sst-2 mnli squad1")
+    # SQuAD-style windows of 96 tokens: a question of up to 32, the rest context.
+    SEARCH_TASKS=(--data_dir "$BOOKS/SST-2 $BOOKS/MNLI $BOOKS/SQuAD" --task_name "sst-2 mnli squad1"
+                  --max_seq_length 96 --max_query_length 32 --doc_stride 32)
   else
     SEARCH_TASKS=(--data_dir "$BOOKS/MNLI $BOOKS/SQuAD" --task_name "mnli squad1")
   fi
@@ -253,7 +257,7 @@ main() {
               --output_dir "$SEARCH" --do_lower_case --super_model "$MODEL_FLAG"
               --cache_dir "$OUT/task_cache" --train_batch_size "$EVAL_BATCH"
               --learning_rate "$EVAL_LR" --max_train_examples "$EVAL_TRAIN"
-              --max_steps "$EVAL_STEPS" --max_seq_length "$EVAL_SEQ" --no_cuda)
+              --max_steps "$EVAL_STEPS" --no_cuda)
   stage candidates "$PY" searcher.py --method Candidate "${SEARCH_FLAGS[@]}"
   stage gen_1 "$PY" searcher.py --method Random "${SEARCH_FLAGS[@]}" --gen_size "$GEN_SIZE" \
       --seed 1 --output_file "$CANDS/gen_1.cands"
@@ -287,7 +291,7 @@ main() {
   FINAL_FLAGS=(--data_dir "$BOOKS/SST-2 $BOOKS/MNLI" --task_name "sst-2 mnli" --do_lower_case
                --cache_dir "$OUT/task_cache" --train_batch_size "$EVAL_BATCH"
                --learning_rate "$EVAL_LR" --max_train_examples "$EVAL_TRAIN"
-               --max_steps "$FINAL_STEPS" --max_seq_length "$EVAL_SEQ" --save_best_model --no_cuda)
+               --max_steps "$FINAL_STEPS" "${FINAL_SEQ[@]}" --save_best_model --no_cuda)
   stage final_eval "$PY" superbert_run_en_classifier.py "${FINAL_FLAGS[@]}" --model "$FURTHER" \
       --output_dir "$OUT/final_eval"
 
@@ -321,7 +325,7 @@ main() {
       --generations "${GENERATIONS[@]}" --supernet "$SUPERNET" --time_pt "$LATENCY/time.pt" \
       --base_arch "$BASE_ARCH" --inherited "$EXTRACTED" --further "$FURTHER" \
       "${MLM_CHECK[@]}" --max_seq_length "$SEQ" --heldout_sequences "$HELDOUT_SEQS" \
-      --final_results "$OUT/final_eval/subbert.results" --final_max_seq_length "$EVAL_SEQ" \
+      --final_results "$OUT/final_eval/subbert.results" ${FINAL_SEQ[1]:+--final_max_seq_length "${FINAL_SEQ[1]}"} \
       --task_data "sst-2=$BOOKS/SST-2" "mnli=$BOOKS/MNLI" "squad1=$BOOKS/SQuAD" \
       --default_arch_file "$CANDS/default.arch" \
       --default_final_results "$OUT/final_eval_default/subbert.results" \

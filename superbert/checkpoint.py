@@ -111,7 +111,12 @@ def latest_valid_checkpoint(run_dir: Path) -> Path | None:
 
 # ---- random state ------------------------------------------------------------------------------
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+    # NumPy's state as plain values and a tensor, so the trainer state loads with
+    # torch.load(weights_only=True) (no unpickling of arbitrary objects from a checkpoint).
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": (str(kind), torch.from_numpy(keys.astype(np.int64)), int(pos),
+                       int(has_gauss), float(cached)),
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -120,7 +125,9 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
+    np.random.set_state((kind, keys.astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -130,3 +137,13 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
     torch.manual_seed(seed)
+
+
+def load_state_file(path: Path, map_location: Any = "cpu") -> Any:
+    """A checkpoint's optimizer or trainer state, loaded with `weights_only=True`: tensors,
+    numbers, strings and containers only, never arbitrary pickled objects. NumPy arrays (the RNG
+    state of checkpoints written before it was stored as a tensor) are allowed too."""
+    core = getattr(np, "_core", None) or np.core  # renamed in NumPy 2
+    allowed = [np.ndarray, np.dtype, core.multiarray._reconstruct, type(np.dtype(np.uint32))]
+    with torch.serialization.safe_globals(allowed):
+        return torch.load(path, map_location=map_location, weights_only=True)

@@ -66,6 +66,7 @@ from tqdm.auto import tqdm
 
 from .arch import SPACE_FLAGS, Arch, Scheme, SearchSpace, arch_of_config, validate_arch
 from .checkpoint import (OPTIMIZER_FILE, TRAINER_STATE, find_checkpoints, latest_valid_checkpoint,
+                         load_state_file,
                          remove_staging, rng_state, set_rng_state, set_seed, verify_checkpoint,
                          write_manifest)
 from .cli import flag
@@ -732,9 +733,9 @@ class Trainer:
         # replace them: put back when --resume_changed_settings accepts a change.
         mine = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         try:
-            opt = torch.load(directory / OPTIMIZER_FILE, map_location=self.device, weights_only=False)
+            opt = load_state_file(directory / OPTIMIZER_FILE, map_location=self.device)
             self.optimizer.load_state_dict(opt)
-            trainer = torch.load(directory / TRAINER_STATE, map_location="cpu", weights_only=False)
+            trainer = load_state_file(directory / TRAINER_STATE)
         except Exception as err:  # verified sizes and hashes, so this is a format mismatch
             raise UserError(f"cannot load the optimizer/trainer state of {directory}: {err}") from None
         self.scheduler.load_state_dict(trainer["scheduler"])
