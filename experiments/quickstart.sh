@@ -120,6 +120,10 @@ main() {
     SPEEDUP=1.5; LAT_WINDOW=(0.5 1.5); GEN_SIZE=3            # a wide window: the grid is tiny
     EVAL_STEPS=3; EVAL_BATCH=8; EVAL_TRAIN=48
     FURTHER_STEPS=30; HELDOUT_SEQS=128; FINAL_STEPS=9
+    if [[ "$START" == grown ]]; then
+      # MiniLM-size models cost ~10x the scratch smoke's per step: fewer steps and archs
+      PRETRAIN_STEPS=10; FURTHER_STEPS=10; LAT_ARCHS=20; GEN_SIZE=2
+    fi
   elif [[ "$SIZE" != default ]]; then
     echo "error: QUICKSTART_SIZE must be default or smoke, not $SIZE" >&2; exit 2
   fi
