@@ -315,7 +315,8 @@ def search_vs_default(s: Setup, predictor: LatencyPredictor) -> tuple[list[str],
         gap = def_ms / win_ms - 1
         margin = max(sp1, sp2)
         ahead = m1 - m2
-        verdict = ("ahead by more than the seed spread" if ahead > margin else
+        verdict = ("one seed: no spread to judge by" if len(s.seeds) < 2 else
+                   "ahead by more than the seed spread" if ahead > margin else
                    "behind by more than the seed spread" if -ahead > margin else
                    "within the seed spread (no difference shown)")
         verdicts.append(f"- {speedup:g}x: searched {ahead:+.2f} points vs default ratios: "
