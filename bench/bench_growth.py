@@ -35,6 +35,7 @@ from superbert.arch import Arch, encoder_flops, write_arch_file
 from superbert.checkpoint import find_checkpoints
 from superbert.data import MaskingCollator, PretrainingDataset
 from superbert.distill import load_teacher
+from superbert.growth import read_permutation, supernet_from_pretrained
 from superbert.hf import load_model, read_vocab
 from superbert.results import read_results
 
@@ -118,8 +119,11 @@ def build_supernet(s: Setup, variant: str, log: Path) -> tuple[Path, float]:
               "--seed", "42", "--no_progress", *SPACE]
     if variant == "d":
         path = s.out / "supernet_d"
-        secs = run([sys.executable, "pre_training.py", "--student_model", teacher, *common,
-                    "--reorder_only", str(path), "--overwrite_output_dir"], log)
+        # No training: only what the reordering reads (the same data, seed and sequence length).
+        secs = run([sys.executable, "pre_training.py", "--student_model", teacher,
+                    "--pregenerated_data", str(s.out / "pretrain_data"), "--max_seq_length",
+                    str(s.seq), "--do_lower_case", "--seed", "42", "--reorder_only", str(path),
+                    "--overwrite_output_dir"], log)
     else:
         cache = s.out / f"train_{variant}"
         if variant == "a":
@@ -174,8 +178,17 @@ def heldout_kd_loss(supernet: Path, data_dir: Path, archs: list[Arch], seq: int,
     from superbert.arch import Scheme
     from superbert.training import Objective, StepCounts
 
-    model = load_model(supernet, scheme="kd").eval()
     teacher = load_teacher(str(minilm_dir()))
+    model = load_model(supernet, scheme="kd").eval()
+    if model.config.fit_size is None:
+        # (d) is a reordered copy of MiniLM without dense_fit: grow one as training would (the
+        # identity), mapping the permuted features back to the teacher's order.
+        model, _ = supernet_from_pretrained(supernet, "kd", fit_size=teacher.hidden_size)
+        perm = read_permutation(supernet)
+        if perm is not None:
+            eye = torch.eye(teacher.hidden_size)
+            model.bert.dense_fit.weight.data.copy_(eye[:, list(perm.hidden)])
+        model.eval()
     vocab = read_vocab(supernet / "vocab.txt")
     ids = {t: i for i, t in enumerate(vocab)}
     dataset = PretrainingDataset(str(data_dir), seq, vocab_file=str(supernet / "vocab.txt"))
