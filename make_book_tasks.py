@@ -5,9 +5,10 @@
 
 Writes, under --output_dir (deterministic for a --seed; whole chapters are held out for dev):
   SST-2/{train,dev}.tsv                           which of two books a sentence is from (task sst-2)
-  MNLI/{train,dev_matched,dev_mismatched}.tsv     does sentence B follow sentence A (task mnli):
-      entailment = the next sentence, neutral = same chapter >= 3 sentences away,
-      contradiction = another book; dev_mismatched comes from --mismatched_book only
+  MNLI/{train,dev_matched,dev_mismatched}.tsv     does sentence A entail clause B (task mnli):
+      entailment = B is a clause of A, contradiction = that clause with its auxiliary verb
+      negated or un-negated ("was" <-> "was not"), neutral = a clause of another sentence of
+      A's chapter; dev_mismatched comes from --mismatched_book only
   SQuAD/{train,dev}-v1.1.json                     cloze answer spans in a paragraph (task squad1)
   corpus/train.txt, corpus/heldout.txt           the training / held-out chapters, corpus format
   book_tasks.json                                 the seed, sizes, chapter split and book md5s

@@ -294,7 +294,7 @@ main() {
   FURTHER="$(newest_checkpoint "$FURTHER_CACHE")"
 
   # 7. The further-trained model fine-tuned on the book tasks at its full arch (proxy settings):
-  #    which book a sentence is from (SST-2 format) and does B follow A (MNLI format). The best
+  #    which book a sentence is from (SST-2 format) and does A entail clause B (MNLI format). The best
   #    fine-tuned models are kept so the summary can check what they predict.
   FINAL_FLAGS=(--data_dir "$BOOKS/SST-2 $BOOKS/MNLI" --task_name "sst-2 mnli" --do_lower_case
                --cache_dir "$OUT/task_cache" --train_batch_size "$EVAL_BATCH"

@@ -20,6 +20,7 @@ evaluated too, so a short proxy run always has a score. Seeds reset everything a
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import json
@@ -141,6 +142,41 @@ def resolve_task_config(task: str, data_dir: str, explicit: dict[str, Any],
     return TaskConfig(task=task, data_dir=data_dir, **values, **common)
 
 
+PER_TASK_HELP = "; one value, or one per --task_name (e.g. '64 64 128')"
+
+
+def per_task(kind: type) -> Callable[[str], tuple]:
+    """argparse type of a table flag: space-separated values of `kind` (one, or one per task)."""
+    def parse(text: str | int | float | tuple) -> tuple:
+        if isinstance(text, tuple):
+            return text
+        items = str(text).split()
+        try:
+            values = tuple(kind(v) for v in items)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected space-separated {kind.__name__} values, "
+                                             f"got {text!r}") from None
+        if not values:
+            raise argparse.ArgumentTypeError("expected at least one value")
+        return values
+    parse.__name__ = f"{kind.__name__} list"
+    return parse
+
+
+def _one_per_task(name: str, values: tuple | int | float | None, n_tasks: int) -> list:
+    """`values` of flag `name` spread to one per task (None: not given, the table decides)."""
+    if values is None:
+        return [None] * n_tasks
+    if not isinstance(values, tuple):
+        values = (values,)
+    if len(values) == 1:
+        return list(values) * n_tasks
+    if len(values) != n_tasks:
+        raise UserError(f"--{name} lists {len(values)} values for {n_tasks} tasks; give one "
+                        f"value, or one per --task_name")
+    return list(values)
+
+
 def _split(value: str, name: str) -> list[str]:
     items = value.split()
     if not items:
@@ -190,13 +226,18 @@ class RunConfig:
                                         "saved in its config.json (a contradiction is an error)")
     seed: str = flag("42", help="space-separated seeds; everything runs per seed")
     do_lower_case: bool = flag(False)
-    # Per-task defaults apply to these unless given (None = not given).
-    max_seq_length: int | None = flag(None, type=int, help="default: per task (128)")
-    train_batch_size: int | None = flag(None, type=int, help="default: per task (32)")
-    learning_rate: float | None = flag(None, type=float, help="default: per task (5e-5)")
-    num_train_epochs: float | None = flag(None, type=float, help="default: per task (3)")
-    eval_step: int | None = flag(None, type=int,
-                                 help="evaluate every N optimizer steps; default: per task")
+    # Per-task defaults apply to these unless given (None = not given); one value for every
+    # task, or one per --task_name (a classifier and SQuAD rarely want the same length).
+    max_seq_length: tuple[int, ...] | None = flag(None, type=per_task(int), help="default: per "
+                                                  "task (128)" + PER_TASK_HELP)
+    train_batch_size: tuple[int, ...] | None = flag(None, type=per_task(int), help="default: "
+                                                    "per task (32)" + PER_TASK_HELP)
+    learning_rate: tuple[float, ...] | None = flag(None, type=per_task(float), help="default: "
+                                                   "per task (5e-5)" + PER_TASK_HELP)
+    num_train_epochs: tuple[float, ...] | None = flag(None, type=per_task(float), help="default: "
+                                                      "per task (3)" + PER_TASK_HELP)
+    eval_step: tuple[int, ...] | None = flag(None, type=per_task(int), help="evaluate every N "
+                                             "optimizer steps; default: per task" + PER_TASK_HELP)
     eval_batch_size: int = flag(32, type=int)
     weight_decay: float = flag(0.01, "--weight_decay", "--wd", type=float,
                                help="BertAdam weight decay (not on biases / LayerNorm); "
@@ -263,10 +304,10 @@ class RunConfig:
             seeds = tuple(int(s) for s in _split(self.seed, "seed"))
         except ValueError:
             raise UserError(f"--seed must be space-separated integers, got {self.seed!r}") from None
-        explicit = {k: getattr(self, k) for k in TABLE_KEYS}
+        explicit = {k: _one_per_task(k, getattr(self, k), len(tasks)) for k in TABLE_KEYS}
         common = {k: getattr(self, k) for k in COMMON_KEYS}
-        task_cfgs = tuple(resolve_task_config(t, d, explicit, common)
-                          for t, d in zip(tasks, dirs))
+        task_cfgs = tuple(resolve_task_config(t, d, {k: v[i] for k, v in explicit.items()}, common)
+                          for i, (t, d) in enumerate(zip(tasks, dirs)))
         object.__setattr__(self, "tasks", task_cfgs)
         object.__setattr__(self, "seeds", seeds)
         object.__setattr__(self, "scheme",

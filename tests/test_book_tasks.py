@@ -65,12 +65,24 @@ def test_mnli_layout_and_mismatched_genre(tasks):
     genres = {r[3] for r in train[1:]} | {r[3] for r in _tsv(out / "MNLI" / "dev_matched.tsv")[1:]}
     assert mm_book not in genres
     assert {r[3] for r in _tsv(out / "MNLI" / "dev_mismatched.tsv")[1:]} == {mm_book}
-    # entailment pairs really are consecutive lines of the held-out corpus
-    corpus = (out / "corpus" / "heldout.txt").read_text().split("\n")
-    nxt = {a: b for a, b in zip(corpus, corpus[1:])}
+    # premises are held-out sentences; B is a clause of A (entailment), that clause with one
+    # "not" added or removed (contradiction), or a clause of another sentence (neutral)
+    corpus = set((out / "corpus" / "heldout.txt").read_text().split("\n"))
+    words = lambda text: text.replace(" not ", " ").split()  # noqa: E731
     for r in _tsv(out / "MNLI" / "dev_matched.tsv")[1:]:
-        if r[-1] == "entailment":
-            assert nxt[r[8]] == r[9]
+        a, b, label = r[8], r[9], r[-1]
+        assert a in corpus
+        if label == "entailment":
+            assert b in a
+        elif label == "contradiction":
+            assert b not in a and " ".join(words(f" {b} ")) in " ".join(words(f" {a} "))
+        else:
+            assert b not in a
+    # "not" in B alone says nothing: in every label about half the hypotheses hold one
+    rows = train[1:]
+    for label in MNLI_LABELS:
+        with_not = sum(" not " in f" {r[9]} " for r in rows if r[-1] == label)
+        assert 5 <= with_not <= 15, (label, with_not)
 
 
 def test_squad_layout_and_spans(tasks):
@@ -96,8 +108,13 @@ def test_dev_never_leaks_into_train(tasks):
     heldout = set((out / "corpus" / "heldout.txt").read_text().splitlines()) - {""}
     train = set((out / "corpus" / "train.txt").read_text().splitlines()) - {""}
     dev_sents = {r[0] for r in _tsv(out / "SST-2" / "dev.tsv")[1:]}
-    dev_sents |= {s for r in _tsv(out / "MNLI" / "dev_matched.tsv")[1:] for s in r[8:10]}
+    mnli_dev = _tsv(out / "MNLI" / "dev_matched.tsv")[1:]
+    dev_sents |= {r[8] for r in mnli_dev}
     assert dev_sents <= heldout
+    # hypotheses are clauses of held-out sentences ("not" added or removed)
+    flat = lambda text: f" {text} ".replace(" not ", " ")  # noqa: E731
+    heldout_text = flat(" ".join(heldout))
+    assert all(flat(r[9]).strip() in heldout_text for r in mnli_dev)
     train_sents = {r[0] for r in _tsv(out / "SST-2" / "train.tsv")[1:]}
     assert train_sents <= train
     # corpus files are whole chapters, blank-line separated

@@ -172,6 +172,14 @@ def test_explicit_flags_override_task_defaults():
     assert [t.train_batch_size for t in cfg.tasks] == [8, 8]
     assert cfg.tasks[1].task == "squad2" and cfg.seeds == (1, 2)
     assert cfg.tasks[0].num_train_epochs == 4  # not given: still the table's
+    # one value per task: a classifier and SQuAD at their own lengths and rates
+    cfg = parse_config([*base, "--data_dir", "a b c", "--task_name", "sst-2 mnli squad",
+                        "--max_seq_length", "64 64 96", "--learning_rate", "1e-4 5e-5 1e-4"])
+    assert [t.max_seq_length for t in cfg.tasks] == [64, 64, 96]
+    assert [t.learning_rate for t in cfg.tasks] == [1e-4, 5e-5, 1e-4]
+    with pytest.raises(UserError, match="--max_seq_length lists 2 values for 3 tasks"):
+        parse_config([*base, "--data_dir", "a b c", "--task_name", "sst-2 mnli squad",
+                      "--max_seq_length", "64 96"])
 
 
 def test_run_config_checks_once_whoever_builds_it():

@@ -6,11 +6,16 @@ evaluator under a real task name:
 
 - ``SST-2/`` (task ``sst-2``): which of two books a sentence comes from. ``train.tsv`` /
   ``dev.tsv`` with the header ``sentence<TAB>label``, labels ``0`` / ``1``.
-- ``MNLI/`` (task ``mnli``): does sentence B follow sentence A? The real MNLI columns
+- ``MNLI/`` (task ``mnli``): does sentence A entail clause B? The real MNLI columns
   (12 in ``train.tsv``, 16 in ``dev_matched.tsv`` / ``dev_mismatched.tsv``); the label is in
-  the last column, ``gold_label``. Mapping (3-way, MNLI's own labels):
-  ``entailment`` = B is the very next sentence after A; ``neutral`` = B is from the same chapter,
-  at least ``NEUTRAL_MIN_GAP`` sentences away; ``contradiction`` = B is from another book.
+  the last column, ``gold_label``. B is built from a clause holding an auxiliary verb
+  (3-way, MNLI's own labels): ``entailment`` = a clause of A as it stands; ``contradiction`` =
+  that clause with its auxiliary negated or un-negated ("was" <-> "was not"); ``neutral`` = such
+  a clause of another sentence of A's chapter, at least ``NEUTRAL_MIN_GAP`` sentences away.
+  Half the premises of every label are negated, so the label is read only by comparing B
+  with A. (An earlier version asked whether B is the sentence after A: the full pretrained
+  MiniLM stayed at chance on it after 200 fine-tuning steps; on this one it reaches 65-67%
+  dev accuracy in 60 steps.)
   The parse columns hold a flat bracketing of the whitespace tokens (no real parser; every
   reader uses only sentence1 / sentence2 / gold_label). ``genre`` is the book of sentence A;
   ``dev_mismatched.tsv`` is drawn from a book kept out of ``train.tsv`` and ``dev_matched.tsv``,
@@ -198,7 +203,7 @@ def write_sst2(path: Path, examples: Iterable[tuple[str, int]]) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-# --- task 2: does B follow A (MNLI layout) -----------------------------------------------------
+# --- task 2: does A entail B (MNLI layout) ----------------------------------------------------
 
 @dataclass(frozen=True)
 class PairExample:
@@ -208,40 +213,85 @@ class PairExample:
     label: str
 
 
-def next_sentence_examples(chapters: dict[str, list[Chapter]], others: dict[str, list[Chapter]],
-                           n: int, rng: random.Random) -> list[PairExample]:
-    """``n`` balanced pairs from ``chapters``; contradictions draw B from ``others``' other books."""
-    anchors = [(c, i) for book in sorted(chapters) for c in chapters[book]
-               for i in range(len(c.sentences) - 1)
-               if _usable(c.sentences[i]) and _usable(c.sentences[i + 1])]
+# An auxiliary verb, optionally negated: the one place a clause is negated or un-negated.
+_AUX = re.compile(r"\b(am|is|are|was|were|had|has|have|could|would|should|will|can|must|did|"
+                  r"does|do|might|may|shall)( not)?\b")
+# Other negations would make a toggled clause ambiguous ("was not never"): such clauses are skipped.
+_OTHER_NEGATION = re.compile(r"n't\b|\b(never|cannot|nor|no|not)\b")
+_CLAUSE_BREAK = re.compile(r"\s*(?:[,;:!?]|--|\.(?=\s))\s*")
+
+
+@dataclass(frozen=True)
+class Clause:
+    """A clause of a sentence, its first auxiliary verb (possibly negated) toggled, and which."""
+    text: str
+    toggled: str
+    negated: bool
+
+
+def _clause(sentence: str) -> Clause | None:
+    """The longest usable clause of ``sentence`` holding an auxiliary and no other negation."""
+    best = None
+    for part in _CLAUSE_BREAK.split(sentence):
+        part = part.strip().strip('"\'').strip()
+        words = part.split()
+        if not MIN_WORDS <= len(words) <= MAX_WORDS:
+            continue
+        m = _AUX.search(part)  # the first auxiliary is the one toggled
+        if m is None:
+            continue
+        rest = part[:m.start()] + part[m.end():]
+        if _OTHER_NEGATION.search(rest):
+            continue
+        negated = m.group(2) is not None
+        toggled = part[:m.end(1)] + ("" if negated else " not") + part[m.end():]
+        if best is None or len(words) > len(best.text.split()):
+            best = Clause(part, toggled, negated)
+    return best
+
+
+def entailment_examples(chapters: dict[str, list[Chapter]], n: int,
+                        rng: random.Random) -> list[PairExample]:
+    """``n`` balanced (premise, hypothesis) pairs from ``chapters``.
+
+    The premise A is a sentence; the hypothesis B is built from one of its clauses that holds
+    an auxiliary verb: ``entailment`` = the clause as it stands (A says it), ``contradiction`` =
+    the clause with its auxiliary negated or un-negated ("was" <-> "was not"), ``neutral`` = such
+    a clause of another sentence of the same chapter (or book), toggled or not at random. In
+    every label half the premises are negated, so "not" in B says nothing by itself: the
+    label is read only by comparing B with A.
+    """
+    by_kind: dict[bool, list[tuple[Chapter, int, Clause]]] = {False: [], True: []}
+    for book in sorted(chapters):
+        for c in chapters[book]:
+            for i, s in enumerate(c.sentences):
+                if _usable(s) and (cl := _clause(s)) is not None:
+                    by_kind[cl.negated].append((c, i, cl))
     counts = [n // 3 + (1 if k < n % 3 else 0) for k in range(3)]
-    _need(anchors, sum(counts), "consecutive sentence pairs")
-    picked = rng.sample(anchors, sum(counts))
-    foreign = {book: sorted({s for b, cs in others.items() if b != book
-                             for c in cs for s in c.sentences if _usable(s)})
-               for book in chapters}
+    for kind, pool in by_kind.items():  # each label draws its premises on its own
+        _need(pool, (max(counts) + (0 if kind else 1)) // 2,
+              f"{'negated' if kind else 'affirmative'} clauses")
+    same_book: dict[str, list[tuple[Chapter, int, Clause]]] = {}
+    for entry in by_kind[False] + by_kind[True]:
+        same_book.setdefault(entry[0].book, []).append(entry)
     examples = []
-    for k, (c, i) in enumerate(picked):
-        a = c.sentences[i]
-        if k < counts[0]:
-            examples.append(PairExample(c.book, a, c.sentences[i + 1], "entailment"))
-            continue
-        if k < counts[0] + counts[1]:
-            far = [j for j in range(len(c.sentences))
-                   if abs(j - i) >= NEUTRAL_MIN_GAP and _usable(c.sentences[j])]
-            if far:
-                examples.append(PairExample(c.book, a, c.sentences[rng.choice(far)], "neutral"))
-                continue
-            # A chapter too short for a distant sentence: fall back to another chapter of the
-            # same book, which is just as "same story, not next".
-            same = [s for o in chapters[c.book] if o is not c for s in o.sentences if _usable(s)]
-            if not same:
-                raise UserError(f"{c.book}: too few chapters for a 'neutral' pair")
-            examples.append(PairExample(c.book, a, rng.choice(same), "neutral"))
-            continue
-        if not foreign[c.book]:
-            raise UserError("a 'contradiction' pair needs sentences from a second book")
-        examples.append(PairExample(c.book, a, rng.choice(foreign[c.book]), "contradiction"))
+    for label, count in zip(MNLI_LABELS, counts):
+        premises = rng.sample(by_kind[True], count // 2) + rng.sample(by_kind[False], count - count // 2)
+        for c, i, cl in premises:
+            a = c.sentences[i]
+            if label == "entailment":
+                b = cl.text
+            elif label == "contradiction":
+                b = cl.toggled
+            else:
+                others = [e for e in same_book[c.book] if e[0] is c and abs(e[1] - i) >= NEUTRAL_MIN_GAP]
+                if not others:  # a short chapter: any other sentence of the same book
+                    others = [e for e in same_book[c.book] if e[0] is not c or e[1] != i]
+                if not others:
+                    raise UserError(f"{c.book}: too few clauses for a 'neutral' pair")
+                other = rng.choice(others)[2]
+                b = other.toggled if rng.random() < 0.5 else other.text
+            examples.append(PairExample(c.book, a, b, label))
     rng.shuffle(examples)
     return examples
 
@@ -401,12 +451,9 @@ def make_book_tasks(cfg: BookTasksConfig, output_dir: str | Path) -> dict:
     sst_train = book_id_examples(split.train, cfg.sst2_books, n_tr, rng("sst2-train"))
     sst_dev = book_id_examples(split.dev, cfg.sst2_books, n_dev, rng("sst2-dev"))
     # The mismatched book stays out of train and dev_matched entirely, as MNLI's unseen genres.
-    mnli_train = next_sentence_examples(only(split.train, matched), only(split.train, matched),
-                                        n_tr, rng("mnli-train"))
-    mnli_dev = next_sentence_examples(only(split.dev, matched), only(split.dev, matched), n_dev,
-                                      rng("mnli-dev"))
-    mnli_mm = next_sentence_examples(only(split.dev, [cfg.mismatched_book]), split.dev, n_dev,
-                                     rng("mnli-dev-mm"))
+    mnli_train = entailment_examples(only(split.train, matched), n_tr, rng("mnli-train"))
+    mnli_dev = entailment_examples(only(split.dev, matched), n_dev, rng("mnli-dev"))
+    mnli_mm = entailment_examples(only(split.dev, [cfg.mismatched_book]), n_dev, rng("mnli-dev-mm"))
     squad_train = cloze_articles(split.train, n_tr, rng("squad-train"), cfg.context_sentences, "train")
     squad_dev = cloze_articles(split.dev, n_dev, rng("squad-dev"), cfg.context_sentences, "dev")
 
@@ -417,9 +464,11 @@ def make_book_tasks(cfg: BookTasksConfig, output_dir: str | Path) -> dict:
         "train_examples": n_tr, "dev_examples": n_dev,
         "sst2_books": list(cfg.sst2_books), "mismatched_book": cfg.mismatched_book,
         "context_sentences": cfg.context_sentences,
-        "mnli_labels": {"entailment": "B is the next sentence after A",
-                        "neutral": f"B is from A's chapter, >= {NEUTRAL_MIN_GAP} sentences away",
-                        "contradiction": "B is from another book"},
+        "mnli_labels": {"entailment": "B is a clause of A",
+                        "contradiction": "B is a clause of A with its auxiliary verb negated or "
+                                         "un-negated",
+                        "neutral": f"B is a clause of a sentence of A's chapter >= "
+                                   f"{NEUTRAL_MIN_GAP} sentences away (or of A's book)"},
         "books": {b: {"file": files[b].name, "md5": _md5(files[b]),
                       "train_chapters": [c.number for c in split.train[b]],
                       "dev_chapters": [c.number for c in split.dev[b]]} for b in books},
