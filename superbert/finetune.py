@@ -45,7 +45,7 @@ from .errors import UserError
 from .hf import file_md5, load_config, load_model, load_tokenizer, resolve_model_dir, save_model
 from .io import atomic_path, atomic_write_text, file_digest
 from .jobs import (Job, Shard, locked_append, make_jobs, parse_shard, resolve_shard,
-                   shared_lock)
+                   share_of_jobs, shared_lock)
 from .modeling import (AutoTinyBertForQuestionAnswering, AutoTinyBertForSequenceClassification,
                        AutoTinyBertPreTrainedModel, extract_submodel)
 from .optim import BertAdam, make_optimizer, warmup_linear
@@ -268,9 +268,10 @@ class RunConfig:
                                  "seed to <output_dir>/<task>_seed<seed>[_<arch>]")
     # Many processes (torchrun ranks, SLURM array tasks, or --shard by hand) share the jobs.
     shard: str = flag("", group="cluster",
-                      help="I/N: run only share I of N (0-based) of the (arch, task, seed) jobs; "
-                           "job k belongs to share k mod N. Default: torchrun's RANK/WORLD_SIZE, "
-                           "else a SLURM array's task id/count, else every job")
+                      help="I/N: run only share I of N (0-based) of the (arch, task, seed) jobs, "
+                           "dealt task by task, costliest arch first, to the share with the "
+                           "least work (the same deal in every process). Default: torchrun's "
+                           "RANK/WORLD_SIZE, else a SLURM array's task id/count, else every job")
     overwrite_results: bool = flag(False, group="cluster",
                                    help="re-evaluate jobs that already have a block in "
                                         "<output_dir>/subbert.results (by default they are "
@@ -1021,7 +1022,7 @@ def pending_jobs(cfg: RunConfig, jobs: list[Job], shard: Shard, results: Path,
     The share is taken from the whole job list, before looking at the file: it depends only on
     a job's index, so processes that read the file at different moments still split the same
     way."""
-    mine = shard.take(jobs)
+    mine = share_of_jobs(shard, jobs)
     if cfg.overwrite_results:
         if results.exists():
             if shard.count > 1:
@@ -1058,7 +1059,7 @@ def run(cfg: RunConfig) -> list[TaskResult]:
     jobs = make_jobs(archs, [t.task for t in cfg.tasks], cfg.seeds)
     results_file = out_dir / RESULTS_FILE
     todo, skipped = pending_jobs(cfg, jobs, shard, results_file, config)
-    where = "" if shard.count == 1 else f"; share {shard}: {len(shard.take(jobs))} of them"
+    where = "" if shard.count == 1 else f"; share {shard}: {len(share_of_jobs(shard, jobs))} of them"
     logger.info("evaluating %d jobs (%d arch(s) x %d task(s) x %d seed(s))%s on %s "
                 "(%s scheme)", len(jobs), len(archs), len(cfg.tasks), len(cfg.seeds), where,
                 device, config.attention_scheme.upper())

@@ -1,8 +1,12 @@
 """Candidate evaluation as a list of jobs that many processes share without talking to each other.
 
 A job is one (arch, task, seed) fine-tuning. Every process builds the same job list from the
-same command line, in the same order, and takes the jobs whose index falls in its share:
-job i belongs to share i mod N. The share comes from, in order:
+same command line and takes its share (`share_of_jobs`): each task's jobs are dealt on their
+own, the costliest arch first (encoder FLOPs), each to the share with the least of that task's
+work so far (fewest jobs in all on a tie), so every share holds an equal part (+-1 job) of
+every task and about as much compute. Dealt in the evaluator's seed-arch-task order instead (job
+i to share i mod N), a 2-task list would give one task to each of 2 shares. The share comes
+from, in order:
 
 - `--shard I/N` on the command line (0 <= I < N);
 - torchrun's RANK / WORLD_SIZE (one share per rank, on device LOCAL_RANK);
@@ -55,6 +59,7 @@ class Shard:
                             f"0 <= I < N (N >= 1)")
 
     def take(self, items: Sequence[T]) -> list[T]:
+        """Item i belongs to share i mod N (jobs are dealt by `share_of_jobs`)."""
         return [x for i, x in enumerate(items) if i % self.count == self.index]
 
     def __str__(self) -> str:
@@ -99,6 +104,24 @@ def resolve_shard(flag: str | None, env: Mapping[str, str] | None = None) -> Sha
         step = _env_int(env, "SLURM_ARRAY_TASK_STEP") or 1
         return Shard((task_id - lo) // step, count, "SLURM array")
     return Shard()
+
+
+def share_of_jobs(shard: Shard, jobs: Sequence[Job]) -> list[Job]:
+    """`shard`'s jobs, dealt task by task by cost (see the module docstring), in the
+    evaluator's order. A pure function of the job list: every process computes the same deal."""
+    owner: dict[int, int] = {}
+    count = [0] * shard.count
+    tasks = list(dict.fromkeys(job.task for job in jobs))
+    for task in tasks:
+        mine = [i for i, job in enumerate(jobs) if job.task == task]
+        mine.sort(key=lambda i: -jobs[i].arch.flops())  # stable: ties keep the job order
+        load = [0] * shard.count
+        for i in mine:
+            s = min(range(shard.count), key=lambda k: (load[k], count[k], k))
+            owner[i] = s
+            load[s] += jobs[i].arch.flops()
+            count[s] += 1
+    return [job for i, job in enumerate(jobs) if owner[i] == shard.index]
 
 
 def make_jobs(archs: Iterable[Arch], tasks: Iterable[str], seeds: Iterable[int]) -> list[Job]:

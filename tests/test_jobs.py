@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 from superbert.arch import Arch
 from superbert.errors import UserError
 from superbert.jobs import (Shard, locked_append, make_jobs, parse_shard, resolve_shard,
-                           shared_lock)
+                           share_of_jobs, shared_lock)
 from superbert.results import TaskResult, format_results_block, read_results
 
 
@@ -32,6 +32,26 @@ def test_shares_partition_the_jobs(n, count):
     items = list(range(n))
     shares = [Shard(i, count).take(items) for i in range(count)]
     assert sorted(x for s in shares for x in s) == items
+
+
+@given(archs=st.integers(1, 9), tasks=st.integers(1, 4), seeds=st.integers(1, 3),
+       count=st.integers(1, 6))
+@settings(max_examples=60, deadline=None)
+def test_job_shares_partition_and_balance_every_task(archs, tasks, seeds, count):
+    """Each share holds about 1/N of every task's jobs and compute (a 2-task list dealt in
+    arch-task order would hand one task to each of 2 shares), in the evaluator's order."""
+    arch_list = [Arch(1 + a % 3, 32 * (a + 1), 1, 32, 64) for a in range(archs)]
+    jobs = make_jobs(arch_list, [f"task{t}" for t in range(tasks)], range(seeds))
+    shares = [share_of_jobs(Shard(i, count), jobs) for i in range(count)]
+    min_flops = [min(sum(j.arch.flops() for j in s if j.task == f"task{t}") for s in shares)
+                 for t in range(tasks)]
+    assert sorted(j for s in shares for j in s) == sorted(jobs)
+    for share in shares:
+        assert share == [j for j in jobs if j in share]  # evaluator's order kept
+        for t in range(tasks):
+            flops = sum(j.arch.flops() for j in share if j.task == f"task{t}")
+            # greedy costliest-first: no share ends more than one job's work above the lightest
+            assert flops <= min_flops[t] + max(a.flops() for a in arch_list)
 
 
 def test_environment_resolution_order():
