@@ -55,6 +55,9 @@ from superbert.search.candidates import ORIGINAL_STEPS
 ROOT = Path(__file__).resolve().parents[1]
 # The quickstart's search tasks (fitness = their mean) and their directories in --books.
 TASK_DIRS = {"sst-2": "SST-2", "mnli": "MNLI", "squad1": "SQuAD"}
+# The quickstart's proxy fine-tuning per task (experiments/quickstart.sh, grown supernet).
+FT_LR = {"sst-2": 1e-4, "mnli": 5e-5, "squad1": 1e-4}
+EVAL_SEQ = {"sst-2": 64, "mnli": 64, "squad1": 96}
 LATENCY_MATCH = 0.05                # the default-ratio arch's measured latency within 5%
 TAU_TARGET = 0.6
 # The cost model of the estimate: a training step of batch B at sequence length T costs about
@@ -82,8 +85,8 @@ class Setup:
     further_lr: float
     further_batch: int
     ft_steps: int
-    ft_lr: float
-    eval_seq: int
+    ft_lr: dict[str, float]   # per task
+    eval_seq: dict[str, int]  # per task
     tasks: list[str]
     ft_batch: int
     ft_train: int
@@ -123,9 +126,12 @@ def evaluate(s: Setup, model: Path, out: Path, seeds: list[int],
     cmd = [sys.executable, "superbert_run_en_classifier.py", "--model", str(model),
            "--data_dir", " ".join(str(s.books / TASK_DIRS[t]) for t in s.tasks),
            "--task_name", " ".join(s.tasks), "--output_dir", str(out), "--do_lower_case",
-           "--max_seq_length", str(s.eval_seq),
+           "--max_seq_length", " ".join(str(s.eval_seq[t]) for t in s.tasks),
+           "--max_query_length", "32", "--doc_stride", "32",
            "--seed", " ".join(map(str, seeds)), "--max_steps", str(s.ft_steps),
-           "--learning_rate", str(s.ft_lr), "--train_batch_size", str(s.ft_batch),
+           "--eval_step", str(s.ft_steps),
+           "--learning_rate", " ".join(str(s.ft_lr[t]) for t in s.tasks),
+           "--train_batch_size", str(s.ft_batch),
            "--max_train_examples", str(s.ft_train), "--cache_dir", str(s.out / "task_cache"),
            "--no_cuda", "--no_progress"]
     if archs_file is not None:
@@ -340,8 +346,9 @@ def estimate_seconds(s: Setup, predictor: LatencyPredictor) -> float:
     dev = sum(task_levels(t, s.books / TASK_DIRS[t]).dev_examples or 0 for t in s.tasks)
 
     def ft(ms: float, runs: int) -> float:  # `runs` fine-tunings of every task, dev pass at end
-        step = TRAIN_FACTOR * s.ft_batch * s.eval_seq / 128 * ms / 1000
-        dev_pass = dev * s.eval_seq / 128 * ms / 1000
+        seq = statistics.mean(s.eval_seq[t] for t in s.tasks)
+        step = TRAIN_FACTOR * s.ft_batch * seq / 128 * ms / 1000
+        dev_pass = dev * seq / 128 * ms / 1000
         return runs * (len(s.tasks) * s.ft_steps * step + dev_pass)
 
     def further(ms: float) -> float:
@@ -438,11 +445,15 @@ def main() -> None:
                         "--budget_min; quick 20)")
     p.add_argument("--further_lr", type=float, default=1e-4)
     p.add_argument("--ft_steps", type=int, default=None,
-                   help="fine-tuning steps per task (default: 60, fewer to fit --budget_min; "
+                   help="fine-tuning steps per task (default: 40, fewer to fit --budget_min; "
                         "quick 10)")
-    p.add_argument("--ft_lr", type=float, default=1e-4,
-                   help="fine-tuning lr (the quickstart's for a grown supernet; 3e-4 from scratch)")
-    p.add_argument("--eval_seq", type=int, default=128, help="fine-tuning --max_seq_length")
+    p.add_argument("--ft_lr", type=float, default=None,
+                   help="fine-tuning lr of every task (default: the quickstart's per task for a "
+                        "grown supernet, %s; 3e-4 suits one from scratch)" % (
+                            ", ".join(f"{t} {v:g}" for t, v in FT_LR.items())))
+    p.add_argument("--eval_seq", type=int, default=None,
+                   help="fine-tuning --max_seq_length of every task (default: the quickstart's, "
+                        "%s)" % ", ".join(f"{t} {v}" for t, v in EVAL_SEQ.items()))
     p.add_argument("--tasks", nargs="+", default=list(TASK_DIRS), choices=list(TASK_DIRS),
                    help="the search's tasks (fitness = their mean)")
     p.add_argument("--budget_min", type=float, default=40.0,
@@ -484,8 +495,10 @@ def main() -> None:
               n_archs=args.archs or (4 if q else 8),
               further_steps=args.further_steps or (20 if q else 150),
               further_lr=args.further_lr, further_batch=16,
-              ft_steps=args.ft_steps or (10 if q else 60), ft_lr=args.ft_lr,
-              eval_seq=args.eval_seq, tasks=list(args.tasks),
+              ft_steps=args.ft_steps or (10 if q else 40),
+              ft_lr={t: args.ft_lr or FT_LR[t] for t in args.tasks},
+              eval_seq={t: args.eval_seq or EVAL_SEQ[t] for t in args.tasks},
+              tasks=list(args.tasks),
               ft_batch=16, ft_train=1000, seeds=[1] if q else [1, 2, 3],
               speedups=list(args.speedups), gen_size=2 if q else 4, evolved_gens=1)
     if not q and s.n_archs < 8:
@@ -510,7 +523,8 @@ def main() -> None:
     head = [f"# Fidelity benchmark ({'quick' if q else 'full'}; {time.perf_counter() - t0:.0f} s)",
             "", f"Supernet `{s.supernet}` ({scheme.name}); further training {s.further_steps} "
             f"steps x batch {s.further_batch}, lr {s.further_lr}; fine-tuning {s.ft_steps} steps "
-            f"per task at lr {s.ft_lr}, batch {s.ft_batch}, {s.ft_train} training examples; "
+            f"per task at lr {s.ft_lr} and length {s.eval_seq}, batch {s.ft_batch}, "
+            f"{s.ft_train} training examples; "
             f"tasks {', '.join(s.tasks)}.", ""]
     text = "\n".join(head + fid_lines + [""] + cmp_lines) + "\n"
     (s.out / "bench_fidelity.md").write_text(text)

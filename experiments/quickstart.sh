@@ -50,6 +50,12 @@ main() {
     OUT="${QUICKSTART_DIR:-experiments/scratch}"
   fi
   PY="${PYTHON:-python}"
+  # Evaluator processes (one thread each): one per core, at most 8.
+  EVAL_PROCS="${QUICKSTART_EVAL_PROCS:-$(nproc 2>/dev/null || echo 1)}"
+  if ! [[ "$EVAL_PROCS" =~ ^[0-9]+$ ]] || ((EVAL_PROCS < 1)); then
+    echo "error: QUICKSTART_EVAL_PROCS must be a positive integer, not $EVAL_PROCS" >&2; exit 2
+  fi
+  ((EVAL_PROCS > 8)) && EVAL_PROCS=8
   export TOKENIZERS_PARALLELISM=false
 
   # arch_repr LAYERS HIDDEN HEADS QKV FFN: the original's arch dict line.
@@ -91,8 +97,9 @@ main() {
     # on the MNLI-style task; at 5e-5 it reaches 65-67% in 60 steps).
     EVAL_STEPS=40; EVAL_BATCH=16; EVAL_TRAIN=2000; EVAL_LR="1e-4 5e-5 1e-4"; FINAL_LR="1e-4 5e-5"
     FINAL_SEQ=(--max_seq_length 64)  # book sentences (and sentence pairs) fit in 64 tokens
-    FURTHER_STEPS=150; FURTHER_LR=1e-4
-    FINAL_STEPS=200
+    FURTHER_STEPS=100; FURTHER_LR=1e-4
+    FINAL_STEPS=150
+    BOOK_FLAGS=(--context_sentences 3)  # SQuAD-style contexts of ~70 tokens: 1-2 windows of 96
   else
     # The supernet: 4 layers, hidden 128, FFN 512; MLM: 4 heads of 32 (qkv 32..128 by head
     # count); KD: the teacher's 12 heads, qkv 192 (16 per head) sliced per head.
@@ -110,6 +117,7 @@ main() {
     FINAL_SEQ=()                     # the evaluator's per-task defaults
     FURTHER_STEPS=300; FURTHER_LR=1e-3  # (at 2e-4 over 150 steps the held-out loss barely moved)
     FINAL_STEPS=120
+    BOOK_FLAGS=()
   fi
   if [[ "$SIZE" == smoke ]]; then
     if [[ "$START" == grown ]]; then
@@ -178,6 +186,27 @@ main() {
     touch "$STAMPS/$name"
   }
 
+  # evaluate FLAGS...: the evaluator as EVAL_PROCS processes of one thread each, every one
+  # taking its share of the (arch, task) jobs (--shard I/N) and appending to the same results
+  # (on 2 cores: 1.8x the throughput of one process; bench/bench_eval_shards.py). Ctrl-C stops
+  # them all; re-running the stage runs only the jobs without results.
+  evaluate() {
+    if ((EVAL_PROCS <= 1)); then
+      "$PY" superbert_run_en_classifier.py "$@"
+      return
+    fi
+    local pids=() i rc=0
+    trap 'kill -TERM "${pids[@]}" 2>/dev/null; exit 130' INT TERM
+    for ((i = 0; i < EVAL_PROCS; i++)); do
+      OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$PY" superbert_run_en_classifier.py "$@" \
+          --shard "$i/$EVAL_PROCS" &
+      pids+=("$!")
+    done
+    for i in "${pids[@]}"; do wait "$i" || rc=$?; done
+    trap - INT TERM
+    return "$rc"
+  }
+
   # newest_checkpoint CACHE_DIR: the checkpoint (epoch_* or step_*) pre_training.py wrote last.
   newest_checkpoint() {
     local found
@@ -227,7 +256,8 @@ main() {
   # 2. Data: labelled tasks from the books (SST-2 / MNLI / SQuAD formats) and the corpus split
   #    by chapter, then token-id shards of the training and the held-out chapters.
   stage book_tasks "$PY" make_book_tasks.py --output_dir "$BOOKS" --seed 42 \
-      --train_examples "$TRAIN_EXAMPLES" --dev_examples "$DEV_EXAMPLES" "${BOOK_CHAPTERS[@]}"
+      --train_examples "$TRAIN_EXAMPLES" --dev_examples "$DEV_EXAMPLES" "${BOOK_CHAPTERS[@]}" \
+      "${BOOK_FLAGS[@]}"
   stage generate_data "$PY" generate_data.py --train_corpus "$BOOKS/corpus/train.txt" \
       --output_dir "$PRETRAIN_DATA" --bert_model "$STUDENT" --do_lower_case --max_seq_len "$SEQ"
   stage generate_heldout "$PY" generate_data.py --train_corpus "$BOOKS/corpus/heldout.txt" \
@@ -273,13 +303,11 @@ main() {
   stage candidates "$PY" searcher.py --method Candidate "${SEARCH_FLAGS[@]}"
   stage gen_1 "$PY" searcher.py --method Random "${SEARCH_FLAGS[@]}" --gen_size "$GEN_SIZE" \
       --seed 1 --output_file "$CANDS/gen_1.cands"
-  stage evaluate_1 "$PY" superbert_run_en_classifier.py "${EVAL_FLAGS[@]}" \
-      --arches_file "$CANDS/gen_1.cands"
+  stage evaluate_1 evaluate "${EVAL_FLAGS[@]}" --arches_file "$CANDS/gen_1.cands"
   for gen in 2 3; do
     stage "gen_$gen" "$PY" searcher.py --method Evolved "${SEARCH_FLAGS[@]}" --gen_size "$GEN_SIZE" \
         --seed "$gen" --arch_perfs_file "$SEARCH/subbert.results" --output_file "$CANDS/gen_$gen.cands"
-    stage "evaluate_$gen" "$PY" superbert_run_en_classifier.py "${EVAL_FLAGS[@]}" \
-        --arches_file "$CANDS/gen_$gen.cands"
+    stage "evaluate_$gen" evaluate "${EVAL_FLAGS[@]}" --arches_file "$CANDS/gen_$gen.cands"
   done
   GENERATIONS=("$CANDS/gen_1.cands" "$CANDS/gen_2.cands" "$CANDS/gen_3.cands")
 
@@ -304,8 +332,19 @@ main() {
                --cache_dir "$OUT/task_cache" --train_batch_size "$EVAL_BATCH"
                --learning_rate "$FINAL_LR" --max_train_examples "$EVAL_TRAIN"
                --max_steps "$FINAL_STEPS" "${FINAL_SEQ[@]}" --save_best_model --no_cuda)
-  stage final_eval "$PY" superbert_run_en_classifier.py "${FINAL_FLAGS[@]}" --model "$FURTHER" \
-      --output_dir "$OUT/final_eval"
+  stage final_eval evaluate "${FINAL_FLAGS[@]}" --model "$FURTHER" --output_dir "$OUT/final_eval"
+
+  # 7a. The chosen arch as shipped: its SST-2-style model exported to ONNX (FP32 and INT8) and
+  #     scored through ONNX Runtime on the dev set; the summary times it under all three backends.
+  DEPLOY_FLAGS=()
+  if "$PY" -c 'import onnx, onnxruntime' 2>/dev/null; then
+    stage deploy "$PY" superbert_run_en_classifier.py --onnx --int8 \
+        --model "$OUT/final_eval/sst-2_seed42" --task_name sst-2 --data_dir "$BOOKS/SST-2" \
+        --do_lower_case "${FINAL_SEQ[@]}" --cache_dir "$OUT/task_cache" --output_dir "$OUT/deployed"
+    DEPLOY_FLAGS=(--deployed_results "$OUT/deployed/subbert.results")
+  else
+    echo "== [deploy] skipped: onnx / onnxruntime not installed (pip install -e \".[onnx]\")"
+  fi
 
   # 7b. The baseline the search must beat: BERT's default ratios (FFN = 4 x hidden, qkv = hidden)
   #     at the chosen arch's predicted latency, extracted, further-trained and fine-tuned the
@@ -315,17 +354,25 @@ main() {
         --time_pt "$LATENCY/time.pt" --supernet "$SUPERNET" "${SPACE[@]}" > "$CANDS/default.arch"
   }
   stage default_arch default_arch
-  stage default_extract "$PY" submodel_extractor.py --model "$SUPERNET" \
-      --arch "$(cat "$CANDS/default.arch")" --output "$OUT/models/default_ratio"
-  stage default_further_train "$PY" pre_training.py --pregenerated_data "$PRETRAIN_DATA" \
-      --student_model "$OUT/models/default_ratio" --cache_dir "$OUT/further_default" --epochs 1 \
-      --max_steps "$FURTHER_STEPS" --save_steps "$FURTHER_STEPS" \
-      --train_batch_size "$PRETRAIN_BATCH" --learning_rate "$FURTHER_LR" --warmup_proportion 0.1 \
-      --max_seq_length "$SEQ" --do_lower_case --further_train --resume auto --no_progress \
-      "${OBJECTIVE[@]}"
-  DEFAULT_FURTHER="$(newest_checkpoint "$OUT/further_default")"
-  stage default_final_eval "$PY" superbert_run_en_classifier.py "${FINAL_FLAGS[@]}" \
-      --model "$DEFAULT_FURTHER" --output_dir "$OUT/final_eval_default"
+  DEFAULT_FLAGS=(--default_arch_file "$CANDS/default.arch")
+  if cmp -s "$CANDS/best.arch" "$CANDS/default.arch"; then
+    # nothing to train twice: the summary says the search chose BERT's ratios itself
+    echo "== [default_*] the chosen arch has BERT's default ratios itself: no second run"
+  else
+    stage default_extract "$PY" submodel_extractor.py --model "$SUPERNET" \
+        --arch "$(cat "$CANDS/default.arch")" --output "$OUT/models/default_ratio"
+    stage default_further_train "$PY" pre_training.py --pregenerated_data "$PRETRAIN_DATA" \
+        --student_model "$OUT/models/default_ratio" --cache_dir "$OUT/further_default" \
+        --epochs 1 --max_steps "$FURTHER_STEPS" --save_steps "$FURTHER_STEPS" \
+        --train_batch_size "$PRETRAIN_BATCH" --learning_rate "$FURTHER_LR" \
+        --warmup_proportion 0.1 --max_seq_length "$SEQ" --do_lower_case --further_train \
+        --resume auto --no_progress "${OBJECTIVE[@]}"
+    DEFAULT_FURTHER="$(newest_checkpoint "$OUT/further_default")"
+    stage default_final_eval evaluate "${FINAL_FLAGS[@]}" --model "$DEFAULT_FURTHER" \
+        --output_dir "$OUT/final_eval_default"
+    DEFAULT_FLAGS+=(--default_final_results "$OUT/final_eval_default/subbert.results"
+                    --default_further "$DEFAULT_FURTHER")
+  fi
 
   # 8. The summary (printed, and in $SUMMARY/summary.md): loads the final model with transformers,
   #    times the chosen arch, the default-ratio arch, the base arch and BERT-base in one run, puts
@@ -339,9 +386,7 @@ main() {
       "${MLM_CHECK[@]}" --max_seq_length "$SEQ" --heldout_sequences "$HELDOUT_SEQS" \
       --final_results "$OUT/final_eval/subbert.results" ${FINAL_SEQ[1]:+--final_max_seq_length "${FINAL_SEQ[1]}"} \
       --task_data "sst-2=$BOOKS/SST-2" "mnli=$BOOKS/MNLI" "squad1=$BOOKS/SQuAD" \
-      --default_arch_file "$CANDS/default.arch" \
-      --default_final_results "$OUT/final_eval_default/subbert.results" \
-      --default_further "$DEFAULT_FURTHER" \
+      "${DEFAULT_FLAGS[@]}" "${DEPLOY_FLAGS[@]}" \
       --plots "$LATENCY/predictor_fit.png" --output_dir "$SUMMARY"
   echo "stage times (stage, wall s, CPU s): $STAMPS/times.tsv"
   column -t "$STAMPS/times.tsv" 2>/dev/null || cat "$STAMPS/times.tsv"

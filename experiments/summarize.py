@@ -10,7 +10,8 @@ search-progress plot, and the chosen arch beside the default-ratio arch of the s
         [--final_results FINAL_EVAL/subbert.results] \
         [--task_data mnli=BOOKS/MNLI squad1=BOOKS/SQuAD sst-2=BOOKS/SST-2] \
         [--default_arch_file DEFAULT.arch --default_final_results FINAL_DEFAULT/subbert.results \
-         --default_further DEFAULT_FURTHER_DIR] --output_dir experiments/summary
+         --default_further DEFAULT_FURTHER_DIR] [--deployed_results DEPLOYED/subbert.results] \
+        --output_dir experiments/summary
 
     python experiments/summarize.py --results ... --print_best     # just the best arch line
     python experiments/summarize.py --results ... --print_default_arch --time_pt TIME_PT \
@@ -79,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--default_final_results",
                    help="subbert.results of the default-ratio arch's further-trained model, "
                         "fine-tuned (its <task>_seed<seed> models are checked for collapse)")
+    p.add_argument("--deployed_results",
+                   help="subbert.results of superbert_run_en_classifier.py --onnx [--int8] on the "
+                        "chosen arch's fine-tuned model: its ONNX Runtime scores, shown beside "
+                        "its latency under torch, ONNX Runtime FP32 and INT8 (timed here)")
     p.add_argument("--default_further",
                    help="the default-ratio arch's further-trained model (parameters through "
                         "transformers; held-out MLM loss with --heldout_data)")
@@ -162,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
                             default_arch=default_arch,
                             default_final_results=args.default_final_results,
                             default_further=args.default_further,
+                            deployed_results=args.deployed_results,
                             threads=args.threads, infer_cnt=args.infer_cnt,
                             plot=out / "search_progress.png", extra_plots=args.plots)
     md, js = write_summary(summary, out)

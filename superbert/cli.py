@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
+import os
+import re
+import site
 import sys
 from enum import StrEnum
 from typing import Any, Callable, Iterable, TypeVar
@@ -15,9 +19,56 @@ T = TypeVar("T")
 C = TypeVar("C", bound="Choice")
 
 
+class ShortPathFormatter(logging.Formatter):
+    """Log lines with paths under the working directory written relative to it, and paths into
+    the installed packages as `<site-packages>/...`: a line says which file, not where the
+    machine keeps it (a MiniLM teacher path is otherwise 80 characters)."""
+
+    def __init__(self, fmt: str, datefmt: str, cwd: str | None = None,
+                 site_dirs: Iterable[str] | None = None):
+        super().__init__(fmt, datefmt)
+        self.cwd = (cwd if cwd is not None else os.getcwd()).rstrip("/") + "/"
+        dirs = site_dirs if site_dirs is not None else site.getsitepackages()
+        self.site_dirs = sorted((d.rstrip("/") + "/" for d in dirs), key=len, reverse=True)
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        for prefix, short in [*((d, "<site-packages>/") for d in self.site_dirs),
+                              *([(self.cwd, "")] if self.cwd != "/" else [])]:
+            # only where a path starts (not inside /other/<cwd>/...)
+            text = re.sub(r"(?<![\w./~-])" + re.escape(prefix), short, text)
+        return text
+
+
+PROGRESS_ENV = "SUPERBERT_PROGRESS_SECONDS"
+
+
+def progress_seconds(default: float) -> float:
+    """Seconds between progress lines when no bar is drawn (a log file, a batch job): the
+    stage's `default`, or the SUPERBERT_PROGRESS_SECONDS environment variable (0: every step;
+    a cluster log may want fewer lines). A value that is not a number >= 0 is ignored, with a
+    warning, rather than stopping a long run."""
+    text = os.environ.get(PROGRESS_ENV)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        logging.getLogger(__name__).warning("%s=%r is not a number of seconds >= 0: using %g",
+                                            PROGRESS_ENV, text, default)
+        return default
+    return value
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", level=level)
+    root = logging.getLogger()
+    for handler in root.handlers:
+        handler.setFormatter(ShortPathFormatter("%(asctime)s %(levelname)s %(name)s: "
+                                                "%(message)s", "%H:%M:%S"))
 
 
 def run_main(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> None:
@@ -113,3 +164,22 @@ class Choice(StrEnum):
         except ValueError:
             raise UserError(f"unknown {cls.label()} {text!r}: expected one of "
                             f"{', '.join(c.value for c in cls)}") from None
+
+
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def check_positive(**values: Any) -> None:
+    """One UserError for the first flag (by its --name) that is given but not a positive,
+    finite number (NaN and inf pass a bare `value <= 0` test)."""
+    for name, value in values.items():
+        if value is not None and not (_is_number(value) and value > 0):
+            raise UserError(f"--{name} must be a positive finite number, got {value!r}")
+
+
+def check_non_negative(**values: Any) -> None:
+    """As `check_positive`, for flags where 0 is allowed."""
+    for name, value in values.items():
+        if value is not None and not (_is_number(value) and value >= 0):
+            raise UserError(f"--{name} must be a finite number >= 0, got {value!r}")

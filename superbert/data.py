@@ -39,7 +39,7 @@ from tqdm import tqdm
 from .cli import flag
 from .errors import UserError
 from .hf import load_tokenizer, read_vocab, resolve_model_dir
-from .io import file_digest, read_text, staging_dir
+from .io import check_fields, file_digest, read_text, staging_dir
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +120,23 @@ class PretrainingDataset(torch.utils.data.Dataset):
                             f"code reads version {FORMAT_VERSION} (regenerate the data)")
         if meta.get("format") not in ("bin", "json"):
             raise UserError(f"{path}: unknown data format {meta.get('format')!r}")
+        binary = meta["format"] == "bin"
+        check_fields(meta, {"vocab_size": "positive int", "max_seq_len": "positive int",
+                            "vocab_md5": "string", "dtype": "string", "shards": "list"},
+                     str(path), required=("vocab_size", "shards") if binary else ())
+        if meta.get("dtype") is not None and meta["dtype"] not in ("uint16", "uint32", "int32",
+                                                                   "int64"):
+            raise UserError(f"{path}: field 'dtype' must be uint16, uint32, int32 or int64, got "
+                            f"{meta['dtype']!r}")
+        shard_kinds = ({"tokens_file": "file name", "offsets_file": "file name",
+                        "instances": "count", "tokens": "count"} if binary else
+                       {"file": "file name", "instances": "count"})
+        for i, shard in enumerate(meta.get("shards") or []):
+            where = f"{path}: shards[{i}]"
+            if not isinstance(shard, dict):
+                raise UserError(f"{where} must be a JSON object, got {shard!r}")
+            check_fields(shard, shard_kinds, where,
+                         required=tuple(shard_kinds) if binary else ("file",))
         return meta
 
     def _check_vocab(self, vocab_file: Path) -> None:

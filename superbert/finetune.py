@@ -40,7 +40,7 @@ from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from .arch import Arch, Scheme, arch_of_config, read_arch_file, unique, validate_arch
-from .cli import flag
+from .cli import check_non_negative, check_positive, flag, progress_seconds
 from .errors import UserError
 from .hf import file_md5, load_config, load_model, load_tokenizer, resolve_model_dir, save_model
 from .io import atomic_path, atomic_write_text, file_digest
@@ -89,26 +89,23 @@ class TaskConfig:
     null_score_diff_threshold: float = 0.0
 
     def __post_init__(self) -> None:
-        def positive(name: str, allow_none: bool = False) -> None:
-            value = getattr(self, name)
-            if value is None and allow_none:
-                return
-            if value is None or value <= 0:
-                raise UserError(f"--{name} must be positive, got {value}")
-
-        for name in ("num_train_epochs", "max_seq_length", "learning_rate", "eval_step",
-                     "train_batch_size", "eval_batch_size", "gradient_accumulation_steps",
-                     "doc_stride", "max_query_length", "n_best_size", "max_answer_length"):
-            positive(name)
-        for name in ("max_steps", "max_train_examples", "max_eval_examples"):
-            positive(name, allow_none=True)
+        required = ("num_train_epochs", "max_seq_length", "learning_rate", "eval_step",
+                    "train_batch_size", "eval_batch_size", "gradient_accumulation_steps",
+                    "doc_stride", "max_query_length", "n_best_size", "max_answer_length")
+        for name in required:
+            if getattr(self, name) is None:
+                raise UserError(f"--{name} must be given")
+        check_positive(**{name: getattr(self, name) for name in
+                          (*required, "max_steps", "max_train_examples", "max_eval_examples")})
         if self.train_batch_size < self.gradient_accumulation_steps:
             raise UserError(f"--train_batch_size {self.train_batch_size} is smaller than "
                             f"--gradient_accumulation_steps {self.gradient_accumulation_steps}")
         if not 0 <= self.warmup_proportion < 1:
             raise UserError(f"--warmup_proportion must be in [0, 1), got {self.warmup_proportion}")
-        if self.weight_decay < 0:
-            raise UserError(f"--weight_decay must be >= 0, got {self.weight_decay}")
+        check_non_negative(weight_decay=self.weight_decay)
+        if not math.isfinite(self.null_score_diff_threshold):
+            raise UserError(f"--null_score_diff_threshold must be finite, got "
+                            f"{self.null_score_diff_threshold}")
 
     @property
     def version_2(self) -> bool:
@@ -787,7 +784,7 @@ PROGRESS_SECONDS = 10.0
 
 class Progress:
     """A fine-tuning's progress: a tqdm bar on a terminal; off one, a log line every
-    PROGRESS_SECONDS with the job, step, running loss and ETA; nothing when disabled."""
+    PROGRESS_SECONDS (or SUPERBERT_PROGRESS_SECONDS) with the job, step, running loss and ETA; nothing when disabled."""
 
     def __init__(self, total: int, label: str, enabled: bool = True):
         self.total, self.label = total, label
@@ -795,13 +792,14 @@ class Progress:
                     if enabled and sys.stderr.isatty() else None)
         self.log = enabled and self.bar is None
         self.start = self.last = time.perf_counter()
+        self.seconds = progress_seconds(PROGRESS_SECONDS)
 
     def step(self, step: int, mean_loss: Callable[[], float]) -> None:
         if self.bar is not None:
             self.bar.update(1)
             return
         now = time.perf_counter()
-        if self.log and now - self.last >= PROGRESS_SECONDS:
+        if self.log and now - self.last >= self.seconds:
             self.last = now
             eta = (self.total - step) * (now - self.start) / step
             logger.info("%s: step %d/%d loss %.4f ETA %s", self.label, step, self.total,

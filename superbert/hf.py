@@ -28,7 +28,7 @@ from .arch import Arch, Scheme, validate_arch
 from .cli import flag
 from .configuration import AutoTinyBertConfig
 from .errors import UserError
-from .io import atomic_path, file_digest, read_text, staging_dir
+from .io import atomic_path, check_fields, file_digest, read_text, staging_dir
 from .modeling import (AutoTinyBertForMaskedLM, AutoTinyBertForQuestionAnswering,
                        AutoTinyBertForSequenceClassification, AutoTinyBertModel,
                        AutoTinyBertPreTrainedModel, extract_submodel)
@@ -178,6 +178,19 @@ CONFIG_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attentio
                  "id2label", "label2id")
 
 
+REQUIRED_CONFIG_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                          "intermediate_size")
+# Every field the models read, and what it must be (io.check_fields).
+CONFIG_KINDS = {**{k: "positive int" for k in REQUIRED_CONFIG_FIELDS},
+                "max_position_embeddings": "positive int", "type_vocab_size": "positive int",
+                "qkv_size": "positive int", "fit_size": "positive int", "num_labels": "positive int",
+                "pad_token_id": "count", "hidden_dropout_prob": "probability",
+                "attention_probs_dropout_prob": "probability", "classifier_dropout": "probability",
+                "initializer_range": "positive number", "layer_norm_eps": "positive number",
+                "hidden_act": "string", "attention_scheme": "string", "model_type": "string",
+                "id2label": "object", "label2id": "object"}
+
+
 def read_config_json(model_dir: str | os.PathLike) -> dict[str, Any]:
     if not Path(model_dir).is_dir():
         raise UserError(f"model directory not found: {model_dir}")
@@ -197,28 +210,34 @@ def read_config_json(model_dir: str | os.PathLike) -> dict[str, Any]:
 def config_from_dict(data: dict[str, Any], scheme: str | Scheme | None = None,
                      source: str = "config") -> AutoTinyBertConfig:
     """An AutoTinyBertConfig from any BERT-like config dict, checked for consistency."""
+    check_fields(data, CONFIG_KINDS, source, required=REQUIRED_CONFIG_FIELDS)
     model_type = data.get("model_type", "bert")
     if model_type not in ("bert", "autotinybert", "electra"):
-        raise UserError(f"{source}: model_type {model_type!r} is not a BERT-style encoder")
+        raise UserError(f"{source}: field 'model_type' is {model_type!r}, not a BERT-style "
+                        f"encoder (bert, autotinybert, electra)")
     if model_type == "electra" and data.get("embedding_size", data.get("hidden_size")) != data.get("hidden_size"):
         raise UserError(f"{source}: ELECTRA models with embedding_size != hidden_size cannot be "
                         f"sliced as a SuperBERT (use it only as a KD teacher)")
-    for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                "intermediate_size"):
-        value = data.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UserError(f"{source}: {key} must be a positive integer, got {value!r}")
     fields = {k: data[k] for k in CONFIG_FIELDS if k in data and data[k] is not None}
     if "id2label" in fields:
-        fields["id2label"] = {int(k): v for k, v in fields["id2label"].items()}
+        try:
+            fields["id2label"] = {int(k): str(v) for k, v in fields["id2label"].items()}
+        except (TypeError, ValueError):
+            raise UserError(f"{source}: field 'id2label' must map class numbers to names, got "
+                            f"{data['id2label']!r}") from None
+    if "label2id" in fields and not all(isinstance(v, int) and not isinstance(v, bool)
+                                        for v in fields["label2id"].values()):
+        raise UserError(f"{source}: field 'label2id' must map names to class numbers, got "
+                        f"{data['label2id']!r}")
     try:
         saved = Scheme.parse(data["attention_scheme"]) if data.get("attention_scheme") else None
     except UserError as err:
-        raise UserError(f"{source}: attention_scheme: {err}") from None
+        raise UserError(f"{source}: field 'attention_scheme': {err}") from None
     # A plain str in the config (and config.json); a contradiction with `scheme` fails here.
     fields["attention_scheme"] = Scheme.resolve(saved, scheme, what=source).value
     if fields.get("hidden_act", "gelu") not in ("gelu", "relu", "swish", "silu", "gelu_new"):
-        raise UserError(f"{source}: unsupported hidden_act {fields['hidden_act']!r}")
+        raise UserError(f"{source}: field 'hidden_act' is {fields['hidden_act']!r}, not one of "
+                        f"gelu, relu, swish, silu, gelu_new")
     config = AutoTinyBertConfig(**fields)
     if config.qkv_size % config.num_attention_heads:
         raise UserError(f"{source}: qkv_size {config.qkv_size} is not divisible by "

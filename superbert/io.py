@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from .errors import UserError
 
@@ -102,3 +103,43 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         return json.loads(text)
     except ValueError as err:
         raise UserError(f"{what} {path} is not valid JSON: {err}") from None
+
+
+# ---- typed fields of files a user may have edited ------------------------------------------------
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _num(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+# name -> (test, what the value must be); `check_fields` applies them
+FIELD_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "positive int": (lambda v: _int(v) and v > 0, "a positive integer"),
+    "count": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
+    "positive number": (lambda v: _num(v) and v > 0, "a positive finite number"),
+    "probability": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "string": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "file name": (lambda v: isinstance(v, str) and v not in ("", ".", "..") and "/" not in v
+                  and "\\" not in v, "a plain file name (no directories)"),
+    "list": (lambda v: isinstance(v, list), "a list"),
+    "object": (lambda v: isinstance(v, dict), "a JSON object"),
+}
+
+
+def check_fields(data: Mapping[str, Any], kinds: Mapping[str, str], source: str,
+                 required: Iterable[str] = ()) -> None:
+    """One UserError naming `source` and the field for the first value of `data` whose type
+    or range is wrong (`kinds`: field -> a FIELD_KINDS name). Fields not present, or null,
+    are not checked unless `required`."""
+    for name in required:
+        if data.get(name) is None:
+            raise UserError(f"{source}: field {name!r} is missing")
+    for name, kind in kinds.items():
+        value = data.get(name)
+        if value is None:
+            continue
+        test, what = FIELD_KINDS[kind]
+        if not test(value):
+            raise UserError(f"{source}: field {name!r} must be {what}, got {value!r}")

@@ -321,6 +321,7 @@ class Summary:
     final_flags: dict[str, list[str]] | None = None
     final_predictions: dict[str, list[DevPredictions]] | None = None
     default: dict[str, Any] | None = None  # the default-ratio arch, see `Comparison`
+    deployed: Deployment | None = None  # the chosen arch through ONNX Runtime
 
     @property
     def predicted_speedup(self) -> float | None:
@@ -471,6 +472,8 @@ def format_summary(s: Summary) -> str:
                                   "further-trained, fine-tuned", s.default["final_scores"],
                                   s.default["final_flags"] or {}, s.default["final_predictions"],
                                   s.levels, s.default.get("prediction_notes", {})) + [""]
+    if s.deployed is not None:
+        lines += _deployment_table(s) + [""]
     if s.mlm_loss_further is not None:
         lines += ["| MLM loss on held-out chapters | inherited sub-model | further-trained |",
                   "|---|---|---|",
@@ -498,6 +501,10 @@ LATENCY_MATCH = 0.05  # the default-ratio arch counts as equally fast within 5% 
 def _comparison_table(s: Summary) -> list[str]:
     """The chosen arch beside the default-ratio arch of the same predicted latency."""
     d = s.default
+    if d["arch"] == s.chosen["arch"]:
+        return [f"The search chose an arch with BERT's default ratios (FFN = 4 x hidden, qkv = "
+                f"hidden) itself, `{_short(d['arch'])}`: there is no other default-ratio arch "
+                f"of its latency to compare with."]
     base = _short(s.base_arch)
     rows = [("arch", f"`{_short(s.chosen['arch'])}`", f"`{_short(d['arch'])}`"),
             ("params", f"{s.params:,}", f"{d['params']:,}"),
@@ -611,6 +618,62 @@ def final_evaluation(results_file: str | os.PathLike, arch: Arch,
     return FinalEvaluation(scores, score_flags(scores, levels), preds, notes)
 
 
+DEPLOY_BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8")
+RUNTIME_OF_BACKEND = {"torch": "torch", "onnxruntime": "onnxruntime-fp32",
+                      "onnxruntime-int8": "onnxruntime-int8"}
+
+
+@dataclass
+class Deployment:
+    """The chosen arch as shipped: its latency under each backend (the latency protocol) and
+    one task's dev score from the fine-tuned torch model and its ONNX Runtime exports."""
+
+    task: str
+    scores: dict[str, float]       # runtime -> dev score (0-100)
+    latency_ms: dict[str, float]   # backend -> ms
+
+
+def deployment(deployed_results: str | os.PathLike, arch: Arch, torch_scores: Mapping[str, float],
+               config: Any, scheme: Scheme, threads: int = 1, infer_cnt: int = 10) -> Deployment:
+    """Read the ONNX Runtime blocks of `deployed_results` (`superbert_run_en_classifier.py
+    --onnx [--int8]` of a fine-tuned `arch`) and time `arch` under every backend."""
+    blocks = [b for b in read_results(deployed_results) if b.runtime is not None]
+    if not blocks:
+        raise UserError(f"{deployed_results} holds no ONNX Runtime results (write them with "
+                        f"superbert_run_en_classifier.py --onnx)")
+    tasks = {b.task for b in blocks}
+    if len(tasks) != 1 or any(b.arch != arch for b in blocks):
+        raise UserError(f"{deployed_results} should hold one task of the arch {arch.short()}, "
+                        f"got {', '.join(sorted(tasks))} of "
+                        f"{', '.join(sorted({b.arch.short() for b in blocks}))}")
+    task = blocks[0].task
+    scores = {"torch": torch_scores[task]} if task in torch_scores else {}
+    scores |= {b.runtime: b.score for b in blocks}
+    latency = {}
+    for backend in DEPLOY_BACKENDS:
+        with Timer(config, scheme, TimingProtocol(threads=threads, infer_cnt=infer_cnt,
+                                                  backend=backend)) as timer:
+            latency[backend] = timer.time_reference(arch).ms
+    return Deployment(task, scores, latency)
+
+
+def _deployment_table(s: Summary) -> list[str]:
+    d = s.deployed
+    torch_ms = d.latency_ms["torch"]
+    head = ["torch (eager)", "ONNX Runtime FP32", "ONNX Runtime INT8"]
+    lat = [f"{d.latency_ms[b]:.2f} ms" + ("" if b == "torch" else
+                                          f" ({d.latency_ms[b] / torch_ms:.2f}x torch's)")
+           for b in DEPLOY_BACKENDS]
+    level = s.levels.get(d.task)
+    score = [_scored(d.scores[r], level.flags(d.scores[r]) if level else [])
+             if r in d.scores else "-" for r in (RUNTIME_OF_BACKEND[b] for b in DEPLOY_BACKENDS)]
+    return [f"`{_short(s.chosen['arch'])}` as deployed (`submodel_extractor.py --onnx --int8`, "
+            f"scored by `superbert_run_en_classifier.py --onnx --int8`):", "",
+            "| | " + " | ".join(head) + " |", "|---|---|---|---|",
+            "| latency (1 thread, batch 1 x 128) | " + " | ".join(lat) + " |",
+            f"| {d.task} dev score | " + " | ".join(score) + " |"]
+
+
 def build_summary(results_file: str | os.PathLike, generation_files: Sequence[str | os.PathLike],
                   supernet_dir: str | os.PathLike, time_pt: str | os.PathLike, base_arch: Arch,
                   further_dir: str | os.PathLike | None = None,
@@ -624,13 +687,15 @@ def build_summary(results_file: str | os.PathLike, generation_files: Sequence[st
                   final_max_seq_length: int | None = None,
                   default_arch: Arch | None = None,
                   default_final_results: str | os.PathLike | None = None,
-                  default_further: str | os.PathLike | None = None) -> Summary:
+                  default_further: str | os.PathLike | None = None,
+                  deployed_results: str | os.PathLike | None = None) -> Summary:
     """Gather everything the summary shows; see the module docstring.
 
     `task_data` maps tasks to their data directories (for chance and majority-class rates and
     the predicted-class check); `default_arch` is the default-ratio arch to compare with
     (`search.baseline.matching_default_arch`), with its own final results and further-trained
-    model when given."""
+    model when given; `deployed_results` the ONNX Runtime scores of the chosen arch's
+    fine-tuned model (`deployment`)."""
     task_data = {canonical_task(t): str(d) for t, d in (task_data or {}).items()}
     if (default_final_results or default_further) and default_arch is None:
         raise UserError("the default-ratio arch's results need the arch itself "
@@ -698,6 +763,10 @@ def build_summary(results_file: str | os.PathLike, generation_files: Sequence[st
                    "final_predictions": dfinal.predictions if dfinal else None,
                    "prediction_notes": dfinal.notes if dfinal else {},
                    "mlm_loss_further": d_loss}
+    deployed = None
+    if deployed_results is not None:
+        deployed = deployment(deployed_results, chosen.arch, final.scores if final else {},
+                              config, scheme, threads, infer_cnt)
     return Summary(
         chosen={"arch": str(chosen.arch), "generation": chosen.generation,
                 "scores": chosen.scores, "fitness": chosen.fitness,
@@ -715,7 +784,8 @@ def build_summary(results_file: str | os.PathLike, generation_files: Sequence[st
         plots=plots, final_scores=final.scores if final else None, levels=levels,
         measured_bert_base_ms=bert_base_ms,
         final_flags=final.flags if final else None,
-        final_predictions=final.predictions if final else None, default=default)
+        final_predictions=final.predictions if final else None, default=default,
+        deployed=deployed)
 
 
 def write_summary(summary: Summary, output_dir: str | os.PathLike) -> tuple[Path, Path]:

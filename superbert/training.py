@@ -69,7 +69,7 @@ from .checkpoint import (OPTIMIZER_FILE, TRAINER_STATE, find_checkpoints, latest
                          load_state_file,
                          remove_staging, rng_state, set_rng_state, set_seed, verify_checkpoint,
                          write_manifest)
-from .cli import flag
+from .cli import check_non_negative, check_positive, flag, progress_seconds
 from .configuration import AutoTinyBertConfig
 from .data import MaskingCollator, PretrainingDataset, sample_batches
 from .distill import TeacherSpec, kd_counts, kd_loss_sums, load_teacher, teacher_spec
@@ -263,10 +263,13 @@ class PretrainConfig:
                     raise UserError(f"--{name}_space takes two values (min max), got "
                                     f"{list(value)}")
                 object.__setattr__(self, f"{name}_space", tuple(value))
-        for name in ("epochs", "train_batch_size", "gradient_accumulation_steps", "learning_rate",
-                     "max_seq_length", "sample_times_per_batch", "logging_steps"):
-            if getattr(self, name) <= 0:
-                raise UserError(f"--{name} must be positive, got {getattr(self, name)}")
+        check_positive(**{name: getattr(self, name) for name in (
+            "epochs", "train_batch_size", "gradient_accumulation_steps", "learning_rate",
+            "max_seq_length", "sample_times_per_batch", "logging_steps")})
+        check_non_negative(adam_epsilon=self.adam_epsilon, weight_decay=self.weight_decay,
+                           max_grad_norm=self.max_grad_norm, warmup_steps=self.warmup_steps)
+        if self.warmup_proportion is not None and not 0 <= self.warmup_proportion < 1:
+            raise UserError(f"--warmup_proportion must be in [0, 1), got {self.warmup_proportion}")
         if self.train_batch_size % self.gradient_accumulation_steps:
             raise UserError(f"--train_batch_size {self.train_batch_size} is not divisible by "
                             f"--gradient_accumulation_steps {self.gradient_accumulation_steps} "
@@ -283,8 +286,6 @@ class PretrainConfig:
             raise UserError("--fp16 and --bf16 exclude each other")
         if self.save_steps < 0 or self.max_steps < 0:
             raise UserError("--save_steps and --max_steps must be >= 0")
-        if self.adam_epsilon < 0 or self.weight_decay < 0:
-            raise UserError("--adam_epsilon and --weight_decay must be >= 0")
         if self.num_workers < 0:
             raise UserError("--num_workers must be >= 0")
         if self.optimizer not in ("bertadam", "adamw"):
@@ -1007,7 +1008,7 @@ PROGRESS_SECONDS = 20.0
 
 class Progress:
     """Rank 0's progress line when there is no bar: step/total, loss, throughput and ETA,
-    every PROGRESS_SECONDS. Local values only (no collective at a time-based point): the loss
+    every PROGRESS_SECONDS (or SUPERBERT_PROGRESS_SECONDS). Local values only (no collective at a time-based point): the loss
     is rank 0's share x the world size, exact in one process, an estimate with more."""
 
     def __init__(self, total: int, done: int, world_size: int = 1):
@@ -1015,6 +1016,7 @@ class Progress:
         self.done_steps = done
         self.start = self.last = time.perf_counter()
         self.loss_sum, self.loss_n, self.tokens = 0, 0, 0
+        self.seconds = progress_seconds(PROGRESS_SECONDS)
 
     def step(self, loss: torch.Tensor | None, tokens: int) -> None:
         self.done_steps += 1
@@ -1023,7 +1025,7 @@ class Progress:
             self.loss_n += 1
         self.tokens += tokens
         now = time.perf_counter()
-        if now - self.last >= PROGRESS_SECONDS:
+        if now - self.last >= self.seconds:
             self._line(now)
 
     def done(self) -> None:

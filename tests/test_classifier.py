@@ -190,7 +190,7 @@ def test_run_config_checks_once_whoever_builds_it():
     assert parse_config(["--model", "m", "--output_dir", "o", "--data_dir", "a", "--task_name",
                          "mnli", "--super_model", "kd"]).scheme is Scheme.KD
     assert RunConfig(**base).scheme is None
-    with pytest.raises(UserError, match="--eval_batch_size must be positive"):
+    with pytest.raises(UserError, match="--eval_batch_size must be a positive finite number"):
         RunConfig(**base, eval_batch_size=0)
     with pytest.raises(UserError, match="--version_2_with_negative 0 contradicts task squad2"):
         RunConfig(**{**base, "task_name": "squad2"}, version_2_with_negative=0)

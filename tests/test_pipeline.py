@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SEARCH_STAGES = ["book_tasks", "generate_data", "generate_heldout", "pretrain",
                  "latency_dataset", "latency_predictor", "candidates", "gen_1", "evaluate_1",
                  "gen_2", "evaluate_2", "gen_3", "evaluate_3", "best", "extract", "further_train",
-                 "final_eval", "default_arch", "default_extract", "default_further_train",
+                 "final_eval", "deploy", "default_arch", "default_extract", "default_further_train",
                  "default_final_eval", "summary"]
 STAGES = ["setup"] + SEARCH_STAGES          # --scratch: a config-only supernet directory first
 GROWN_STAGES = SEARCH_STAGES                # grown: the supernet directory is MiniLM's own
@@ -304,3 +304,11 @@ def test_grown_search_scores_three_tasks_and_compares_default_ratios(grown_smoke
     assert (out / "final_eval_default/subbert.results").is_file()
     summary = (out / "summary/summary.md").read_text()
     assert "chance" in summary.lower()
+    # the chosen arch as deployed: scored through ORT FP32 and INT8, timed under three backends
+    from superbert.results import read_results
+    runtimes = {b.runtime for b in read_results(out / "deployed/subbert.results")}
+    assert runtimes == {"onnxruntime-fp32", "onnxruntime-int8"}
+    assert "as deployed" in summary and "| latency (1 thread, batch 1 x 128) |" in summary
+    deployed = json.loads((out / "summary/summary.json").read_text())["deployed"]
+    assert set(deployed["latency_ms"]) == {"torch", "onnxruntime", "onnxruntime-int8"}
+    assert set(deployed["scores"]) == {"torch", "onnxruntime-fp32", "onnxruntime-int8"}

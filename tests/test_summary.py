@@ -310,6 +310,16 @@ def test_default_further_must_hold_the_default_arch(pipeline_files):
                       infer_cnt=2, default_arch=CHOSEN, default_further=f["default_further"])
 
 
+def test_summary_when_the_search_chose_default_ratios_itself(pipeline_files):
+    """No table comparing an arch with itself: one line says the search chose BERT's ratios."""
+    f = pipeline_files
+    s = build_summary(f["search"], f["gens"], f["supernet"], f["tmp"] / "time.pt", BASE,
+                      infer_cnt=2, final_results=f["final"], default_arch=CHOSEN)
+    md = format_summary(s)
+    assert "chose an arch with BERT's default ratios" in md and f"`{CHOSEN.short()}`" in md
+    assert "| | chosen (searched) | default ratios |" not in md
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "experiments/summarize.py", *args], cwd=ROOT,
                           capture_output=True, text=True)

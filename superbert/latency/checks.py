@@ -14,18 +14,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..cli import check_positive  # noqa: F401 - re-exported: the latency flags' checks
 from ..errors import UserError
-
-
-def check_positive(**values: Any) -> None:
-    """One UserError for the first flag (by its --name) that is given but not a positive,
-    finite number."""
-    for name, value in values.items():
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-                not math.isfinite(value) or value <= 0:
-            raise UserError(f"--{name} must be a positive finite number, got {value!r}")
 
 
 def _same_file(a: Path, b: Path) -> bool:

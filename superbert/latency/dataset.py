@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..arch import Arch, Scheme, SearchSpace, SupernetSpaceFlags, validate_arch
-from ..cli import flag
+from ..cli import flag, progress_seconds
 from ..configuration import AutoTinyBertConfig
 from ..errors import UserError
 from ..hf import load_config, read_config_json, resolve_model_dir
@@ -287,8 +287,10 @@ class ProgressLog:
     job): count, wall ms per item and ETA, every `every` items or `seconds`, and at the end."""
 
     def __init__(self, total: int, what: str = "timed", unit: str = "arch", every: int = 50,
-                 seconds: float = 10.0, clock: Any = time.monotonic):
+                 seconds: float | None = None, clock: Any = time.monotonic):
         self.total, self.what, self.unit = total, what, unit
+        # SUPERBERT_PROGRESS_SECONDS overrides the default of 10 s (not an explicit value)
+        seconds = progress_seconds(10.0) if seconds is None else seconds
         self.every, self.seconds, self.clock = every, seconds, clock
         self.start = self.last = clock()
         self.done = 0
