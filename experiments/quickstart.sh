@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# AutoTinyBERT end to end on the built-in books, sized for a laptop (2 CPU cores: ~28 minutes
+# AutoTinyBERT end to end on the built-in books, sized for a laptop (2 CPU cores: ~17 minutes
 # for the default run, most of it fine-tuning 54 candidates; --scratch ~8).
 #
 #   bash experiments/quickstart.sh            # SuperPLM grown from MiniLM-L6-H384 (PyPI package
