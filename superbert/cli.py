@@ -29,14 +29,18 @@ class ShortPathFormatter(logging.Formatter):
         super().__init__(fmt, datefmt)
         self.cwd = (cwd if cwd is not None else os.getcwd()).rstrip("/") + "/"
         dirs = site_dirs if site_dirs is not None else site.getsitepackages()
-        self.site_dirs = sorted((d.rstrip("/") + "/" for d in dirs), key=len, reverse=True)
+        prefixes = [(d.rstrip("/") + "/", "<site-packages>/")
+                    for d in sorted(dirs, key=len, reverse=True)]
+        if self.cwd != "/":
+            prefixes.append((self.cwd, ""))
+        # compiled once; only where a path starts (not inside /other/<cwd>/...)
+        self.rewrites = [(re.compile(r"(?<![\w./~-])" + re.escape(p)), short)
+                         for p, short in prefixes]
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        for prefix, short in [*((d, "<site-packages>/") for d in self.site_dirs),
-                              *([(self.cwd, "")] if self.cwd != "/" else [])]:
-            # only where a path starts (not inside /other/<cwd>/...)
-            text = re.sub(r"(?<![\w./~-])" + re.escape(prefix), short, text)
+        for pattern, short in self.rewrites:
+            text = pattern.sub(short, text)
         return text
 
 
@@ -166,7 +170,8 @@ class Choice(StrEnum):
                             f"{', '.join(c.value for c in cls)}") from None
 
 
-def _is_number(value: Any) -> bool:
+def is_finite_number(value: Any) -> bool:
+    """An int or float (not a bool) that is neither NaN nor infinite."""
     return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
@@ -174,12 +179,12 @@ def check_positive(**values: Any) -> None:
     """One UserError for the first flag (by its --name) that is given but not a positive,
     finite number (NaN and inf pass a bare `value <= 0` test)."""
     for name, value in values.items():
-        if value is not None and not (_is_number(value) and value > 0):
+        if value is not None and not (is_finite_number(value) and value > 0):
             raise UserError(f"--{name} must be a positive finite number, got {value!r}")
 
 
 def check_non_negative(**values: Any) -> None:
     """As `check_positive`, for flags where 0 is allowed."""
     for name, value in values.items():
-        if value is not None and not (_is_number(value) and value >= 0):
+        if value is not None and not (is_finite_number(value) and value >= 0):
             raise UserError(f"--{name} must be a finite number >= 0, got {value!r}")

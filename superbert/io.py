@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
+from .cli import is_finite_number
 from .errors import UserError
 
 
@@ -110,16 +110,12 @@ def _int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _num(v: Any) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
-
-
 # name -> (test, what the value must be); `check_fields` applies them
 FIELD_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "positive int": (lambda v: _int(v) and v > 0, "a positive integer"),
     "count": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
-    "positive number": (lambda v: _num(v) and v > 0, "a positive finite number"),
-    "probability": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "positive number": (lambda v: is_finite_number(v) and v > 0, "a positive finite number"),
+    "probability": (lambda v: is_finite_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "string": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
     "file name": (lambda v: isinstance(v, str) and v not in ("", ".", "..") and "/" not in v
                   and "\\" not in v, "a plain file name (no directories)"),
