@@ -18,6 +18,9 @@ class AutoTinyBertConfig(PretrainedConfig):
         size, where both schemes compute the same thing.
     fit_size: output width of `dense_fit`, the projection of the last hidden state onto the
         KD teacher's width; None for models trained without a teacher.
+    classifier_pooling: what the sequence classifier reads: "cls", BERT's pooler over the
+        [CLS] vector, or "mean", the mean of the last layer's token vectors over the attention
+        mask (what sentence-embedding models such as all-MiniLM-L6-v2 were trained to give).
     """
 
     model_type = "autotinybert"
@@ -31,7 +34,7 @@ class AutoTinyBertConfig(PretrainedConfig):
                  pad_token_id: int = 0, qkv_size: int | None = None,
                  attention_scheme: str = "mlm", fit_size: int | None = None,
                  classifier_dropout: float | None = None, tie_word_embeddings: bool = True,
-                 **kwargs):
+                 classifier_pooling: str = "cls", **kwargs):
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         # The MLM decoder is the word embedding matrix (transformers 5 reads this to tie them).
         self.tie_word_embeddings = tie_word_embeddings
@@ -51,3 +54,4 @@ class AutoTinyBertConfig(PretrainedConfig):
         self.attention_scheme = str(attention_scheme).lower()
         self.fit_size = fit_size
         self.classifier_dropout = classifier_dropout
+        self.classifier_pooling = classifier_pooling

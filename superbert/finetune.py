@@ -46,8 +46,9 @@ from .hf import file_md5, load_config, load_model, load_tokenizer, resolve_model
 from .io import atomic_path, atomic_write_text, file_digest
 from .jobs import (Job, Shard, locked_append, make_jobs, parse_shard, resolve_shard,
                    share_of_jobs, shared_lock)
-from .modeling import (AutoTinyBertForQuestionAnswering, AutoTinyBertForSequenceClassification,
-                       AutoTinyBertPreTrainedModel, extract_submodel)
+from .modeling import (CLASSIFIER_POOLINGS, AutoTinyBertForQuestionAnswering,
+                       AutoTinyBertForSequenceClassification, AutoTinyBertPreTrainedModel,
+                       extract_submodel)
 from .optim import BertAdam, make_optimizer, warmup_linear
 from .results import TaskResult, format_results_block, read_results
 from .tasks import SQUAD_TASKS, TASK_DEFAULTS, canonical_task, is_squad
@@ -235,6 +236,12 @@ class RunConfig:
                                                       "per task (3)" + PER_TASK_HELP)
     eval_step: tuple[int, ...] | None = flag(None, type=per_task(int), help="evaluate every N "
                                              "optimizer steps; default: per task" + PER_TASK_HELP)
+    pooling: str | None = flag(None, choices=CLASSIFIER_POOLINGS,
+                               help="what a sentence(-pair) classifier reads: cls (BERT's pooler "
+                                    "over [CLS]) or mean (the mean of the last layer's tokens; "
+                                    "better for slices of sentence-embedding models such as "
+                                    "all-MiniLM-L6-v2). Saved with --save_best_model. Default: "
+                                    "the model's classifier_pooling, else cls")
     eval_batch_size: int = flag(32, type=int)
     weight_decay: float = flag(0.01, "--weight_decay", "--wd", type=float,
                                help="BertAdam weight decay (not on biases / LayerNorm); "
@@ -335,7 +342,7 @@ class RunConfig:
 TRAINING_ONLY = ("arches_file", "seed", "train_batch_size", "learning_rate", "num_train_epochs",
                  "eval_step", "weight_decay", "warmup_proportion", "gradient_accumulation_steps",
                  "fp16", "max_train_examples", "max_steps", "save_best_model", "shard",
-                 "overwrite_results", "super_model", "no_cuda")
+                 "overwrite_results", "super_model", "no_cuda", "pooling")
 
 
 def _default(cls: type, name: str) -> Any:
@@ -530,8 +537,9 @@ class TaskModels:
     from the model directory once and kept on the CPU. It is never trained: every arch is
     fine-tuned in a dense copy of its slice (`inherit`), so the supernet stays pristine."""
 
-    def __init__(self, model_dir: Path, scheme: Scheme | None):
+    def __init__(self, model_dir: Path, scheme: Scheme | None, pooling: str | None = None):
         self.model_dir, self.scheme = model_dir, scheme
+        self.overrides = {} if pooling is None else {"classifier_pooling": pooling}
         self._cache: dict[tuple, AutoTinyBertPreTrainedModel] = {}
 
     def get(self, data: TaskData) -> AutoTinyBertPreTrainedModel:
@@ -541,7 +549,7 @@ class TaskModels:
                 model = load_model(self.model_dir, AutoTinyBertForQuestionAnswering, self.scheme)
             else:
                 model = load_model(self.model_dir, AutoTinyBertForSequenceClassification,
-                                   self.scheme, num_labels=data.num_labels)
+                                   self.scheme, num_labels=data.num_labels, **self.overrides)
             for p in model.parameters():
                 p.requires_grad_(False)
             self._cache[key] = model
@@ -1058,9 +1066,11 @@ def run(cfg: RunConfig) -> list[TaskResult]:
     results_file = out_dir / RESULTS_FILE
     todo, skipped = pending_jobs(cfg, jobs, shard, results_file, config)
     where = "" if shard.count == 1 else f"; share {shard}: {len(share_of_jobs(shard, jobs))} of them"
+    pooling = cfg.pooling or config.classifier_pooling
     logger.info("evaluating %d jobs (%d arch(s) x %d task(s) x %d seed(s))%s on %s "
-                "(%s scheme)", len(jobs), len(archs), len(cfg.tasks), len(cfg.seeds), where,
-                device, config.attention_scheme.upper())
+                "(%s scheme; classifiers read %s)", len(jobs), len(archs), len(cfg.tasks),
+                len(cfg.seeds), where, device, config.attention_scheme.upper(),
+                "the mean of the tokens" if pooling == "mean" else "the [CLS] pooler")
     if skipped:
         logger.info("%d of %d jobs already have results in %s: skipped", skipped,
                     len(todo) + skipped, results_file)
@@ -1069,7 +1079,7 @@ def run(cfg: RunConfig) -> list[TaskResult]:
         return []
     needed = tuple(t for t in cfg.tasks if any(j.task == t.task for j in todo))
     datas = {d.task: d for d in load_all_task_data(cfg, model_dir, needed)}
-    models = TaskModels(model_dir, cfg.scheme)
+    models = TaskModels(model_dir, cfg.scheme, cfg.pooling)
     results: list[TaskResult] = []
     for i, job in enumerate(todo, 1):
         results.append(_run_one(cfg, models, job, datas[job.task], device, fp16, config,

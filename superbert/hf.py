@@ -29,9 +29,9 @@ from .cli import flag
 from .configuration import AutoTinyBertConfig
 from .errors import UserError
 from .io import atomic_path, check_fields, file_digest, read_text, staging_dir
-from .modeling import (AutoTinyBertForMaskedLM, AutoTinyBertForQuestionAnswering,
-                       AutoTinyBertForSequenceClassification, AutoTinyBertModel,
-                       AutoTinyBertPreTrainedModel, extract_submodel)
+from .modeling import (CLASSIFIER_POOLINGS, AutoTinyBertForMaskedLM,
+                       AutoTinyBertForQuestionAnswering, AutoTinyBertForSequenceClassification,
+                       AutoTinyBertModel, AutoTinyBertPreTrainedModel, extract_submodel)
 
 logger = logging.getLogger(__name__)
 
@@ -174,8 +174,8 @@ CONFIG_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attentio
                  "intermediate_size", "hidden_act", "hidden_dropout_prob",
                  "attention_probs_dropout_prob", "max_position_embeddings", "type_vocab_size",
                  "initializer_range", "layer_norm_eps", "pad_token_id", "qkv_size",
-                 "attention_scheme", "fit_size", "classifier_dropout", "num_labels",
-                 "id2label", "label2id")
+                 "attention_scheme", "fit_size", "classifier_dropout", "classifier_pooling",
+                 "num_labels", "id2label", "label2id")
 
 
 REQUIRED_CONFIG_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -188,6 +188,7 @@ CONFIG_KINDS = {**{k: "positive int" for k in REQUIRED_CONFIG_FIELDS},
                 "attention_probs_dropout_prob": "probability", "classifier_dropout": "probability",
                 "initializer_range": "positive number", "layer_norm_eps": "positive number",
                 "hidden_act": "string", "attention_scheme": "string", "model_type": "string",
+                "classifier_pooling": "string",
                 "id2label": "object", "label2id": "object"}
 
 
@@ -238,6 +239,10 @@ def config_from_dict(data: dict[str, Any], scheme: str | Scheme | None = None,
     if fields.get("hidden_act", "gelu") not in ("gelu", "relu", "swish", "silu", "gelu_new"):
         raise UserError(f"{source}: field 'hidden_act' is {fields['hidden_act']!r}, not one of "
                         f"gelu, relu, swish, silu, gelu_new")
+    if fields.get("classifier_pooling", "cls") not in CLASSIFIER_POOLINGS:
+        raise UserError(f"{source}: field 'classifier_pooling' is "
+                        f"{fields['classifier_pooling']!r}, not one of "
+                        f"{', '.join(CLASSIFIER_POOLINGS)}")
     config = AutoTinyBertConfig(**fields)
     if config.qkv_size % config.num_attention_heads:
         raise UserError(f"{source}: qkv_size {config.qkv_size} is not divisible by "
@@ -372,6 +377,8 @@ def config_to_json_dict(config: AutoTinyBertConfig) -> dict[str, Any]:
     """The BERT fields (what the original's tools and transformers read), nothing else."""
     data = {k: getattr(config, k) for k in CONFIG_FIELDS
             if k not in ("num_labels", "id2label", "label2id")}
+    if data["classifier_pooling"] == "cls":
+        del data["classifier_pooling"]  # BERT's own head: no field transformers' BERT lacks
     labels = config.id2label
     if labels and any(v != f"LABEL_{k}" for k, v in labels.items()) or config.num_labels != 2:
         data["id2label"] = {str(k): v for k, v in labels.items()}
@@ -383,8 +390,9 @@ def config_to_json_dict(config: AutoTinyBertConfig) -> dict[str, Any]:
 def _config_json(config: AutoTinyBertConfig, model: AutoTinyBertPreTrainedModel) -> dict[str, Any]:
     data = config_to_json_dict(config)
     data["architectures"] = [type(model).__name__]
-    if config.qkv_size == config.hidden_size:
-        # Identical maths to transformers' own BERT: a plain `bert` checkpoint.
+    if config.qkv_size == config.hidden_size and config.classifier_pooling == "cls":
+        # Identical maths to transformers' own BERT: a plain `bert` checkpoint. (A mean-pooling
+        # classifier is not BertForSequenceClassification, so it keeps our classes.)
         data["model_type"] = "bert"
         data["architectures"] = [type(model).__name__.replace("AutoTinyBert", "Bert")]
     else:

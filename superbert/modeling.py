@@ -457,6 +457,17 @@ class AutoTinyBertForMaskedLM(AutoTinyBertPreTrainedModel):
         return F.cross_entropy(logits.float(), labels.view(-1)[where])
 
 
+CLASSIFIER_POOLINGS = ("cls", "mean")
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """The mean of the token vectors the mask keeps (all of them without a mask)."""
+    if attention_mask is None:
+        return hidden.mean(dim=1)
+    keep = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1.0)
+
+
 class AutoTinyBertForSequenceClassification(AutoTinyBertPreTrainedModel):
     def __init__(self, config: AutoTinyBertConfig):
         super().__init__(config)
@@ -475,7 +486,11 @@ class AutoTinyBertForSequenceClassification(AutoTinyBertPreTrainedModel):
                 position_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 return_dict: bool | None = None, **kwargs: Any):
         out = self.bert(input_ids, attention_mask, token_type_ids, position_ids)
-        logits = self.classifier(self.dropout(out.pooler_output))
+        if self.config.classifier_pooling == "mean":
+            pooled = mean_pool(out.last_hidden_state, attention_mask)
+        else:
+            pooled = out.pooler_output
+        logits = self.classifier(self.dropout(pooled))
         loss = None
         if labels is not None:
             if self.num_labels == 1:
