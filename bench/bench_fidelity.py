@@ -90,6 +90,7 @@ class Setup:
     tasks: list[str]
     ft_batch: int
     ft_train: int
+    pooling: str              # what classifiers read (the evaluator's --pooling)
     seeds: list[int]
     speedups: list[float]
     gen_size: int
@@ -133,7 +134,7 @@ def evaluate(s: Setup, model: Path, out: Path, seeds: list[int],
            "--learning_rate", " ".join(str(s.ft_lr[t]) for t in s.tasks),
            "--train_batch_size", str(s.ft_batch),
            "--max_train_examples", str(s.ft_train), "--cache_dir", str(s.out / "task_cache"),
-           "--no_cuda", "--no_progress"]
+           "--pooling", s.pooling, "--no_cuda", "--no_progress"]
     if archs_file is not None:
         cmd += ["--arches_file", str(archs_file), "--super_model", s.scheme.name]
     run(s, cmd)
@@ -443,7 +444,11 @@ def main() -> None:
     p.add_argument("--further_steps", type=int, default=None,
                    help="further-training steps per arch (default: 150, fewer to fit "
                         "--budget_min; quick 20)")
-    p.add_argument("--further_lr", type=float, default=1e-4)
+    p.add_argument("--further_lr", type=float, default=2e-5,
+                   help="further-training lr (default: the quickstart's for a grown supernet)")
+    p.add_argument("--pooling", choices=("cls", "mean"), default="mean",
+                   help="what sentence(-pair) classifiers read (default: mean, the quickstart's "
+                        "for a grown supernet)")
     p.add_argument("--ft_steps", type=int, default=None,
                    help="fine-tuning steps per task (default: 40, fewer to fit --budget_min; "
                         "quick 10)")
@@ -499,7 +504,7 @@ def main() -> None:
               ft_lr={t: args.ft_lr or FT_LR[t] for t in args.tasks},
               eval_seq={t: args.eval_seq or EVAL_SEQ[t] for t in args.tasks},
               tasks=list(args.tasks),
-              ft_batch=16, ft_train=1000, seeds=[1] if q else [1, 2, 3],
+              ft_batch=16, ft_train=1000, pooling=args.pooling, seeds=[1] if q else [1, 2, 3],
               speedups=list(args.speedups), gen_size=2 if q else 4, evolved_gens=1)
     if not q and s.n_archs < 8:
         sys.exit("error: rank fidelity needs at least 8 archs (--archs)")
@@ -524,7 +529,7 @@ def main() -> None:
             "", f"Supernet `{s.supernet}` ({scheme.name}); further training {s.further_steps} "
             f"steps x batch {s.further_batch}, lr {s.further_lr}; fine-tuning {s.ft_steps} steps "
             f"per task at lr {s.ft_lr} and length {s.eval_seq}, batch {s.ft_batch}, "
-            f"{s.ft_train} training examples; "
+            f"{s.ft_train} training examples, classifiers read {s.pooling}; "
             f"tasks {', '.join(s.tasks)}.", ""]
     text = "\n".join(head + fid_lines + [""] + cmp_lines) + "\n"
     (s.out / "bench_fidelity.md").write_text(text)

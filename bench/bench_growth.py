@@ -77,12 +77,14 @@ class Setup:
     batch: int
     seq: int
     ft_steps: int
-    ft_lr: float
+    ft_lr: dict[str, float]  # sst-2, mnli
     seeds: list[int]
     archs: list[Arch]
     lr_scratch: float
     lr_grown: float
     heldout_seqs: int
+    importance: str  # --reorder_importance of (c) and (d)
+    pooling: str     # what the classifiers read (the evaluator's --pooling)
 
 
 def prepare_data(s: Setup, log: Path) -> None:
@@ -123,6 +125,7 @@ def build_supernet(s: Setup, variant: str, log: Path) -> tuple[Path, float]:
         secs = run([sys.executable, "pre_training.py", "--student_model", teacher,
                     "--pregenerated_data", str(s.out / "pretrain_data"), "--max_seq_length",
                     str(s.seq), "--do_lower_case", "--seed", "42", "--reorder_only", str(path),
+                    "--reorder_importance", s.importance,
                     "--overwrite_output_dir"], log)
     else:
         cache = s.out / f"train_{variant}"
@@ -135,7 +138,9 @@ def build_supernet(s: Setup, variant: str, log: Path) -> tuple[Path, float]:
             extra, lr = ["--scratch"], s.lr_scratch
         else:
             model = Path(teacher)
-            extra, lr = (["--reorder"] if variant == "c" else []), s.lr_grown
+            extra = (["--reorder", "--reorder_importance", s.importance] if variant == "c"
+                     else [])
+            lr = s.lr_grown
         secs = run([sys.executable, "pre_training.py", "--student_model", str(model),
                     "--cache_dir", str(cache), "--max_steps", str(s.steps),
                     "--save_steps", str(s.steps), "--learning_rate", str(lr),
@@ -162,7 +167,8 @@ def evaluate(s: Setup, variant: str, supernet: Path, log: Path) -> dict[tuple[Ar
                  "--data_dir", f"{books / 'SST-2'} {books / 'MNLI'}", "--task_name", "sst-2 mnli",
                  "--arches_file", str(archs_file), "--output_dir", str(out), "--super_model", "KD",
                  "--do_lower_case", "--seed", str(seed), "--max_steps", str(s.ft_steps),
-                 "--learning_rate", str(s.ft_lr), "--train_batch_size", "16",
+                 "--learning_rate", f"{s.ft_lr['sst-2']} {s.ft_lr['mnli']}",
+                 "--pooling", s.pooling, "--train_batch_size", "16",
                  "--max_seq_length", "64", "--max_train_examples", "2000",
                  "--cache_dir", str(s.out / "task_cache"), "--no_cuda"], log)
         for r in read_results(str(results)):
@@ -220,7 +226,9 @@ def mean_spread(xs: list[float]) -> tuple[float, float]:
 def table(s: Setup, results: dict[str, dict], seconds: dict[str, float]) -> str:
     full = encoder_flops(MINILM.layers, MINILM.hidden, MINILM.qkv, MINILM.ffn)
     lines = [f"# Growth benchmark ({s.steps} supernet steps x batch {s.batch}, seq {s.seq}; "
-             f"proxy fine-tuning {s.ft_steps} steps at lr {s.ft_lr}, seeds {s.seeds})", "",
+             f"grown lr {s.lr_grown}, reordered by {s.importance}; proxy fine-tuning "
+             f"{s.ft_steps} steps at lr {s.ft_lr}, classifiers read {s.pooling}, "
+             f"seeds {s.seeds})", "",
              "Scores: dev accuracy (%), mean over seeds +- half the range; chance: SST-2-style 50, "
              "MNLI-style 33.3. KD loss: held-out, against MiniLM (lower is better).", ""]
     head = "| arch | FLOPs vs MiniLM |" + "".join(
@@ -279,14 +287,22 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None, help="supernet training steps")
     p.add_argument("--ft_steps", type=int, default=None, help="proxy fine-tuning steps")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--importance", choices=("taylor", "magnitude"), default="magnitude",
+                   help="--reorder_importance of (c) and (d) (default: the quickstart's)")
+    p.add_argument("--lr_grown", type=float, default=2e-5,
+                   help="supernet lr of (b) and (c) (default: the quickstart's)")
+    p.add_argument("--pooling", choices=("cls", "mean"), default="mean",
+                   help="what the classifiers read (default: the quickstart's)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     quick = args.quick
     s = Setup(out=Path(args.out).resolve(), steps=args.steps or (30 if quick else 300),
               batch=16 if quick else 32, seq=128, ft_steps=args.ft_steps or (40 if quick else 100),
-              ft_lr=1e-4, seeds=[1] if quick else [1, 2], archs=QUICK_ARCHS if quick else ARCHS,
-              lr_scratch=1e-3, lr_grown=1e-4, heldout_seqs=128 if quick else 512)
+              ft_lr={"sst-2": 1e-4, "mnli": 5e-5}, seeds=[1] if quick else [1, 2],
+              archs=QUICK_ARCHS if quick else ARCHS, lr_scratch=1e-3, lr_grown=args.lr_grown,
+              heldout_seqs=128 if quick else 512, importance=args.importance,
+              pooling=args.pooling)
     s.out.mkdir(parents=True, exist_ok=True)
     log = s.out / "bench_growth.log"
     print(f"outputs and logs: {s.out} (log: {log})", flush=True)

@@ -119,9 +119,11 @@ TABLE_KEYS = ("num_train_epochs", "max_seq_length", "learning_rate", "eval_step"
               "train_batch_size")
 FLAG_DEFAULTS = {"num_train_epochs": 3.0, "max_seq_length": 128, "learning_rate": 5e-5,
                  "train_batch_size": 32}
+# Flags with no table default that may still differ per task (None: not given).
+PER_TASK_KEYS = ("max_steps",)
 # The flags that apply to every task unchanged.
 COMMON_KEYS = ("eval_batch_size", "weight_decay", "warmup_proportion",
-               "gradient_accumulation_steps", "max_steps", "max_train_examples",
+               "gradient_accumulation_steps", "max_train_examples",
                "max_eval_examples", "doc_stride", "max_query_length", "n_best_size",
                "max_answer_length", "null_score_diff_threshold")
 
@@ -137,6 +139,7 @@ def resolve_task_config(task: str, data_dir: str, explicit: dict[str, Any],
         if value is None:
             value = row[key] if row[key] is not None else FLAG_DEFAULTS[key]
         values[key] = value
+    values.update({key: explicit.get(key) for key in PER_TASK_KEYS})
     return TaskConfig(task=task, data_dir=data_dir, **values, **common)
 
 
@@ -266,8 +269,9 @@ class RunConfig:
                                           "training examples (questions for SQuAD)")
     max_eval_examples: int | None = flag(None, type=int,
                                          help="proxy: score only the first N dev examples")
-    max_steps: int | None = flag(None, type=int, help="proxy: stop after N optimizer steps "
-                                 "(replaces the epoch count)")
+    max_steps: tuple[int, ...] | None = flag(None, type=per_task(int), help="proxy: stop after "
+                                             "N optimizer steps (replaces the epoch count)"
+                                             + PER_TASK_HELP)
     save_best_model: bool = flag(False, help="save the best fine-tuned sub-model per task and "
                                  "seed to <output_dir>/<task>_seed<seed>[_<arch>]")
     # Many processes (torchrun ranks, SLURM array tasks, or --shard by hand) share the jobs.
@@ -309,7 +313,7 @@ class RunConfig:
             seeds = tuple(int(s) for s in _split(self.seed, "seed"))
         except ValueError:
             raise UserError(f"--seed must be space-separated integers, got {self.seed!r}") from None
-        explicit = {k: _one_per_task(k, getattr(self, k), len(tasks)) for k in TABLE_KEYS}
+        explicit = {k: _one_per_task(k, getattr(self, k), len(tasks)) for k in (*TABLE_KEYS, *PER_TASK_KEYS)}
         common = {k: getattr(self, k) for k in COMMON_KEYS}
         task_cfgs = tuple(resolve_task_config(t, d, {k: v[i] for k, v in explicit.items()}, common)
                           for i, (t, d) in enumerate(zip(tasks, dirs)))

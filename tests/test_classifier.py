@@ -15,7 +15,7 @@ import superbert.finetune as ft
 from helpers import make_tiny_supernet, tiny_config
 from superbert.arch import Arch, Scheme, format_arch_lines
 from superbert.errors import UserError
-from superbert.finetune import RunConfig, init_head, inherit, run
+from superbert.finetune import RunConfig, init_head, inherit, plan_steps, run
 from superbert.modeling import AutoTinyBertForSequenceClassification, active_state_dict
 from superbert.optim import BertAdam, param_groups
 from superbert.results import parse_results, read_results
@@ -177,6 +177,17 @@ def test_explicit_flags_override_task_defaults():
                         "--max_seq_length", "64 64 96", "--learning_rate", "1e-4 5e-5 1e-4"])
     assert [t.max_seq_length for t in cfg.tasks] == [64, 64, 96]
     assert [t.learning_rate for t in cfg.tasks] == [1e-4, 5e-5, 1e-4]
+    assert [t.max_steps for t in cfg.tasks] == [None] * 3  # epochs decide
+    cfg = parse_config([*base, "--data_dir", "a b", "--task_name", "sst-2 mnli",
+                        "--max_steps", "100 300"])
+    assert [t.max_steps for t in cfg.tasks] == [100, 300]
+    assert [plan_steps(t, 1000).t_total for t in cfg.tasks] == [100, 300]
+    cfg = parse_config([*base, "--data_dir", "a b", "--task_name", "sst-2 mnli",
+                        "--max_steps", "40"])
+    assert [t.max_steps for t in cfg.tasks] == [40, 40]
+    with pytest.raises(UserError, match="--max_steps must be a positive"):
+        parse_config([*base, "--data_dir", "a b", "--task_name", "sst-2 mnli",
+                      "--max_steps", "100 0"])
     with pytest.raises(UserError, match="--max_seq_length lists 2 values for 3 tasks"):
         parse_config([*base, "--data_dir", "a b c", "--task_name", "sst-2 mnli squad",
                       "--max_seq_length", "64 96"])

@@ -27,10 +27,10 @@ PRETRAIN_NON_NEGATIVE = ("adam_epsilon", "weight_decay", "max_grad_norm", "warmu
 
 RUN_BASE = dict(data_dir="a", model="m", task_name="sst-2", output_dir="o")
 RUN_POSITIVE = ("eval_batch_size", "gradient_accumulation_steps", "doc_stride",
-                "max_query_length", "n_best_size", "max_answer_length", "max_steps",
+                "max_query_length", "n_best_size", "max_answer_length",
                 "max_train_examples", "max_eval_examples")
 RUN_PER_TASK = ("max_seq_length", "train_batch_size", "learning_rate", "num_train_epochs",
-                "eval_step")
+                "eval_step", "max_steps")
 
 
 @given(name=st.sampled_from(PRETRAIN_POSITIVE), value=NOT_POSITIVE)
