@@ -141,7 +141,7 @@ main() {
     SEQ=64
     TRAIN_EXAMPLES=48; DEV_EXAMPLES=24; BOOK_CHAPTERS=(--max_chapters_per_book 4)
     PRETRAIN_STEPS=30; PRETRAIN_BATCH=8
-    LAT_ARCHS=40; LAT_PASSES=1
+    LAT_ARCHS=40; LAT_PASSES=1; LAT_RUNS=3  # (also the summary's timed forwards per arch)
     SPEEDUP=1.5; LAT_WINDOW=(0.5 1.5); GEN_SIZE=3            # a wide window: the grid is tiny
     EVAL_STEPS=3; EVAL_BATCH=8; EVAL_TRAIN=48
     FURTHER_STEPS=30; HELDOUT_SEQS=128; FINAL_STEPS=9
@@ -398,7 +398,7 @@ main() {
       --final_results "$OUT/final_eval/subbert.results" ${FINAL_SEQ[1]:+--final_max_seq_length "${FINAL_SEQ[1]}"} \
       --task_data "sst-2=$BOOKS/SST-2" "mnli=$BOOKS/MNLI" "squad1=$BOOKS/SQuAD" \
       "${DEFAULT_FLAGS[@]}" "${DEPLOY_FLAGS[@]}" \
-      --plots "$LATENCY/predictor_fit.png" --output_dir "$SUMMARY"
+      --infer_cnt "$LAT_RUNS" --plots "$LATENCY/predictor_fit.png" --output_dir "$SUMMARY"
   echo "stage times (stage, wall s, CPU s): $STAMPS/times.tsv"
   column -t "$STAMPS/times.tsv" 2>/dev/null || cat "$STAMPS/times.tsv"
   echo "summary: $SUMMARY/summary.md"
