@@ -78,7 +78,7 @@ main() {
   HELDOUT_SEQS=512                                         # held-out sequences for the MLM loss
   if [[ "$START" == grown ]]; then
     # The supernet is MiniLM-L6-H384 itself (6 layers, 384, 12 heads, FFN 1536), its units
-    # sorted by importance, distilled from MiniLM for 150 steps. Sub-archs:
+    # sorted by importance, distilled from MiniLM for 100 steps. Sub-archs:
     # 1-6 layers, hidden 128-384, qkv 96-384 (12 heads), FFN 256-1536.
     LAYERS=6; HIDDEN=384; HEADS=12; QKV=384; FFN=1536
     SPACE=(--layer_num_space 1 6 --hidden_size_space 128 384 --qkv_size_space 96 384
