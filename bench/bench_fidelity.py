@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import kendalltau
 
-from superbert.arch import Arch, Scheme, SearchSpace, write_arch_file
+from superbert.arch import ORIGINAL_STEPS, Arch, Scheme, SearchSpace, write_arch_file
 from superbert.checkpoint import find_checkpoints
 from superbert.hf import load_config, resolve_model_dir
 from superbert.latency import LatencyPredictor
@@ -50,7 +50,6 @@ from superbert.report import measure_latencies, task_levels
 from superbert.results import fitness, parse_results, read_results
 from superbert.search import reference_arch
 from superbert.search.baseline import default_ratio_archs
-from superbert.search.candidates import ORIGINAL_STEPS
 
 ROOT = Path(__file__).resolve().parents[1]
 # The quickstart's search tasks (fitness = their mean) and their directories in --books.

@@ -292,6 +292,11 @@ def _inclusive(lo: int, hi: int, step: int) -> list[int]:
     return list(range(lo, hi + 1, step))
 
 
+# The original searcher's grid steps ("for efficiency") and the paper's fine grid.
+ORIGINAL_STEPS = {"hidden_step": 16, "ffn_step": 32, "qkv_step": 12}
+FINE_STEPS = {"hidden_step": 4, "ffn_step": 4, "qkv_step": 12}
+
+
 @dataclass(frozen=True)
 class SearchSpace:
     """Ranges (inclusive) and grid steps of each dimension, for one attention scheme.

@@ -19,12 +19,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from transformers import AutoModelForMaskedLM
 from transformers.utils import logging as hf_logging
 
 from . import finetune
-from .arch import Arch, Scheme, arch_of_config, read_arch_file
+from .arch import Arch, Scheme, arch_of_config
 from .data import MaskingCollator, PretrainingDataset
 from .errors import UserError
 from .hf import load_config, load_model, load_tokenizer, read_vocab, resolve_model_dir
@@ -33,7 +32,7 @@ from .io import atomic_path, atomic_write_text
 from .latency import (BERT_BASE, LatencyPredictor, Speedups, Timer, TimingProtocol,
                       time_against_reference)
 from .modeling import AutoTinyBertForSequenceClassification
-from .results import fitness, parse_results, read_results
+from .results import Evaluated, best_arch, evaluated_archs, read_results
 from .tasks import canonical_task, is_squad
 from .tasks import glue, squad
 from .tasks.metrics import best_key, squad_v1_evaluate, squad_v2_evaluate
@@ -42,37 +41,11 @@ logger = logging.getLogger(__name__)
 
 
 # ---- search progress ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Evaluated:
-    arch: Arch
-    generation: int  # first generation file that holds it (1-based); 0 if in none
-    scores: dict[str, float]  # task -> 0-100
-    fitness: float
-
-
-def evaluated_archs(results_file: str | os.PathLike,
-                    generation_files: Sequence[str | os.PathLike] = ()) -> list[Evaluated]:
-    """Every arch of `subbert.results` with its scores, fitness and generation, in file order."""
-    if not Path(results_file).is_file():
-        raise UserError(f"results file not found: {results_file} (run superbert_run_en_classifier.py)")
-    first_gen: dict[Arch, int] = {}
-    for g, path in enumerate(generation_files, 1):
-        for arch in read_arch_file(str(path)):
-            first_gen.setdefault(arch, g)
-    scored = parse_results(str(results_file))
-    if not scored:
-        raise UserError(f"{results_file} holds no results")
-    return [Evaluated(a, first_gen.get(a, 0), dict(s), fitness(s)) for a, s in scored.items()]
-
-
-def best_arch(evaluated: Sequence[Evaluated]) -> Evaluated:
-    """Highest fitness; ties go to the arch evaluated first (stable)."""
-    return max(evaluated, key=lambda e: e.fitness)
-
-
 def plot_search_progress(path: str | os.PathLike, evaluated: Sequence[Evaluated]) -> Path:
     """Fitness of every evaluated arch per generation, with the best-so-far line."""
     gens = sorted({e.generation for e in evaluated})
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(6, 4))  # no pyplot: no global backend or figure registry to manage
     ax = fig.subplots()
     xs = [e.generation for e in evaluated]

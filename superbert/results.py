@@ -30,9 +30,10 @@ import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Iterable
+from pathlib import Path
+from typing import Iterable, Sequence
 
-from .arch import Arch
+from .arch import Arch, read_arch_file
 from .errors import UserError
 from .io import read_text
 
@@ -217,3 +218,32 @@ def fitness(scores: dict[str, float]) -> float:
     if not scores:
         raise UserError("an arch has no task scores, so it has no fitness")
     return sum(scores.values()) / len(scores)
+
+
+# ---- the search's evaluated archs ---------------------------------------------------------------
+@dataclass(frozen=True)
+class Evaluated:
+    arch: Arch
+    generation: int  # first generation file that holds it (1-based); 0 if in none
+    scores: dict[str, float]  # task -> 0-100
+    fitness: float
+
+
+def evaluated_archs(results_file: str | os.PathLike,
+                    generation_files: Sequence[str | os.PathLike] = ()) -> list[Evaluated]:
+    """Every arch of `subbert.results` with its scores, fitness and generation, in file order."""
+    if not Path(results_file).is_file():
+        raise UserError(f"results file not found: {results_file} (run superbert_run_en_classifier.py)")
+    first_gen: dict[Arch, int] = {}
+    for g, path in enumerate(generation_files, 1):
+        for arch in read_arch_file(str(path)):
+            first_gen.setdefault(arch, g)
+    scored = parse_results(str(results_file))
+    if not scored:
+        raise UserError(f"{results_file} holds no results")
+    return [Evaluated(a, first_gen.get(a, 0), dict(s), fitness(s)) for a, s in scored.items()]
+
+
+def best_arch(evaluated: Sequence[Evaluated]) -> Evaluated:
+    """Highest fitness; ties go to the arch evaluated first (stable)."""
+    return max(evaluated, key=lambda e: e.fitness)

@@ -46,7 +46,8 @@ def _results(path: Path, scores: dict[Arch, tuple[float, float]]) -> None:
 
 
 def test_best_arch_generations_and_plot(tmp_path):
-    from superbert.report import best_arch, evaluated_archs, generation_table, plot_search_progress
+    from superbert.report import generation_table, plot_search_progress
+    from superbert.results import best_arch, evaluated_archs
 
     a, b, c = _arch(1, 64, 1, 128), _arch(2, 96, 2, 256), _arch(3, 128, 4, 512)
     (tmp_path / "gen_1.cands").write_text(f"{a}\n{b}\n")

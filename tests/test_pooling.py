@@ -3,7 +3,6 @@ slice == extracted == Hugging Face-loaded == ONNX Runtime, padding-blind, saved 
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import torch

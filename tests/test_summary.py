@@ -24,7 +24,8 @@ from tests.helpers import VOCAB, make_tiny_supernet, tiny_config
 import superbert.report as report
 from superbert.report import (AT_CHANCE, AT_MAJORITY, COLLAPSED, all_at_chance, build_summary,
                               chance_flags, collapse_flag, format_summary, generation_table,
-                              evaluated_archs, task_levels, write_summary)
+                              task_levels, write_summary)
+from superbert.results import Evaluated, evaluated_archs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,9 +117,9 @@ def test_task_levels_from_dev_files(tmp_path):
 def test_generation_table_counts_archs_at_chance():
     a, b = Arch(1, 64, 2, 64, 256), Arch(2, 64, 2, 64, 256)
     levels = {"mnli": report.TaskLevels("mnli", "acc", 100 / 3, "", 100 / 3)}
-    ev = [report.Evaluated(a, 1, {"mnli": 33.0}, 33.0),
-          report.Evaluated(b, 1, {"mnli": 48.0}, 48.0),
-          report.Evaluated(a, 2, {"mnli": 34.0}, 34.0)]
+    ev = [Evaluated(a, 1, {"mnli": 33.0}, 33.0),
+          Evaluated(b, 1, {"mnli": 48.0}, 48.0),
+          Evaluated(a, 2, {"mnli": 34.0}, 34.0)]
     assert [r["at_chance"] for r in generation_table(ev, levels)] == [1, 1]
     assert "at_chance" not in generation_table(ev)[0]  # without levels, the old rows
     assert all_at_chance({"mnli": 33.0, "squad1": 3.0}, levels)  # squad1's chance unknown

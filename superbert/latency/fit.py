@@ -21,8 +21,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
-from scipy.stats import kendalltau
 from torch import nn
 from tqdm import tqdm
 
@@ -55,6 +53,8 @@ def regression_metrics(pred: np.ndarray, true: np.ndarray) -> Metrics:
     pred, true = np.asarray(pred, dtype=np.float64), np.asarray(true, dtype=np.float64)
     if len(true) == 0:
         return Metrics(0, float("nan"), float("nan"), float("nan"))
+    from scipy.stats import kendalltau  # ~0.6 s to import: only when metrics are computed
+
     tau = kendalltau(pred, true).statistic if len(true) > 1 else float("nan")
     return Metrics(len(true), float(np.sqrt(np.mean((pred - true) ** 2))),
                    float(100.0 * np.mean(np.abs(pred - true) / true)), float(tau))
@@ -181,6 +181,8 @@ def plot_predictions(path: str | os.PathLike, true: np.ndarray, pred: np.ndarray
                      label: str = "predictor") -> None:
     """Predicted-vs-measured scatter (log axes), with the FLOPs baseline when given; `label`
     names the fitted predictor in the legend, each series with its MAPE and Kendall tau."""
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(5.5, 5))
     ax = fig.subplots()
     lo = float(min(np.min(true), np.min(pred))) * 0.9

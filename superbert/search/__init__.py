@@ -11,9 +11,9 @@ measured on the machine (recorded in time.pt).
 - `plot`: fitness against predicted latency of a step.
 - `command`: searcher.py's `SearchConfig` and `search_command`.
 """
-from .candidates import (FINE_STEPS, ORIGINAL_STEPS, CandidateSet, enumerate_candidates,
-                         format_candidate_lines, read_candidates,
-                         write_candidates)
+from ..arch import FINE_STEPS, ORIGINAL_STEPS
+from .candidates import (CandidateSet, enumerate_candidates, format_candidate_lines,
+                         read_candidates, write_candidates)
 from .command import (METHODS, Generation, SearchConfig, build_space, build_window,
                       load_predictor, next_generation, search_command, write_candidate_file)
 from .evolution import Evolver, MutationGrid, is_efficient, roulette, sample_generation

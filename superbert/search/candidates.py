@@ -30,10 +30,6 @@ from .window import LatencyWindow
 
 logger = logging.getLogger(__name__)
 
-# The original searcher's grid steps ("for efficiency") and the paper's fine grid.
-ORIGINAL_STEPS = {"hidden_step": 16, "ffn_step": 32, "qkv_step": 12}
-FINE_STEPS = {"hidden_step": 4, "ffn_step": 4, "qkv_step": 12}
-
 
 @dataclass
 class CandidateSet:

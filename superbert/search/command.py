@@ -11,15 +11,15 @@ import logging
 import random
 from dataclasses import dataclass, field
 
-from ..arch import Arch, Scheme, SearchSpace, SpaceFlags, write_arch_file
+from ..arch import FINE_STEPS, ORIGINAL_STEPS, Arch, Scheme, SearchSpace, SpaceFlags, write_arch_file
 from ..cli import flag
 from ..errors import UserError
 from ..hf import load_config, resolve_model_dir
 from ..latency import LatencyPredictor, PredictorConfig, load_supernet_config
 from ..latency.checks import check_output, check_positive
 from ..results import fitness, parse_results
-from .candidates import (FINE_STEPS, ORIGINAL_STEPS, CandidateSet, check_candidates,
-                         enumerate_candidates, read_candidates, write_candidates)
+from .candidates import (CandidateSet, check_candidates, enumerate_candidates, read_candidates,
+                         write_candidates)
 from .evolution import Evolver, sample_generation
 from .measure import measure_archs, reference_name
 from .pareto import ParetoEvolver

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from ..arch import Arch
 from ..io import atomic_path
@@ -33,6 +32,8 @@ def plot_generation(path: str | os.PathLike, evaluated: dict[Arch, float],
     lat = predictor.predict(archs)
     fit = np.asarray([evaluated[a] for a in archs])
     rounds = gen_size is not None and gen_size >= 1 and len(archs) > 0
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(11.5 if rounds else 6.5, 4.5))
     axes = fig.subplots(1, 2 if rounds else 1, squeeze=False)[0]
     ax = axes[0]

@@ -18,8 +18,6 @@ import string
 from typing import Mapping, Sequence
 
 import numpy as np
-from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import f1_score, matthews_corrcoef
 
 
 # ---- GLUE --------------------------------------------------------------------------------------
@@ -28,6 +26,8 @@ def simple_accuracy(preds: np.ndarray, labels: np.ndarray) -> float:
 
 
 def acc_and_f1(preds: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import f1_score  # SciPy and scikit-learn cost ~0.6 s to import: only
+                                          # the tasks that need them pay it
     acc = simple_accuracy(preds, labels)
     f1 = float(f1_score(y_true=labels, y_pred=preds, zero_division=0))
     return {"acc": acc, "f1": f1, "acc_and_f1": (acc + f1) / 2}
@@ -39,12 +39,16 @@ def pearson_and_spearman(preds: np.ndarray, labels: np.ndarray) -> dict[str, flo
         # A constant vector has no correlation; SciPy would warn and return NaN.
         pearson = spearman = 0.0
     else:
+        from scipy.stats import pearsonr, spearmanr
+
         pearson = float(pearsonr(preds, labels)[0])
         spearman = float(spearmanr(preds, labels)[0])
     return {"pearson": pearson, "spearmanr": spearman, "corr": (pearson + spearman) / 2}
 
 
 def matthews(preds: np.ndarray, labels: np.ndarray) -> float:
+    from sklearn.metrics import matthews_corrcoef
+
     return float(matthews_corrcoef(labels, preds))
 
 
