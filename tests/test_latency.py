@@ -239,6 +239,28 @@ def test_timer_subjects_agree_on_shapes():
         assert r.runs == 1 and r.median_ms > 0
 
 
+
+def test_timed_models_hold_finite_weights_drawn_once():
+    # weights are slices of one draw (uninitialised memory could hold NaN or denormals, which
+    # would change the speed), LayerNorms as a fresh model's
+    from superbert.latency.timing import RandomWeights
+
+    cfg = tiny_config("kd", layers=2, hidden=64, heads=4, ffn=128)
+    weights = RandomWeights(std=0.02, seed=3)
+    model = weights.build(cfg)
+    for module in model.modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            assert torch.equal(module.weight, torch.ones_like(module.weight))
+            assert torch.equal(module.bias, torch.zeros_like(module.bias))
+    matrices = [p for n, p in model.named_parameters() if "LayerNorm" not in n]
+    assert all(torch.isfinite(p).all() for p in matrices)
+    words = model.embeddings.word_embeddings.weight.detach()
+    assert 0.015 < float(words.std()) < 0.025 and not torch.equal(words, torch.zeros_like(words))
+    again = RandomWeights(std=0.02, seed=3).build(cfg)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))
+    out = model(torch.tensor([[101, 2000, 102]])).last_hidden_state
+    assert torch.isfinite(out).all() and not model.training
+
 def test_statistic_picks_what_is_recorded():
     cfg = tiny_config("kd", layers=2, hidden=64, heads=4, ffn=128)
     arch = Arch(2, 32, 4, 32, 64)

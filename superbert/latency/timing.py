@@ -28,7 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
-from transformers.initialization import no_init_weights
+
+try:  # transformers >= 5
+    from transformers.initialization import no_init_weights
+except ImportError:  # pragma: no cover - transformers 4.x
+    from transformers.modeling_utils import no_init_weights
 
 from ..arch import Arch, Scheme, arch_of_config
 from ..deploy import BACKENDS, OnnxTimingBackend
