@@ -29,6 +29,21 @@ SEARCH_STAGES = ["book_tasks", "generate_data", "generate_heldout", "pretrain",
                  "default_final_eval", "summary"]
 STAGES = ["setup"] + SEARCH_STAGES          # --scratch: a config-only supernet directory first
 GROWN_STAGES = SEARCH_STAGES                # grown: the supernet directory is MiniLM's own
+DEFAULT_RUN = ["default_extract", "default_further_train", "default_final_eval"]
+
+
+def chose_default_ratios(out: Path) -> bool:
+    """The search itself chose an arch with BERT's ratios (which one wins depends on this
+    machine's timings): then there is no second arch to train, and the summary says so."""
+    return (out / "cands/best.arch").read_text() == (out / "cands/default.arch").read_text()
+
+
+def expected_stages(out: Path, stages: list[str]) -> list[str]:
+    if chose_default_ratios(out):
+        summary = (out / "summary/summary.md").read_text()
+        assert "The search chose an arch with BERT's default ratios" in summary
+        return [s for s in stages if s not in DEFAULT_RUN]
+    return stages
 
 
 def _arch(layers: int, hidden: int, heads: int, ffn: int, head_dim: int = 32) -> Arch:
@@ -167,7 +182,7 @@ def _checkpoint(cache: Path) -> Path:
 def test_every_stage_ran_and_wrote_its_output(smoke_run):
     out, r, _ = smoke_run
     rows = [line.split("\t") for line in (out / ".stamps" / "times.tsv").read_text().splitlines()]
-    assert [r[0] for r in rows] == STAGES and all(len(r) == 3 for r in rows)
+    assert [r[0] for r in rows] == expected_stages(out, STAGES) and all(len(r) == 3 for r in rows)
     for rel in ["models/superbert_model/config.json", "models/superbert_model/vocab.txt",
                 "data/books/MNLI/train.tsv", "data/books/SQuAD/dev-v1.1.json",
                 "data/books/corpus/train.txt", "data/pretrain_data/metadata.json",
@@ -248,7 +263,7 @@ def test_rerun_resumes_every_stage(smoke_run):
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     skipped = [line for line in r.stdout.splitlines() if "finished earlier, skipped" in line]
-    assert len(skipped) == len(STAGES)
+    assert len(skipped) == len(expected_stages(out, STAGES))
     # a different size in the same directory is refused, not mixed in
     r = subprocess.run(["bash", "experiments/quickstart.sh"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=60)
@@ -272,7 +287,7 @@ def grown_smoke_run(tmp_path_factory):
 def test_grown_quickstart_runs_every_stage(grown_smoke_run):
     out, r = grown_smoke_run
     rows = [line.split("\t") for line in (out / ".stamps" / "times.tsv").read_text().splitlines()]
-    assert [row[0] for row in rows] == GROWN_STAGES
+    assert [row[0] for row in rows] == expected_stages(out, GROWN_STAGES)
     assert "AutoTinyBERT quickstart summary" in r.stdout
 
 
@@ -309,7 +324,7 @@ def test_grown_search_scores_its_tasks_and_compares_default_ratios(grown_smoke_r
     # BERT's ratios on the search grid: FFN = 4 x hidden, qkv the multiple of 12 heads nearest
     # to hidden
     assert default.ffn == 4 * default.hidden and abs(default.qkv - default.hidden) <= 6
-    assert (out / "final_eval_default/subbert.results").is_file()
+    assert (out / "final_eval_default/subbert.results").is_file() or chose_default_ratios(out)
     summary = (out / "summary/summary.md").read_text()
     assert "chance" in summary.lower()
     # the chosen arch as deployed: scored through ORT FP32 and INT8, timed under three backends
