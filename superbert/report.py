@@ -43,9 +43,9 @@ logger = logging.getLogger(__name__)
 # ---- search progress ----------------------------------------------------------------------------
 def plot_search_progress(path: str | os.PathLike, evaluated: Sequence[Evaluated]) -> Path:
     """Fitness of every evaluated arch per generation, with the best-so-far line."""
-    gens = sorted({e.generation for e in evaluated})
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # imported here: most callers never plot
 
+    gens = sorted({e.generation for e in evaluated})
     fig = Figure(figsize=(6, 4))  # no pyplot: no global backend or figure registry to manage
     ax = fig.subplots()
     xs = [e.generation for e in evaluated]
