@@ -11,6 +11,30 @@ from superbert.modeling import AutoTinyBertForMaskedLM
 
 VOCAB = bundled_vocab_path()
 
+# float32 rounding grows with the values' magnitude and the number of summed terms, and the
+# order of those sums differs between CPUs and thread counts: two computations of the same
+# function agree to a tolerance relative to the largest value compared, not to a fixed 1e-5.
+REL_TOL = 1e-5
+
+
+def scaled_tolerance(reference: torch.Tensor, rel: float = REL_TOL) -> float:
+    """rel x the largest magnitude in ``reference`` (at least rel, for values near zero)."""
+    return rel * max(1.0, float(reference.detach().abs().max()))
+
+
+def max_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest elementwise difference, computed in float64 so the check adds no rounding."""
+    return float((a.detach().double() - b.detach().double()).abs().max())
+
+
+def assert_same_values(actual: torch.Tensor, expected: torch.Tensor, what: str = "values",
+                       rel: float = REL_TOL) -> None:
+    """``actual`` equals ``expected`` up to float32 rounding scaled to ``expected``'s magnitude."""
+    assert actual.shape == expected.shape, \
+        f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    diff, tol = max_difference(actual, expected), scaled_tolerance(expected, rel)
+    assert diff <= tol, f"{what} differs by {diff:.3g} (tolerance {tol:.3g})"
+
 
 def tiny_config(scheme: str = "mlm", layers: int = 3, hidden: int = 64, heads: int = 4,
                 qkv: int | None = None, ffn: int = 128, vocab_size: int = 30522,

