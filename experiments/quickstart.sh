@@ -325,30 +325,39 @@ main() {
   GENERATIONS=("$CANDS/gen_1.cands" "$CANDS/gen_2.cands" "$CANDS/gen_3.cands")
 
   # 6. The best arch (highest fitness = mean of the search tasks' scores), extracted as a complete
-  #    model directory, then further-trained at its fixed arch.
-  best_arch() { "$PY" experiments/summarize.py --results "$SEARCH/subbert.results" --print_best > "$CANDS/best.arch"; }
-  stage best best_arch
-  stage extract "$PY" submodel_extractor.py --model "$SUPERNET" --arch "$(cat "$CANDS/best.arch")" \
-      --output "$EXTRACTED"
-  stage further_train "$PY" pre_training.py --pregenerated_data "$PRETRAIN_DATA" \
-      --student_model "$EXTRACTED" --cache_dir "$FURTHER_CACHE" --epochs 1 \
-      --max_steps "$FURTHER_STEPS" --save_steps "$FURTHER_STEPS" \
-      --train_batch_size "$PRETRAIN_BATCH" --learning_rate "$FURTHER_LR" --warmup_proportion 0.1 \
-      --max_seq_length "$SEQ" --do_lower_case --further_train --resume auto --no_progress \
-      "${OBJECTIVE[@]}"
-  FURTHER="$(newest_checkpoint "$FURTHER_CACHE")"
-
-  # 7. The further-trained model fine-tuned on the book tasks at its full arch (proxy settings):
-  #    which book a sentence is from (SST-2 format) and does A entail clause B (MNLI format). The best
-  #    fine-tuned models are kept so the summary can check what they predict.
+  #    model directory, further-trained at its fixed arch, then fine-tuned on the book tasks at
+  #    its full arch (proxy settings): which book a sentence is from (SST-2 format) and does A
+  #    entail clause B (MNLI format). The best fine-tuned models are kept so the summary can check
+  #    what they predict.
   FINAL_FLAGS=(--data_dir "$BOOKS/SST-2 $BOOKS/MNLI" --task_name "sst-2 mnli" --do_lower_case
                --cache_dir "$OUT/task_cache" --train_batch_size "$EVAL_BATCH" "${POOLING[@]}"
                --learning_rate "$FINAL_LR" --max_train_examples "$EVAL_TRAIN"
                --max_steps "$FINAL_STEPS" "${FINAL_SEQ[@]}" --save_best_model --no_cuda)
-  stage final_eval evaluate "${FINAL_FLAGS[@]}" --model "$FURTHER" --output_dir "$OUT/final_eval"
+  # train_arch PREFIX ARCH_FILE MODEL_DIR CACHE_DIR EVAL_DIR: the stages PREFIXextract (the arch
+  # of ARCH_FILE sliced out of the supernet into MODEL_DIR), PREFIXfurther_train (checkpoints
+  # under CACHE_DIR) and PREFIXfinal_eval (results under EVAL_DIR); sets TRAINED to the
+  # further-trained checkpoint.
+  train_arch() {
+    local prefix="$1" arch_file="$2" model_dir="$3" cache="$4" eval_dir="$5"
+    stage "${prefix}extract" "$PY" submodel_extractor.py --model "$SUPERNET" \
+        --arch "$(cat "$arch_file")" --output "$model_dir"
+    stage "${prefix}further_train" "$PY" pre_training.py --pregenerated_data "$PRETRAIN_DATA" \
+        --student_model "$model_dir" --cache_dir "$cache" --epochs 1 \
+        --max_steps "$FURTHER_STEPS" --save_steps "$FURTHER_STEPS" \
+        --train_batch_size "$PRETRAIN_BATCH" --learning_rate "$FURTHER_LR" \
+        --warmup_proportion 0.1 --max_seq_length "$SEQ" --do_lower_case --further_train \
+        --resume auto --no_progress "${OBJECTIVE[@]}"
+    TRAINED="$(newest_checkpoint "$cache")"
+    stage "${prefix}final_eval" evaluate "${FINAL_FLAGS[@]}" --model "$TRAINED" \
+        --output_dir "$eval_dir"
+  }
+  best_arch() { "$PY" experiments/summarize.py --results "$SEARCH/subbert.results" --print_best > "$CANDS/best.arch"; }
+  stage best best_arch
+  train_arch "" "$CANDS/best.arch" "$EXTRACTED" "$FURTHER_CACHE" "$OUT/final_eval"
+  FURTHER="$TRAINED"
 
-  # 7a. The chosen arch as shipped: its SST-2-style model exported to ONNX (FP32 and INT8) and
-  #     scored through ONNX Runtime on the dev set; the summary times it under all three backends.
+  # 7. The chosen arch as shipped: its SST-2-style model exported to ONNX (FP32 and INT8) and
+  #    scored through ONNX Runtime on the dev set; the summary times it under all three backends.
   DEPLOY_FLAGS=()
   if "$PY" -c 'import onnx, onnxruntime' 2>/dev/null; then
     stage deploy "$PY" superbert_run_en_classifier.py --onnx --int8 \
@@ -359,7 +368,7 @@ main() {
     echo "== [deploy] skipped: onnx / onnxruntime not installed (pip install -e \".[onnx]\")"
   fi
 
-  # 7b. The baseline the search must beat: BERT's default ratios (FFN = 4 x hidden, qkv = hidden)
+  # 7a. The baseline the search must beat: BERT's default ratios (FFN = 4 x hidden, qkv = hidden)
   #     at the chosen arch's predicted latency, extracted, further-trained and fine-tuned the
   #     same way.
   default_arch() {
@@ -372,19 +381,10 @@ main() {
     # nothing to train twice: the summary says the search chose BERT's ratios itself
     echo "== [default_*] the chosen arch has BERT's default ratios itself: no second run"
   else
-    stage default_extract "$PY" submodel_extractor.py --model "$SUPERNET" \
-        --arch "$(cat "$CANDS/default.arch")" --output "$OUT/models/default_ratio"
-    stage default_further_train "$PY" pre_training.py --pregenerated_data "$PRETRAIN_DATA" \
-        --student_model "$OUT/models/default_ratio" --cache_dir "$OUT/further_default" \
-        --epochs 1 --max_steps "$FURTHER_STEPS" --save_steps "$FURTHER_STEPS" \
-        --train_batch_size "$PRETRAIN_BATCH" --learning_rate "$FURTHER_LR" \
-        --warmup_proportion 0.1 --max_seq_length "$SEQ" --do_lower_case --further_train \
-        --resume auto --no_progress "${OBJECTIVE[@]}"
-    DEFAULT_FURTHER="$(newest_checkpoint "$OUT/further_default")"
-    stage default_final_eval evaluate "${FINAL_FLAGS[@]}" --model "$DEFAULT_FURTHER" \
-        --output_dir "$OUT/final_eval_default"
+    train_arch default_ "$CANDS/default.arch" "$OUT/models/default_ratio" \
+        "$OUT/further_default" "$OUT/final_eval_default"
     DEFAULT_FLAGS+=(--default_final_results "$OUT/final_eval_default/subbert.results"
-                    --default_further "$DEFAULT_FURTHER")
+                    --default_further "$TRAINED")
   fi
 
   # 8. The summary (printed, and in $SUMMARY/summary.md): loads the final model with transformers,
