@@ -14,7 +14,8 @@ import argparse
 import logging
 
 from superbert.cli import add_flags, config_from_args, run_main, setup_logging
-from superbert.data import DataConfig, generate_pretraining_data
+from superbert.data.config import DataConfig
+from superbert.data.generate import generate_pretraining_data
 
 
 def build_parser() -> argparse.ArgumentParser:

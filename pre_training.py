@@ -27,7 +27,8 @@ from superbert.arch import SPACE_FLAGS, add_space_args
 from superbert.cli import add_flags, config_from_args, group_of, run_main, setup_logging
 from superbert.distributed import cleanup, init_distributed
 from superbert.errors import UserError
-from superbert.training import RUN, SPACE, PretrainConfig, run_pretraining
+from superbert.pretraining.config import RUN, SPACE, PretrainConfig
+from superbert.training import run_pretraining
 
 # Flags of the original that have no meaning any more: given, they stop the run with the
 # replacement instead of being silently ignored.

@@ -43,7 +43,8 @@ import argparse
 import logging
 
 from superbert.cli import add_flags, config_from_args, run_main, setup_logging
-from superbert.finetune import RunConfig, run
+from superbert.finetune import run
+from superbert.finetuning.config import RunConfig
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,7 +36,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from superbert.data import DataConfig, generate_pretraining_data
+from superbert.data.config import DataConfig
+from superbert.data.generate import generate_pretraining_data
 from superbert.hf import bundled_vocab_path, load_tokenizer
 
 
@@ -87,7 +88,8 @@ def timed(fn) -> tuple[float, float, int]:
 
 MEMORY_CHILD = r"""
 import json, resource, sys
-from superbert.data import DataConfig, generate_pretraining_data
+from superbert.data.config import DataConfig
+from superbert.data.generate import generate_pretraining_data
 from superbert.hf import load_tokenizer
 
 load_tokenizer(sys.argv[4])  # imports and tokenizer first: the pass's own memory is what follows

@@ -28,10 +28,12 @@ import torch
 
 from superbert.arch import arch_of_config
 from superbert.configuration import AutoTinyBertConfig
-from superbert.data import MaskingCollator, PretrainingDataset
+from superbert.data.masking import MaskingCollator
+from superbert.data.shards import PretrainingDataset
 from superbert.hf import bundled_vocab_path, load_tokenizer
 from superbert.modeling import AutoTinyBertForMaskedLM
-from superbert.training import PretrainConfig, Trainer
+from superbert.pretraining.config import PretrainConfig
+from superbert.training import Trainer
 from superbert.distributed import DistEnv
 
 

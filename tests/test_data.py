@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from superbert.data import (JSON_SHARD, DataConfig, MaskingCollator, PretrainingDataset,
-                            _Packer, generate_pretraining_data, token_dtype, vocab_md5)
+from superbert.data.config import DataConfig
+from superbert.data.generate import _Packer, generate_pretraining_data
+from superbert.data.masking import MaskingCollator
+from superbert.data.shards import JSON_SHARD, PretrainingDataset, token_dtype, vocab_md5
 from superbert.errors import UserError
 from superbert.hf import bundled_vocab_path, load_tokenizer
 
@@ -250,7 +252,7 @@ def test_token_ids_beyond_the_vocab_are_caught_when_the_shard_is_opened(bin_dir,
 
 
 def test_sample_batches_draws_unmasked_padded_sequences(bin_dir):
-    from superbert.data import sample_batches
+    from superbert.data.shards import sample_batches
 
     ds = PretrainingDataset(bin_dir, MAX, VOCAB)
     batches = sample_batches(ds, 5, 2, seed=3, pad_token_id=0)

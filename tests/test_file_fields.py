@@ -9,7 +9,8 @@ import shutil
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from superbert.data import PretrainingDataset, generate_pretraining_data
+from superbert.data.generate import generate_pretraining_data
+from superbert.data.shards import PretrainingDataset
 from superbert.errors import UserError
 from superbert.hf import CONFIG_KINDS, load_config
 from superbert.io import FIELD_KINDS
@@ -54,7 +55,7 @@ def shards(tmp_path_factory):
     corpus = tmp / "corpus.txt"
     corpus.write_text("\n\n".join("\n".join(f"sentence {d} {i} of the book ." for i in range(6))
                                   for d in range(4)) + "\n")
-    from superbert.data import DataConfig
+    from superbert.data.config import DataConfig
     generate_pretraining_data(DataConfig(train_corpus=str(corpus), output_dir=str(tmp / "data"),
                                          bert_model=str(VOCAB.parent), do_lower_case=True,
                                          max_seq_len=32))

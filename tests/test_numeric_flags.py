@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from superbert.errors import UserError
-from superbert.finetune import RunConfig
-from superbert.training import PretrainConfig
+from superbert.finetuning.config import RunConfig
+from superbert.pretraining.config import PretrainConfig
 
 NON_FINITE = st.sampled_from([math.inf, -math.inf, math.nan])
 NOT_POSITIVE = st.one_of(NON_FINITE, st.sampled_from([0, 0.0, -0.0]),

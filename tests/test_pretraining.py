@@ -376,7 +376,8 @@ def test_generated_bin_data_and_the_extension_flags(work, tmp_path, caplog):
     """Shards from generate_data (bin format); --sandwich, --sample_times_per_batch, --fp16 on
     CPU (bfloat16 with a warning), --optimizer adamw, and the lower-casing check."""
     from superbert.arch import Arch
-    from superbert.data import DataConfig, generate_pretraining_data
+    from superbert.data.config import DataConfig
+    from superbert.data.generate import generate_pretraining_data
 
     corpus = tmp_path / "corpus.txt"
     rng = random.Random(1)
