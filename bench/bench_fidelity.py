@@ -44,7 +44,8 @@ from superbert.arch import ORIGINAL_STEPS, Arch, Scheme, SearchSpace, write_arch
 from superbert.checkpoint import find_checkpoints
 from superbert.hf import load_config, resolve_model_dir
 from superbert.latency import LatencyPredictor
-from superbert.report import measure_latencies, task_levels
+from superbert.report.chance import task_levels
+from superbert.report.timing import measure_latencies
 from superbert.results import fitness, parse_results, read_results
 from superbert.search import reference_arch
 from superbert.search.baseline import default_ratio_archs

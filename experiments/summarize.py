@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> None:
     if (args.default_final_results or args.default_further) and not args.default_arch_file:
         raise UserError("--default_final_results and --default_further need --default_arch_file")
     from superbert.latency import BERT_BASE
-    from superbert.report import build_summary, format_summary, write_summary
+    from superbert.report.markdown import format_summary
+    from superbert.report.summary import build_summary, write_summary
 
     default_arch = None
     if args.default_arch_file:

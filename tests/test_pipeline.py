@@ -61,7 +61,8 @@ def _results(path: Path, scores: dict[Arch, tuple[float, float]]) -> None:
 
 
 def test_best_arch_generations_and_plot(tmp_path):
-    from superbert.report import generation_table, plot_search_progress
+    from superbert.report.plots import plot_search_progress
+    from superbert.report.summary import generation_table
     from superbert.results import best_arch, evaluated_archs
 
     a, b, c = _arch(1, 64, 1, 128), _arch(2, 96, 2, 256), _arch(3, 128, 4, 512)
@@ -96,8 +97,8 @@ def test_print_best_cli_and_errors(tmp_path):
 def test_measured_speedup_times_both_archs(monkeypatch):
     """The speedup comes from timing base and chosen arch, never from the predictor."""
     import superbert.latency as latency
-    import superbert.report as report
-    from superbert.report import measure_speedup
+    from superbert.report import timing
+    from superbert.report.timing import measure_speedup
 
     timed = []
 
@@ -115,7 +116,7 @@ def test_measured_speedup_times_both_archs(monkeypatch):
             return latency.Timing(arch, 100.0, 100.0, 1)  # a cold first timing, not counted
 
     warmed = []
-    monkeypatch.setattr(report, "Timer", FakeTimer)
+    monkeypatch.setattr(timing, "Timer", FakeTimer)
     base, small = _arch(4, 128, 4, 512), _arch(1, 64, 1, 128)
     assert measure_speedup(None, "mlm", small, base, rounds=3) == (8.0, 2.0)
     # the base is warmed up once, then brackets every round of the chosen arch
@@ -124,7 +125,7 @@ def test_measured_speedup_times_both_archs(monkeypatch):
 
 def test_measure_speedup_real_timer_orders_sizes():
     from superbert.configuration import AutoTinyBertConfig
-    from superbert.report import measure_speedup
+    from superbert.report.timing import measure_speedup
 
     cfg = AutoTinyBertConfig(vocab_size=1000, hidden_size=128, num_hidden_layers=4,
                              num_attention_heads=4, intermediate_size=512, qkv_size=128)
@@ -135,7 +136,7 @@ def test_measure_speedup_real_timer_orders_sizes():
 
 def test_heldout_mlm_loss_is_deterministic_and_tracks_the_model(tmp_path):
     from superbert.hf import load_model
-    from superbert.report import heldout_mlm_loss
+    from superbert.report.models import heldout_mlm_loss
     from tests.helpers import make_tiny_supernet
 
     model_dir = make_tiny_supernet(tmp_path / "m", layers=1, hidden=32, heads=2, ffn=64)

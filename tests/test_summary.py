@@ -21,10 +21,12 @@ from superbert.search.baseline import default_ratio_archs, matching_default_arch
 from superbert.tasks.books import PairExample, write_mnli
 from tests.helpers import VOCAB, make_tiny_supernet, tiny_config
 
-import superbert.report as report
-from superbert.report import (AT_CHANCE, AT_MAJORITY, COLLAPSED, all_at_chance, build_summary,
-                              chance_flags, collapse_flag, format_summary, generation_table,
-                              task_levels, write_summary)
+from superbert.errors import UserError
+from superbert.report import timing
+from superbert.report.chance import (AT_CHANCE, AT_MAJORITY, COLLAPSED, TaskLevels, all_at_chance,
+                                     chance_flags, collapse_flag, task_levels)
+from superbert.report.markdown import format_summary
+from superbert.report.summary import build_summary, generation_table, write_summary
 from superbert.results import Evaluated, evaluated_archs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,7 +118,7 @@ def test_task_levels_from_dev_files(tmp_path):
 
 def test_generation_table_counts_archs_at_chance():
     a, b = Arch(1, 64, 2, 64, 256), Arch(2, 64, 2, 64, 256)
-    levels = {"mnli": report.TaskLevels("mnli", "acc", 100 / 3, "", 100 / 3)}
+    levels = {"mnli": TaskLevels("mnli", "acc", 100 / 3, "", 100 / 3)}
     ev = [Evaluated(a, 1, {"mnli": 33.0}, 33.0),
           Evaluated(b, 1, {"mnli": 48.0}, 48.0),
           Evaluated(a, 2, {"mnli": 34.0}, 34.0)]
@@ -218,7 +220,7 @@ def _collapsed_classifier(out: Path, num_labels: int = 2) -> Path:
 
 @pytest.fixture()
 def pipeline_files(tmp_path, monkeypatch):
-    monkeypatch.setattr(report, "Timer", FakeTimer)
+    monkeypatch.setattr(timing, "Timer", FakeTimer)
     supernet = make_tiny_supernet(tmp_path / "supernet", layers=2, hidden=64, heads=2, qkv=64,
                                   ffn=256)
     _cost_predictor(base_ms=BASE.flops() / 1e6).save(tmp_path / "time.pt")
@@ -306,7 +308,7 @@ def test_summary_without_task_data_or_default_still_flags_by_label_count(pipelin
 
 def test_default_further_must_hold_the_default_arch(pipeline_files):
     f = pipeline_files
-    with pytest.raises(report.UserError, match="not the default-ratio arch"):
+    with pytest.raises(UserError, match="not the default-ratio arch"):
         build_summary(f["search"], f["gens"], f["supernet"], f["tmp"] / "time.pt", BASE,
                       infer_cnt=2, default_arch=CHOSEN, default_further=f["default_further"])
 
