@@ -182,6 +182,7 @@ def plot_predictions(path: str | os.PathLike, true: np.ndarray, pred: np.ndarray
     """Predicted-vs-measured scatter (log axes), with the FLOPs baseline when given; `label`
     names the fitted predictor in the legend, each series with its MAPE and Kendall tau."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import LogLocator, NullFormatter, StrMethodFormatter
 
     fig = Figure(figsize=(5.5, 5))
     ax = fig.subplots()
@@ -198,6 +199,10 @@ def plot_predictions(path: str | os.PathLike, true: np.ndarray, pred: np.ndarray
     ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):  # plain 1, 2, 5, 10, ... ms: no crowded "3 x 10^1" labels
+        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(StrMethodFormatter("{x:g}"))
+        axis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("measured latency (ms)")
     ax.set_ylabel("predicted latency (ms)")
     ax.set_title(title, fontsize=10)

@@ -24,7 +24,7 @@ from .evolution import Evolver, sample_generation
 from .measure import measure_archs, reference_name
 from .pareto import ParetoEvolver
 from .plot import plot_generation
-from .window import LatencyWindow
+from .window import LatencyWindow, write_window
 
 logger = logging.getLogger(__name__)
 
@@ -231,6 +231,7 @@ def next_generation(cfg: SearchConfig, predictor: LatencyPredictor, space: Searc
 def write_generation(cfg: SearchConfig, gen: Generation, predictor: LatencyPredictor,
                      window: LatencyWindow) -> None:
     write_arch_file(cfg.output_file, gen.children)
+    write_window(cfg.output_file, window)  # what the summary draws
     lat = predictor.predict(gen.children)
     logger.info("wrote %d archs to %s (predicted %s latency %.2f..%.2f ms, speedup "
                 "%.2fx..%.2fx)", len(gen.children), cfg.output_file, predictor.backend,
