@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 from superbert.cli import add_flags, config_from_args, run_main, setup_logging
 from superbert.tasks.books import BookTasksConfig, make_book_tasks
@@ -27,19 +26,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 epilog=__doc__.split("\n", 4)[4],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output_dir", type=Path, default=Path("experiments/data/books"))
     add_flags(p, BookTasksConfig)
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
     setup_logging(logging.WARNING)
-    args = build_parser().parse_args(argv)
-    cfg = config_from_args(BookTasksConfig, args)
-    meta = make_book_tasks(cfg, args.output_dir)
+    cfg = config_from_args(BookTasksConfig, build_parser().parse_args(argv))
+    meta = make_book_tasks(cfg, cfg.output_dir)
     n_dev = sum(len(b["dev_chapters"]) for b in meta["books"].values())
     n_all = n_dev + sum(len(b["train_chapters"]) for b in meta["books"].values())
-    print(f"wrote {args.output_dir}: SST-2, MNLI, SQuAD ({cfg.train_examples} train / "
+    print(f"wrote {cfg.output_dir}: SST-2, MNLI, SQuAD ({cfg.train_examples} train / "
           f"{cfg.dev_examples} dev examples each), corpus/train.txt and corpus/heldout.txt "
           f"({n_dev} of {n_all} chapters held out, seed {cfg.seed})")
 

@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Any, Callable, Iterable, TypeVar
 
 from .errors import UserError
+from .outputs import OUTPUT_KEY, Output, check_outputs
 
 T = TypeVar("T")
 C = TypeVar("C", bound="Choice")
@@ -102,14 +103,17 @@ _FLAG = "superbert.flag"
 
 
 def flag(default: Any = dataclasses.MISSING, *names: str, group: str | None = None,
-         **argparse_kwargs: Any) -> Any:
+         output: Output | None = None, **argparse_kwargs: Any) -> Any:
     """A dataclass field that is also a command-line flag.
 
     `names` default to `--<field name>`; a `False` default without an `action` becomes
     `store_true`; no default makes the flag required. `group` names the --help section.
-    Other keywords go to `ArgumentParser.add_argument` unchanged.
+    `output` declares a path the run writes (`superbert.outputs`): `config_from_args` checks it
+    before the run starts. Other keywords go to `ArgumentParser.add_argument` unchanged.
     """
-    meta = {_FLAG: {"names": names, "group": group, "kwargs": argparse_kwargs}}
+    meta: dict[str, Any] = {_FLAG: {"names": names, "group": group, "kwargs": argparse_kwargs}}
+    if output is not None:
+        meta[OUTPUT_KEY] = output
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -141,15 +145,20 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, skip: Iterable[str] = 
             if f.default is False and "action" not in kwargs:
                 kwargs["action"] = "store_true"
         target: Any = group_of(parser, spec["group"]) if spec["group"] else parser
-        target.add_argument(*(spec["names"] or (f"--{f.name}",)), dest=f.name, **kwargs)
+        action = target.add_argument(*(spec["names"] or (f"--{f.name}",)), dest=f.name, **kwargs)
+        # the parser says which of its flags are outputs (tests walk every script's outputs)
+        action.output = f.metadata.get(OUTPUT_KEY)
 
 
 def config_from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:
     """Build `cls` from the parsed flags (plus `overrides` for fields that are not flags);
-    its `__post_init__` validates."""
+    its `__post_init__` validates, then every output path is checked (`outputs.check_outputs`),
+    so a run that could not write its results stops before it starts."""
     values = {f.name: getattr(args, f.name) for f in config_flags(cls) if hasattr(args, f.name)}
     values.update(overrides)
-    return cls(**values)
+    cfg = cls(**values)
+    check_outputs(cfg)
+    return cfg
 
 
 class Choice(StrEnum):

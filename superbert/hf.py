@@ -29,6 +29,7 @@ from .cli import flag
 from .configuration import AutoTinyBertConfig
 from .errors import UserError
 from .io import atomic_path, check_fields, file_digest, read_text, staging_dir
+from .outputs import Output
 from .modeling import (CLASSIFIER_POOLINGS, AutoTinyBertForMaskedLM,
                        AutoTinyBertForQuestionAnswering, AutoTinyBertForSequenceClassification,
                        AutoTinyBertModel, AutoTinyBertPreTrainedModel, extract_submodel)
@@ -515,6 +516,16 @@ def make_supernet_dir(out_dir: str | os.PathLike, config: AutoTinyBertConfig,
 
 
 # ---- extraction to a directory -----------------------------------------------------------------
+EXTRACTION_RECORD = "extraction.json"
+# What an extraction (and its --onnx export) writes; the same names found in a directory
+# without EXTRACTION_RECORD belong to someone else.
+EXTRACTED_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "vocab.txt",
+                   "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "model.onnx", "model.onnx.json", "model.int8.onnx", "model.int8.onnx.json",
+                   *REMOTE_CODE_FILES)
+ONNX_FILES = ("model.onnx", "model.onnx.json", "model.int8.onnx", "model.int8.onnx.json")
+
+
 @dataclass(frozen=True, kw_only=True)
 class ExtractConfig:
     """The extraction stage (submodel_extractor.py): its flags, declared once; `arch` is
@@ -522,12 +533,17 @@ class ExtractConfig:
 
     model: str = flag(help="supernet directory (config.json + weights)")
     arch: Arch = flag(help="the sub-arch, as the original's dict (Python repr or JSON)")
-    output: str = flag(help="directory to write (created if missing)")
+    output: str = flag(help="directory to write (created if missing)",
+                       output=Output.dir(owns=(*EXTRACTED_FILES, EXTRACTION_RECORD, "*.onnx",
+                                               "*.onnx.json", "*.onnx.data"),
+                                         marker=EXTRACTION_RECORD, overwrite="force",
+                                         beside=True, inputs=("model",)))
     kd: bool = flag(False, help="the supernet uses the KD scheme (all heads, per-head slices); "
                                 "it is recorded in the supernet config, so this only "
                                 "double-checks it")
-    force: bool = flag(False, help="write into --output even when it holds model files this "
-                                   "extractor did not write (they are overwritten)")
+    force: bool = flag(False, help="write into --output even when it holds files this "
+                                   "extractor did not write (model files among them are "
+                                   "overwritten)")
     onnx: bool = flag(False, group="deploy",
                       help="also export the extracted encoder to <output>/model.onnx (needs onnx "
                            "and onnxruntime)")
@@ -549,14 +565,6 @@ class ExtractConfig:
 
 
 # Written into every extracted directory: a later extraction into it knows the files are ours.
-EXTRACTION_RECORD = "extraction.json"
-# What an extraction (and its --onnx export) writes; the same names found in a directory
-# without EXTRACTION_RECORD belong to someone else.
-EXTRACTED_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "vocab.txt",
-                   "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "model.onnx", "model.onnx.json", "model.int8.onnx", "model.int8.onnx.json",
-                   *REMOTE_CODE_FILES)
-ONNX_FILES = ("model.onnx", "model.onnx.json", "model.int8.onnx", "model.int8.onnx.json")
 
 
 def check_extraction_output(output: Path, force: bool = False) -> None:

@@ -9,13 +9,21 @@ from .cli import add_flags, config_from_args, flag, run_main
 from .configuration import AutoTinyBertConfig
 from .errors import UserError
 from .hf import count_vocab, make_supernet_dir, vocab_path
+from .outputs import Output
+
+# What setup writes into --output (tokenizer files by transformers' save_pretrained); a folder
+# without its config.json is not one setup wrote, so a vocab.txt there is a user's.
+SETUP_FILES = ("config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json",
+               "special_tokens_map.json")
 
 
 @dataclass(frozen=True, kw_only=True)
 class SetupConfig:
     """The supernet directory's flags, declared once and checked in `__post_init__`."""
 
-    output: str = flag("experiments/models/superbert_model")
+    output: str = flag("experiments/models/superbert_model",
+                       output=Output.dir(owns=SETUP_FILES, marker="config.json",
+                                         overwrite="force", beside=True, inputs=("vocab",)))
     layers: int = flag(8, type=int)
     hidden: int = flag(768, type=int)
     heads: int = flag(12, type=int)
@@ -27,7 +35,8 @@ class SetupConfig:
                                "first h heads; KD: all heads, leading qkv/H dims each)")
     vocab: str | None = flag(None, help="vocab.txt to use (default: the bundled "
                                         "bert-base-uncased vocab)")
-    force: bool = flag(False, help="overwrite a different existing config")
+    force: bool = flag(False, help="overwrite a different existing config, or write into a "
+                                   "folder holding files setup did not write")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scheme", Scheme.parse(self.scheme))

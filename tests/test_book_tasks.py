@@ -171,8 +171,23 @@ def test_cli_refuses_a_foreign_directory_and_keeps_it(tmp_path):
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
     r = _run("--output_dir", str(out))
-    assert r.returncode == 2 and "not a make_book_tasks.py output" in r.stderr
+    assert r.returncode == 2 and "holds notes.txt" in r.stderr
     assert (out / "notes.txt").read_text() == "keep me" and not (out / MARKER).exists()
+
+
+def test_rerun_over_own_output_keeps_a_users_file_unless_overwrite(tmp_path):
+    """A finished output with a user's file added: refused (the whole folder is swapped in
+    on a re-run, which would delete it), and replaced only with --overwrite_output_dir."""
+    out = tmp_path / "o"
+    small = ("--train_examples", "8", "--dev_examples", "4", "--max_chapters_per_book", "4")
+    assert _run("--output_dir", str(out), *small).returncode == 0
+    (out / "notes.txt").write_text("keep me")
+    r = _run("--output_dir", str(out), *small)
+    assert r.returncode == 2 and "holds notes.txt" in r.stderr and "--overwrite_output_dir" in r.stderr
+    assert (out / "notes.txt").read_text() == "keep me"
+    r = _run("--output_dir", str(out), *small, "--overwrite_output_dir")
+    assert r.returncode == 0, r.stderr
+    assert not (out / "notes.txt").exists() and (out / MARKER).is_file()
 
 
 def test_cli_writes_everything(tmp_path):

@@ -248,8 +248,9 @@ def test_bad_input_exits_2(files, tmp_path, capsys):
     ck = files / "time.pt"
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"\x00not a checkpoint")
-    out = tmp_path / "out.cands"
-    out.write_text("keep me\n")
+    out = tmp_path / "out.cands"  # a fresh path: each step below fails on its input, not on it
+    users = tmp_path / "users.cands"
+    users.write_text("keep me\n")
     empty = tmp_path / "empty"
     empty.write_text("\n")
     few = tmp_path / "few"
@@ -267,11 +268,16 @@ def test_bad_input_exits_2(files, tmp_path, capsys):
                                    tmp_path / "c", "--latency_constraint", 1000], capsys)
     assert "truncated" in run_error(base + ["--method", "Evolved", "--candidate_file", few,
                                             "--arch_perfs_file", results], capsys)
-    assert out.read_text() == "keep me\n" and not (tmp_path / "c").exists()
+    assert not out.exists() and not (tmp_path / "c").exists()
+    # a user's file where the generation goes is refused before any work, and kept
+    assert "users.cands exists and is not a generation" in run_error(
+        ["--ckpt_path", ck, "--output_file", users, "--method", "Random", "--candidate_file", few],
+        capsys)
+    assert users.read_text() == "keep me\n"
     # and through a real interpreter: one stderr line, exit status 2
     proc = subprocess.run([sys.executable, str(ROOT / "searcher.py"), "--ckpt_path", str(ck),
                            "--method", "Random", "--candidate_file", str(few),
-                           "--output_file", str(out)],
+                           "--output_file", str(users)],
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: ")

@@ -34,7 +34,8 @@ from ..errors import UserError
 from ..hf import load_config, read_config_json, resolve_model_dir
 from ..deploy import require_onnx
 from ..io import append_text_durably, atomic_write_text, read_json
-from .checks import check_output, record_field
+from ..outputs import Output, json_object, latency_lines
+from .checks import record_field
 from .timing import (BERT_BASE, TIMING_TOKEN_ID, Drift, Timer, TimingProtocol, check_backend,
                      machine_info)
 
@@ -371,7 +372,11 @@ class LatencyConfig(SupernetSpaceFlags):
                           help="archs sampled uniformly from the whole space (all layer counts)")
     full_grid: bool = flag(False, help="time every arch of the grid instead")
     output: str = flag("./latency_dataset/lat.tmp",
-                       help="dataset file, appended to; the sidecar is <output>.json")
+                       help="dataset file, appended to; the sidecar is <output>.json",
+                       output=Output.append("a latency dataset", latency_lines,
+                                            inputs=("bert_model",), also=lambda c: [(
+                                                "--output's sidecar", sidecar_path(c.output),
+                                                Output.file("a latency sidecar", json_object))]))
     base_arch: str | None = flag(
         None, help="reference arch dict (default BERT-base 12/768/12/768/3072; a tiny one makes "
                    "quick runs quick)")
@@ -385,7 +390,6 @@ class LatencyConfig(SupernetSpaceFlags):
             raise UserError("--num_archs must be at least 1")
         if self.passes < 1:
             raise UserError("--passes must be at least 1")
-        check_output("output", self.output)
         # TimingProtocol and Arch.parse check the timing flags and --base_arch: build both once
         # here, so a bad value fails before any model is loaded
         self.protocol  # noqa: B018

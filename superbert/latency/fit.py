@@ -28,6 +28,7 @@ from ..arch import FEATURE_NORM, LATENCY_NORM, Arch, Scheme, SpaceFlags
 from ..cli import flag
 from ..errors import UserError
 from ..io import atomic_path
+from ..outputs import Output, arch_lines, png, torch_zip
 from .checks import check_output, check_positive
 from .dataset import (dataset_arrays, read_latency_dataset, read_sidecar, sidecar_backend,
                       sidecar_path)
@@ -306,7 +307,10 @@ class PredictorConfig(SpaceFlags):
         help="latency dataset written by inference_time_evaluation.py; several are fitted on "
              "together if they share backend, protocol, scheme and reference")
     ckpt_path: str = flag("latency_dataset/ckpts/time.pt",
-                          help="where time.pt is saved (training) or read (--get_candidates)")
+                          help="where time.pt is saved (training) or read (--get_candidates)",
+                          output=Output.file("a latency predictor (time.pt)", torch_zip,
+                                             when=lambda c: not c.get_candidates,
+                                             inputs=("lat_dataset_path",)))
     feature_norm: tuple[float, ...] | None = flag(
         None, nargs=4, type=float, metavar=("D", "L", "F", "Q"),
         help=f"feature divisors (default {list(FEATURE_NORM)})")
@@ -327,12 +331,18 @@ class PredictorConfig(SpaceFlags):
         None, type=float, help="BERT-base latency (ms) to record (default: the one measured in "
                                "the dataset's sidecar)")
     plot: str | None = flag(None, metavar="PNG",
-                            help="write a predicted-vs-measured plot of the test split")
+                            help="write a predicted-vs-measured plot of the test split",
+                            output=Output.file("a PNG image", png,
+                                               when=lambda c: not c.get_candidates,
+                                               inputs=("lat_dataset_path", "ckpt_path")))
     get_candidates: bool = flag(False, help="list candidates instead of training")
     model: str | None = flag(None, type=str.upper, choices=["MLM", "KD"],
                              help="attention scheme (default: the one recorded in the dataset / "
                                   "time.pt)")
-    candidate_file: str = flag("", help="output of --get_candidates")
+    candidate_file: str = flag("", help="output of --get_candidates",
+                               output=Output.file("a candidate file", arch_lines,
+                                                  when=lambda c: c.get_candidates,
+                                                  inputs=("ckpt_path",)))
     latency_constraint: float = flag(7, type=float, help="target speedup vs BERT-base")
     lat_min_ratio: float = flag(0.85, type=float)
     lat_max_ratio: float = flag(1.1, type=float)

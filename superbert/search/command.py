@@ -16,7 +16,8 @@ from ..cli import flag
 from ..errors import UserError
 from ..hf import load_config, resolve_model_dir
 from ..latency import LatencyPredictor, PredictorConfig, load_supernet_config
-from ..latency.checks import check_output, check_positive
+from ..latency.checks import check_positive
+from ..outputs import Output, arch_lines, png
 from ..results import fitness, parse_results
 from .candidates import (CandidateSet, check_candidates, enumerate_candidates, read_candidates,
                          write_candidates)
@@ -41,9 +42,16 @@ class SearchConfig(SpaceFlags):
     """searcher.py: one search step."""
 
     ckpt_path: str = flag("latency_dataset/ckpts/time.pt", help="time.pt")
-    candidate_file: str = flag("", help="written by --method Candidate, read by the other methods")
+    candidate_file: str = flag("", help="written by --method Candidate, read by the other methods",
+                               output=Output.file("a candidate file", arch_lines,
+                                                  when=lambda c: c.method == "Candidate",
+                                                  inputs=("ckpt_path",)))
     arch_perfs_file: str = flag("", help="subbert.results (Evolved, Pareto)")
-    output_file: str = flag("cands/archs.txt", help="the next generation")
+    output_file: str = flag("cands/archs.txt", help="the next generation",
+                            output=Output.file("a generation (.cands) file", arch_lines,
+                                               when=lambda c: c.method != "Candidate",
+                                               inputs=("ckpt_path", "candidate_file",
+                                                       "arch_perfs_file")))
     feature_norm: tuple[float, ...] | None = flag(
         None, nargs=4, type=float, metavar=("D", "L", "F", "Q"),
         help="only for a bare original time.pt (default 768 12 3072 768)")
@@ -77,7 +85,11 @@ class SearchConfig(SpaceFlags):
     crossover: float = flag(0.0, type=float, nargs="?", const=0.5,
                             help="Evolved: probability of uniform crossover before mutation (an "
                                  "extension; the original has none)")
-    plot: str | None = flag(None, metavar="PNG", help="fitness vs latency of this step")
+    plot: str | None = flag(None, metavar="PNG", help="fitness vs latency of this step",
+                            output=Output.file("a PNG image", png,
+                                               when=lambda c: c.method != "Candidate",
+                                               inputs=("ckpt_path", "candidate_file",
+                                                       "arch_perfs_file", "output_file")))
     measure: int = flag(0, type=int, metavar="N",
                         help="time the N best (or first written) archs and BERT-base on this "
                              "machine and print measured beside predicted speedup")
@@ -112,15 +124,6 @@ class SearchConfig(SpaceFlags):
         if self.lat_min_ratio > self.lat_max_ratio:
             raise UserError(f"the latency window needs --lat_min_ratio <= --lat_max_ratio, got "
                             f"{self.lat_min_ratio} and {self.lat_max_ratio}")
-        # what this step writes may neither replace a directory nor overwrite what it reads
-        if self.method == "Candidate":
-            check_output("candidate_file", self.candidate_file, {"ckpt_path": self.ckpt_path})
-        else:
-            inputs = {"ckpt_path": self.ckpt_path, "candidate_file": self.candidate_file,
-                      "arch_perfs_file": self.arch_perfs_file}
-            check_output("output_file", self.output_file, inputs)
-            if self.plot:
-                check_output("plot", self.plot, {**inputs, "output_file": self.output_file})
 
     @classmethod
     def candidates_of(cls, cfg: PredictorConfig) -> "SearchConfig":

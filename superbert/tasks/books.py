@@ -46,6 +46,7 @@ from typing import Iterable, Sequence
 from ..cli import flag
 from ..errors import UserError
 from ..io import atomic_path
+from ..outputs import Output
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ MNLI_LABELS = ("entailment", "neutral", "contradiction")
 NEUTRAL_MIN_GAP = 3
 BLANK = "_____"
 MARKER = "book_tasks.json"  # written last: marks a complete output directory
+OUTPUT_ENTRIES = ("SST-2", "MNLI", "SQuAD", "corpus", MARKER)  # everything it writes there
 # Sentence lengths (whitespace words) usable in the sentence tasks: very short lines are
 # mostly chapter debris, very long ones would be truncated at 128 WordPieces.
 MIN_WORDS, MAX_WORDS = 4, 50
@@ -388,8 +390,16 @@ def write_corpus(path: Path, chapters: dict[str, list[Chapter]]) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class BookTasksConfig:
-    """make_book_tasks.py's flags (all but --output_dir), declared once."""
+    """make_book_tasks.py's flags, declared once."""
 
+    output_dir: Path = flag(Path("experiments/data/books"), type=Path,
+                            help="folder to write (default %(default)s); it is replaced whole",
+                            output=Output.dir(owns=OUTPUT_ENTRIES, marker=MARKER, beside=True,
+                                              overwrite="overwrite_output_dir",
+                                              inputs=("books_dir",)))
+    overwrite_output_dir: bool = flag(False, help="replace --output_dir even when it holds "
+                                                  "files make_book_tasks.py did not write "
+                                                  "(they are deleted)")
     books_dir: Path = flag(default_books_dir(), type=Path, help="folder of books in corpus "
                            "format, *.txt.gz or *.txt (default: data/books)")
     seed: int = flag(42, type=int)
@@ -411,6 +421,7 @@ class BookTasksConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "books_dir", Path(self.books_dir))
+        object.__setattr__(self, "output_dir", Path(self.output_dir))
         object.__setattr__(self, "sst2_books", tuple(self.sst2_books))
 
 
@@ -425,8 +436,9 @@ def make_book_tasks(cfg: BookTasksConfig, output_dir: str | Path) -> dict:
     existing one untouched. An existing directory that is not a book-tasks output is an error.
     """
     output_dir = Path(output_dir)
-    if output_dir.exists() and (not output_dir.is_dir() or
-                                (any(output_dir.iterdir()) and not (output_dir / MARKER).exists())):
+    if output_dir.exists() and (not output_dir.is_dir() or (
+            any(output_dir.iterdir()) and not (output_dir / MARKER).exists()
+            and not cfg.overwrite_output_dir)):
         raise UserError(f"{output_dir} exists and is not a make_book_tasks.py output; "
                         "choose another --output_dir")
     for name in ("train_examples", "dev_examples", "context_sentences"):
