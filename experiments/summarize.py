@@ -22,24 +22,46 @@ every score within 2 points of chance is flagged AT CHANCE. The final evaluation
 models (--save_best_model: <dir of --final_results>/<task>_seed<seed>) are run over the dev set
 again and a classifier that gives one class to >= 95% of it is flagged COLLAPSED.
 
-Writes summary.md (printed too), summary.json and search_progress.png under --output_dir.
+Writes summary.md (printed too), summary.json, search_progress.png and latency_vs_score.png
+(every evaluated arch's fitness against its latency) under --output_dir.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from superbert.arch import (ORIGINAL_STEPS, SPACE_FLAGS, Arch, Scheme, SearchSpace,
                             add_space_args, read_arch_file)
-from superbert.cli import run_main, setup_logging
+from superbert.cli import add_flags, config_from_args, flag, run_main, setup_logging
 from superbert.errors import UserError
+from superbert.outputs import Output
 from superbert.results import best_arch, evaluated_archs
 
 # torch, transformers and the report are imported where they are used: --print_best, a
 # pipeline stage of its own, then starts in a fraction of a second instead of ~6.
 
 SPACE_KEYS = tuple(f"{name}_space" for name in SPACE_FLAGS)
+# What the summary writes into --output_dir (and atomic writes' leftovers of a killed run).
+SUMMARY_FILES = ("summary.md", "summary.json", "search_progress.png", "latency_vs_score.png",
+                 ".*.tmp")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SummaryOutput:
+    """Where the summary goes: declared like every stage's outputs, so the one output rule
+    (superbert.outputs) checks it before anything is timed or loaded."""
+
+    output_dir: str | None = flag(None, help="where summary.md / summary.json / the plots go",
+                                  output=Output.dir(owns=SUMMARY_FILES,
+                                                    overwrite="overwrite_output_dir",
+                                                    inputs=("results", "time_pt", "supernet")))
+    overwrite_output_dir: bool = flag(False, help="write into --output_dir even when it holds "
+                                                  "files the summary did not write")
+    results: str | None = None
+    time_pt: str | None = None
+    supernet: str | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="timing threads (protocol: 1)")
     p.add_argument("--infer_cnt", type=int, default=10, help="timed forwards per arch and round")
     p.add_argument("--plots", nargs="*", default=[], help="other plots to list (e.g. predictor fit)")
-    p.add_argument("--output_dir", help="where summary.md / summary.json / search_progress.png go")
+    add_flags(p, SummaryOutput)
     space = p.add_argument_group("--print_default_arch: the search space (as searcher.py)")
     add_space_args(space, original_defaults=False)
     for name, step in ORIGINAL_STEPS.items():
@@ -135,6 +157,8 @@ def print_default_arch(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     setup_logging(logging.WARNING)
     args = build_parser().parse_args(argv)
+    config_from_args(SummaryOutput, args, results=args.results, time_pt=args.time_pt,
+                     supernet=args.supernet)  # checks --output_dir before any work
     if args.print_best:
         print(best_arch(evaluated_archs(args.results, args.generations)).arch)
         return
@@ -175,7 +199,8 @@ def main(argv: list[str] | None = None) -> None:
                             default_further=args.default_further,
                             deployed_results=args.deployed_results,
                             threads=args.threads, infer_cnt=args.infer_cnt,
-                            plot=out / "search_progress.png", extra_plots=args.plots)
+                            plot=out / "search_progress.png",
+                            latency_plot=out / "latency_vs_score.png", extra_plots=args.plots)
     md, js = write_summary(summary, out)
     print(format_summary(summary))
     print(f"wrote {md} and {js}")

@@ -18,6 +18,7 @@ from superbert.latency import BERT_BASE, CostModel, LatencyPredictor, Timing
 from superbert.modeling import AutoTinyBertForSequenceClassification
 from superbert.results import TaskResult, format_results_block
 from superbert.search.baseline import default_ratio_archs, matching_default_arch
+from superbert.search.window import LatencyWindow, write_window
 from superbert.tasks.books import PairExample, write_mnli
 from tests.helpers import VOCAB, make_tiny_supernet, tiny_config
 
@@ -348,3 +349,65 @@ def test_print_default_arch_cli(pipeline_files):
     r = _cli("--results", str(f["search"]), "--supernet", "s", "--time_pt", "t",
              "--output_dir", "o", "--hidden_step", "4")
     assert r.returncode == 2 and "only --print_default_arch" in r.stderr
+
+
+# ---- fitness against latency --------------------------------------------------------------------
+
+def test_latency_scores_and_plot_on_a_synthetic_results_file(tmp_path):
+    from superbert.report.plots import latency_scores, plot_latency_vs_score
+
+    a, b, c = Arch(1, 64, 1, 32, 128), Arch(2, 64, 2, 64, 256), Arch(2, 128, 4, 128, 512)
+    (tmp_path / "gen_1.cands").write_text(f"{a}\n{b}\n")
+    (tmp_path / "gen_2.cands").write_text(f"{c}\n")
+    (tmp_path / "r").write_text("".join(_block("sst-2", x, s) + _block("squad1", x, s - 20)
+                                        for x, s in ((a, 60.0), (b, 70.0), (c, 65.0))))
+    evaluated = evaluated_archs(tmp_path / "r", [tmp_path / "gen_1.cands",
+                                                 tmp_path / "gen_2.cands"])
+    pred = _cost_predictor(base_ms=10.0)
+    window = LatencyWindow(10.0, 2.0, 0.5, 1.5, "the reference L2/d128")
+    data = latency_scores(evaluated, pred, {b: 4.2, DEFAULT_RATIO: 3.0}, Arch(2, 128, 4, 128, 512),
+                          10.0, window, {"chosen": (b, {"sst-2": 80.0, "mnli": 50.0}),
+                                         "default ratios": (DEFAULT_RATIO, {"sst-2": 75.0})})
+    # one point per evaluated arch, at its predicted latency unless the summary measured it
+    assert [(p.arch, p.generation, p.fitness) for p in data.points] == [
+        (str(a), 1, 50.0), (str(b), 1, 60.0), (str(c), 2, 55.0)]
+    assert [p.latency_ms for p in data.points] == pytest.approx(
+        [pred.predict_one(a), 4.2, pred.predict_one(c)])
+    chosen, default = data.marked
+    assert (chosen.role, chosen.latency_ms, chosen.measured, chosen.fitness, chosen.final_mean) \
+        == ("chosen", 4.2, True, 60.0, 65.0)
+    assert default.fitness is None and default.final_mean == 75.0  # never evaluated by the search
+    assert data.window_ms == pytest.approx((2.5, 7.5)) and data.reference_ms == 10.0
+    js = json.loads(json.dumps(data.to_json()))
+    assert [p["latency_ms"] for p in js["points"]] == pytest.approx(
+        [p.latency_ms for p in data.points])
+    png = plot_latency_vs_score(tmp_path / "l.png", data)
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    # no window recorded (an older search) and nothing marked: still a plot
+    bare = latency_scores(evaluated, pred, {}, Arch(2, 128, 4, 128, 512), 10.0)
+    assert bare.window_ms is None and bare.marked == []
+    assert plot_latency_vs_score(tmp_path / "bare.png", bare).is_file()
+
+
+DEFAULT_RATIO = Arch(1, 64, 2, 64, 256)
+
+
+def test_summary_links_the_latency_plot_and_holds_its_points(pipeline_files):
+    f = pipeline_files
+    write_window(f["gens"][-1], LatencyWindow(BASE.flops() / 1e6, 1.5, 0.5, 1.5, "the base"))
+    out = f["tmp"] / "summary"
+    s = build_summary(f["search"], f["gens"], f["supernet"], f["tmp"] / "time.pt", BASE,
+                      infer_cnt=2, final_results=f["final"], default_arch=DEFAULT,
+                      default_final_results=f["default_final"],
+                      latency_plot=out / "latency_vs_score.png")
+    md_path, js_path = write_summary(s, out)
+    md = md_path.read_text()
+    assert "[latency_vs_score.png](latency_vs_score.png)" in md
+    assert "every arch the search evaluated (2)" in md and "target window" in md
+    js = json.loads(js_path.read_text())["latency_vs_score"]
+    assert {p["arch"] for p in js["points"]} == {str(CHOSEN), str(OTHER)}
+    [chosen] = [p for p in js["points"] if p["arch"] == str(CHOSEN)]
+    assert chosen["measured_ms"] == pytest.approx(CHOSEN.flops() / 1e6)  # the FakeTimer's
+    assert [m["role"] for m in js["marked"]] == ["chosen", "default ratios"]
+    assert js["marked"][1]["final_mean"] == pytest.approx(58.0)
+    assert (out / "latency_vs_score.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,6 +1,8 @@
 """The summary as Markdown (`summary.md`, printed too): tables readable in a terminal."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from ..arch import Arch
@@ -90,8 +92,9 @@ def _verdicts(s: Summary) -> list[str]:
     return out
 
 
-def format_summary(s: Summary) -> str:
-    """The summary as Markdown tables (readable in a terminal as well)."""
+def format_summary(s: Summary, links_from: str | os.PathLike | None = None) -> str:
+    """The summary as Markdown tables (readable in a terminal as well); links to figures are
+    relative to `links_from` (the directory of summary.md) when given."""
     tasks = sorted(s.chosen["scores"])
     flags = s.chosen.get("flags", {})
     base = _short(s.base_arch)
@@ -150,9 +153,33 @@ def format_summary(s: Summary) -> str:
               + " | ".join(_scored(t["scores"].get(k), t.get("flags", {}).get(k, []))
                            if k in t["scores"] else "-" for k in tasks)
               + f" | {t['fitness']:.2f} |" for t in s.top]
+    if s.latency_vs_score is not None:
+        lines += [""] + _latency_section(s, links_from)
     if s.plots:
         lines += ["", "Plots: " + ", ".join(s.plots)]
     return "\n".join(lines) + "\n"
+
+
+def _latency_section(s: Summary, links_from: str | os.PathLike | None) -> list[str]:
+    """A paragraph on the fitness-against-latency figure (its data: summary.json's
+    `latency_vs_score`), linked when it was drawn."""
+    d = s.latency_vs_score
+    n = len(d.points)
+    if s.latency_plot is None:
+        head = "Fitness against latency (summary.json `latency_vs_score`):"
+    else:
+        link = (s.latency_plot if links_from is None
+                else os.path.relpath(s.latency_plot, links_from))
+        head = f"Fitness against latency: [{Path(link).name}]({link}) shows"
+    text = (f"{head} every arch the search evaluated ({n}), its proxy fitness against its "
+            f"predicted latency (measured for the chosen and default-ratio archs), the "
+            f"reference `{d.reference}` ({d.reference_ms:.2f} ms measured)")
+    if d.window_ms is not None:
+        lo, hi = d.window_ms
+        inside = sum(lo <= p.predicted_ms <= hi for p in d.points)
+        text += (f", the target window {lo:.2f}-{hi:.2f} ms ({d.speedup:g}x; {inside} of {n} "
+                 f"archs predicted inside it)")
+    return [text + ", and the final scores of the chosen and default-ratio archs."]
 
 
 LATENCY_MATCH = 0.05  # the default-ratio arch counts as equally fast within 5% measured

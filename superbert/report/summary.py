@@ -22,12 +22,13 @@ from ..hf import load_config, resolve_model_dir
 from ..io import atomic_write_text
 from ..latency import BERT_BASE, LatencyPredictor
 from ..results import Evaluated, best_arch, evaluated_archs, read_results
+from ..search.window import read_window
 from ..tasks import canonical_task
 from .chance import TaskLevels, all_at_chance, score_flags, task_levels
 from .markdown import format_summary
 from .models import (DevPredictions, final_evaluation, heldout_mlm_loss,
                      load_with_transformers)
-from .plots import plot_search_progress
+from .plots import LatencyScores, latency_scores, plot_latency_vs_score, plot_search_progress
 from .timing import Deployment, deployment, measure_latencies
 
 
@@ -55,6 +56,8 @@ class Summary:
     final_predictions: dict[str, list[DevPredictions]] | None = None
     default: dict[str, Any] | None = None  # the default-ratio arch, see `Comparison`
     deployed: Deployment | None = None  # the chosen arch through ONNX Runtime
+    latency_vs_score: LatencyScores | None = None  # every evaluated arch, see `plots`
+    latency_plot: str | None = None  # its figure
 
     @property
     def predicted_speedup(self) -> float | None:
@@ -77,6 +80,8 @@ class Summary:
         d["predicted_speedup"] = self.predicted_speedup
         d["measured_speedup"] = self.measured_speedup
         d["measured_speedup_bert_base"] = self.measured_speedup_bert_base
+        if self.latency_vs_score is not None:
+            d["latency_vs_score"] = self.latency_vs_score.to_json()
         # each saved model's collapse flag beside its counts
         for owner, src in ((d, self.final_predictions),
                            (d["default"], (self.default or {}).get("final_predictions"))):
@@ -109,6 +114,7 @@ def build_summary(results_file: str | os.PathLike, generation_files: Sequence[st
                   heldout_data: str | os.PathLike | None = None, max_seq_length: int = 128,
                   heldout_sequences: int | None = None, threads: int = 1, infer_cnt: int = 10,
                   plot: str | os.PathLike | None = None,
+                  latency_plot: str | os.PathLike | None = None,
                   extra_plots: Sequence[str] = (), top: int = 5,
                   final_results: str | os.PathLike | None = None,
                   task_data: Mapping[str, str] | None = None,
@@ -123,7 +129,9 @@ def build_summary(results_file: str | os.PathLike, generation_files: Sequence[st
     the predicted-class check); `default_arch` is the default-ratio arch to compare with
     (`search.baseline.matching_default_arch`), with its own final results and further-trained
     model when given; `deployed_results` the ONNX Runtime scores of the chosen arch's
-    fine-tuned model (`deployment`)."""
+    fine-tuned model (`deployment`). `plot` and `latency_plot` are where the search-progress
+    and the fitness-against-latency figures go; the latter draws the latency window the last
+    generation file records (`search.window.read_window`) when it does."""
     task_data = {canonical_task(t): str(d) for t, d in (task_data or {}).items()}
     if (default_final_results or default_further) and default_arch is None:
         raise UserError("the default-ratio arch's results need the arch itself "
@@ -195,6 +203,15 @@ def build_summary(results_file: str | os.PathLike, generation_files: Sequence[st
     if deployed_results is not None:
         deployed = deployment(deployed_results, chosen.arch, final.scores if final else {},
                               config, scheme, threads, infer_cnt)
+    marked = {"chosen": (chosen.arch, final.scores if final else None)}
+    if default_arch is not None and default_arch != chosen.arch:
+        marked["default ratios"] = (default_arch, default["final_scores"])
+    window = read_window(generation_files[-1]) if generation_files else None
+    scores = latency_scores(evaluated, predictor, {a: ms[i] for i, a in enumerate(archs)},
+                            base_arch, timed.reference_ms, window, marked)
+    if latency_plot is not None:
+        latency_plot = str(plot_latency_vs_score(latency_plot, scores))
+        plots.append(latency_plot)
     return Summary(
         chosen={"arch": str(chosen.arch), "generation": chosen.generation,
                 "scores": chosen.scores, "fitness": chosen.fitness,
@@ -213,13 +230,13 @@ def build_summary(results_file: str | os.PathLike, generation_files: Sequence[st
         measured_bert_base_ms=bert_base_ms,
         final_flags=final.flags if final else None,
         final_predictions=final.predictions if final else None, default=default,
-        deployed=deployed)
+        deployed=deployed, latency_vs_score=scores, latency_plot=latency_plot)
 
 
 def write_summary(summary: Summary, output_dir: str | os.PathLike) -> tuple[Path, Path]:
     """`summary.md` and `summary.json` under `output_dir` (atomic)."""
     out = Path(output_dir)
     md, js = out / "summary.md", out / "summary.json"
-    atomic_write_text(md, format_summary(summary))
+    atomic_write_text(md, format_summary(summary, links_from=out))
     atomic_write_text(js, json.dumps(summary.to_json(), indent=1) + "\n")
     return md, js
