@@ -95,7 +95,8 @@ class Arch:
             raise UserError("empty arch string")
         try:
             value = ast.literal_eval(text)
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            # TypeError: a literal that cannot be built, such as a list as a key ({[1]: 2})
             try:
                 value = json.loads(text)
             except json.JSONDecodeError:
@@ -175,6 +176,9 @@ def _scalar(d: Mapping[str, Any], key: str, layers: int | None) -> int:
     if not isinstance(value, (list, tuple)) or len(value) != layers:
         raise UserError(f"arch field {key} must be a list of {layers} values "
                         f"(one per layer), got {value!r}")
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value):
+        raise UserError(f"arch field {key} must be a list of integers, got {list(value)!r}")
+    value = [int(v) for v in value]
     if len(set(value)) != 1:
         raise UserError(f"arch field {key} = {list(value)} differs between layers; only "
                         f"homogeneous layers are supported (as in every sampler of the method)")

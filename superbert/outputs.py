@@ -133,7 +133,7 @@ def check_path(label: str, path: Path, spec: Output,
         _check_not_above_inputs(where, path, inputs)
         if path.is_dir():
             _check_owned(where, path, spec, overwrite)
-            for name, fmt in spec.appends.items():
+            for name, fmt in ({} if overwrite else spec.appends).items():
                 _check_format(f"{where}: {name}", path / name, fmt, append=True)
     else:
         _check_writable(where, path.parent if path.parent.is_dir() else existing)

@@ -57,6 +57,13 @@ def test_flops_grow_with_each_dimension():
     (S1.replace("[8, 8, 8, 8, 8]", "[7, 7, 7, 7, 7]"), "not divisible"),
     (S1.replace("'sample_hidden_size': 564", "'sample_hidden_size': -3"), "positive"),
     ("__import__('os').system('true')", "cannot parse"),
+    ("{[1]: 2}", "cannot parse"),  # a key that is not a name (literal_eval: TypeError)
+    ("{{1}: 2}", "cannot parse"),
+    ("{1: 2}", "unknown 1"),
+    (S1.replace("[8, 8, 8, 8, 8]", "[[8], [8], [8], [8], [8]]"), "list of integers"),
+    (S1.replace("[8, 8, 8, 8, 8]", "['8', '8', '8', '8', '8']"), "list of integers"),
+    (S1.replace("'sample_hidden_size': 564", "'sample_hidden_size': '564'"), "positive integer"),
+    (S1.replace("'sample_layer_num': 5", "'sample_layer_num': [5]"), "positive integer"),
 ])
 def test_bad_arch_strings_are_user_errors(text, message):
     with pytest.raises(UserError, match=message):

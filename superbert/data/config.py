@@ -6,9 +6,14 @@ from dataclasses import dataclass
 
 from ..cli import flag
 from ..errors import UserError
+from ..outputs import Output
 from .shards import ORIGINAL_NUM_SHARDS
 
 
+# What generate_data.py writes into --output_dir: shards (bin or the original's json), the
+# metadata, and its staging folder while it runs.
+OUTPUT_FILES = ("shard_*.bin", "train_doc_tokens_ngrams_*.json", "metadata.json",
+                ".generate_data.*")
 BLOCK_BYTES = 1 << 18  # corpus bytes per tokenisation task: small enough to balance workers
 
 
@@ -19,7 +24,12 @@ class DataConfig:
     train_corpus: str | os.PathLike = flag(
         help="one sentence per line, blank line between documents (.gz accepted)")
     output_dir: str | os.PathLike = flag(
-        help="directory to write (created if missing; refused if it already holds data)")
+        help="directory to write (created if missing; refused if it already holds data)",
+        output=Output.dir(owns=OUTPUT_FILES, marker="metadata.json",
+                          overwrite="overwrite_output_dir", inputs=("train_corpus", "bert_model")))
+    overwrite_output_dir: bool = flag(False, help="write into --output_dir even when it holds "
+                                                  "files generate_data.py did not write (they "
+                                                  "are left as they are)")
     bert_model: str = flag(help="model directory with vocab.txt, a vocab file, or a name such "
                                 "as bert-base-uncased")
     do_lower_case: bool = flag(False, help="lower-case (uncased vocabs)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, Callable
 
 from ..arch import Scheme
@@ -13,10 +14,24 @@ from ..cli import check_non_negative, check_positive, flag
 from ..errors import UserError
 from ..jobs import parse_shard
 from ..modeling import CLASSIFIER_POOLINGS
+from ..outputs import Output, key_value_lines, results_blocks
 from ..tasks import SQUAD_TASKS, TASK_DEFAULTS, canonical_task, is_squad
 
 
 # ---- configuration ------------------------------------------------------------------------------
+# Files the evaluator appends to in --output_dir: what is there must be of their format.
+RESULT_FILES = {"subbert.results": results_blocks, "eval_results.txt": key_value_lines}
+
+
+def _mm_folder(cfg: "RunConfig") -> list[tuple[str, Path, Output]]:
+    """<output_dir>-MM, where MNLI-mismatched scores go after MNLI (as the original)."""
+    if "mnli" not in cfg.task_name.lower().split():
+        return []
+    out = Path(cfg.output_dir)
+    return [("--output_dir's MNLI-mismatched folder", out.parent / f"{out.name}-MM",
+             Output.dir(shared=True, appends={"eval_results.txt": key_value_lines}))]
+
+
 @dataclass(frozen=True)
 class TaskConfig:
     """The hyper-parameters of one task after the per-task defaults and the explicit flags;
@@ -169,10 +184,13 @@ class RunConfig:
     data_dir: str = flag(help="space-separated task data directories, one per --task_name")
     model: str = flag(help="the supernet (or sub-model) directory")
     task_name: str = flag(help="space-separated task names")
-    output_dir: str = flag(help="created if missing; results appended")
+    output_dir: str = flag(help="created if missing; results appended",
+                           output=Output.dir(shared=True, appends=RESULT_FILES, also=_mm_folder,
+                                             overwrite="overwrite_results"))
     cache_dir: str = flag("", help="keep tokenized task features here and reuse them in later "
                                    "runs on the same files and settings (e.g. every search "
-                                   "generation)")
+                                   "generation); one that cannot be written is an error",
+                          output=Output.cache())
     arches_file: str = flag("", help="candidate archs, one per line; default: the model's "
                                      "full arch")
     super_model: str | None = flag(None, type=str.upper, choices=("MLM", "KD"),

@@ -9,6 +9,7 @@ from ..arch import SPACE_FLAGS, Scheme
 from ..cli import check_non_negative, check_positive, flag
 from ..errors import UserError
 from ..growth import Measure
+from ..outputs import Output
 
 
 # ---- the configuration of a run ----------------------------------------------------------------
@@ -40,7 +41,13 @@ class PretrainConfig:
         help="KD teacher: any Hugging Face BERT or ELECTRA encoder directory or name (may be "
              "--student_model itself: self-distillation)")
     cache_dir: str = flag("experiments/output", group=DATA,
-                          help="root of the outputs (output/superbert/checkpoints/<run>/...)")
+                          help="root of the outputs (output/superbert/checkpoints/<run>/...)",
+                          # only output/superbert/ is written there: other files are never touched
+                          output=Output.dir(shared=True, when=lambda c: not c.reorder_only,
+                                            also=lambda c: [(
+                                                "--cache_dir's run folder",
+                                                Path(c.cache_dir) / "output" / "superbert",
+                                                Output.dir(shared=True))]))
     max_seq_length: int = flag(512, group=DATA, type=int,
                                help="padding length; every stored sequence must fit")
     do_lower_case: bool = flag(False, group=DATA,
@@ -111,7 +118,10 @@ class PretrainConfig:
     reorder_only: str | None = flag(None, group=GROW, metavar="OUT_DIR",
                                     help="write a reordered full copy of --student_model to "
                                          "OUT_DIR and exit without training (scheme: "
-                                         "--super_model, --mlm_loss or --kd, else the saved one)")
+                                         "--super_model, --mlm_loss or --kd, else the saved one)",
+                                    output=Output.dir(overwrite="overwrite_output_dir",
+                                                      inputs=("student_model", "teacher_model",
+                                                              "pregenerated_data")))
 
     # optimisation
     epochs: int = flag(2, group=OPTIM, type=int)

@@ -17,7 +17,7 @@ from ..errors import UserError
 from ..hf import load_config, resolve_model_dir
 from ..latency import LatencyPredictor, PredictorConfig, load_supernet_config
 from ..latency.checks import check_positive
-from ..outputs import Output, arch_lines, png
+from ..outputs import Output, arch_lines, json_object, png
 from ..results import fitness, parse_results
 from .candidates import (CandidateSet, check_candidates, enumerate_candidates, read_candidates,
                          write_candidates)
@@ -25,7 +25,7 @@ from .evolution import Evolver, sample_generation
 from .measure import measure_archs, reference_name
 from .pareto import ParetoEvolver
 from .plot import plot_generation
-from .window import LatencyWindow, write_window
+from .window import LatencyWindow, window_path, write_window
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,10 @@ class SearchConfig(SpaceFlags):
     output_file: str = flag("cands/archs.txt", help="the next generation",
                             output=Output.file("a generation (.cands) file", arch_lines,
                                                when=lambda c: c.method != "Candidate",
+                                               also=lambda c: [(
+                                                   "--output_file's window record",
+                                                   window_path(c.output_file),
+                                                   Output.file("a window record", json_object))],
                                                inputs=("ckpt_path", "candidate_file",
                                                        "arch_perfs_file")))
     feature_norm: tuple[float, ...] | None = flag(
