@@ -20,6 +20,7 @@ import torch
 
 from superbert.arch import Arch, read_arch_file
 from superbert.results import TaskResult, format_results_block, parse_results
+from superbert.timing_protocol import Timing
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH_STAGES = ["book_tasks", "generate_data", "generate_heldout", "pretrain",
@@ -96,7 +97,6 @@ def test_print_best_cli_and_errors(tmp_path):
 
 def test_measured_speedup_times_both_archs(monkeypatch):
     """The speedup comes from timing base and chosen arch, never from the predictor."""
-    import superbert.latency as latency
     from superbert.report import timing
     from superbert.report.timing import measure_speedup
 
@@ -109,11 +109,11 @@ def test_measured_speedup_times_both_archs(monkeypatch):
         def time(self, arch):
             timed.append(arch)
             ms = 8.0 if arch.layers == 4 else 2.0
-            return latency.Timing(arch, ms, ms, self.protocol.infer_cnt)
+            return Timing(arch, ms, ms, self.protocol.infer_cnt)
 
         def time_reference(self, arch):
             warmed.append(arch)
-            return latency.Timing(arch, 100.0, 100.0, 1)  # a cold first timing, not counted
+            return Timing(arch, 100.0, 100.0, 1)  # a cold first timing, not counted
 
     warmed = []
     monkeypatch.setattr(timing, "Timer", FakeTimer)
@@ -191,7 +191,8 @@ def test_every_stage_ran_and_wrote_its_output(smoke_run):
                 "latency/predictor_fit.png", "cands/candidates", "cands/gen_1.cands",
                 "cands/gen_2.cands", "cands/gen_3.cands", "search/subbert.results",
                 "cands/best.arch", "models/extracted/config.json", "summary/summary.md",
-                "summary/summary.json", "summary/search_progress.png"]:
+                "summary/summary.json", "summary/search_progress.png",
+                "summary/latency_vs_score.png", "cands/gen_3.cands.window.json"]:
         assert (out / rel).is_file() and (out / rel).stat().st_size > 0, rel
     assert "AutoTinyBERT quickstart summary" in r.stdout
 
@@ -242,6 +243,16 @@ def test_each_stage_read_the_previous_one(smoke_run):
     assert set(summary["final_scores"]) == {"sst-2", "mnli"}
     assert summary["params_transformers"] == best.param_count(
         cfg.vocab_size, cfg.max_position_embeddings, cfg.type_vocab_size)
+    # the latency plot's data: one point per evaluated arch, the chosen one measured, the
+    # window the search recorded
+    plot = summary["latency_vs_score"]
+    assert sorted(p["arch"] for p in plot["points"]) == sorted(str(a) for a in scored)
+    measured = {p["arch"] for p in plot["points"] if p["measured_ms"] is not None}
+    default = Arch.parse((out / "cands/default.arch").read_text())
+    assert str(best) in measured and measured <= {str(best), str(default)}
+    assert plot["window_ms"][0] < plot["window_ms"][1] and plot["marked"][0]["role"] == "chosen"
+    md = (out / "summary/summary.md").read_text()
+    assert "[latency_vs_score.png](latency_vs_score.png)" in md
 
 
 @pytest.mark.slow
