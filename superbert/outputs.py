@@ -54,7 +54,8 @@ class Kind(StrEnum):
 class Output:
     """What an output flag writes; see the module docstring for the rule it is checked by.
 
-    `fmt(path)` raises UserError when an existing file is not of the flag's format. `when(cfg)`
+    `fmt(path)` raises UserError when an existing file is not of the flag's format (`what`);
+    `appends` names the files a folder's run appends to (name -> (what, fmt)). `when(cfg)`
     says whether the flag is an output in this run (a flag read by one mode, written by
     another). `inputs` are the config fields the run reads. `also(cfg)` gives further paths the
     run writes derived from this one (name shown in errors, path, Output)."""
@@ -67,7 +68,7 @@ class Output:
     overwrite: str | None = None
     shared: bool = False
     beside: bool = False  # staged beside the folder and swapped in: its parent is written too
-    appends: Mapping[str, Callable[[Path], None]] = field(default_factory=dict)
+    appends: Mapping[str, tuple[str, Callable[[Path], None]]] = field(default_factory=dict)
     inputs: tuple[str, ...] = ()
     when: Callable[[Any], bool] | None = None
     also: Callable[[Any], Iterable[tuple[str, Path, "Output"]]] | None = None
@@ -133,8 +134,8 @@ def check_path(label: str, path: Path, spec: Output,
         _check_not_above_inputs(where, path, inputs)
         if path.is_dir():
             _check_owned(where, path, spec, overwrite)
-            for name, fmt in ({} if overwrite else spec.appends).items():
-                _check_format(f"{where}: {name}", path / name, fmt, append=True)
+            for name, (what, fmt) in ({} if overwrite else spec.appends).items():
+                _check_format(f"{where}: {name}", path / name, fmt, append=True, what=what)
     else:
         _check_writable(where, path.parent if path.parent.is_dir() else existing)
         _check_not_an_input(where, path, inputs)
@@ -154,10 +155,11 @@ def _existing_ancestor(label: str, path: Path) -> Path:
     return Path(".")
 
 
-def _check_writable(where: str, folder: Path, what: str = "") -> None:
+def _check_writable(where: str, path: Path, what: str = "") -> None:
     # access() answers EROFS for a read-only mount even as root (where permission bits pass)
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"{where} cannot be written: {what}{folder} is read-only (a read-only "
+    mode = os.W_OK | os.X_OK if path.is_dir() else os.W_OK
+    if not os.access(path, mode):
+        raise UserError(f"{where} cannot be written: {what}{path} is read-only (a read-only "
                         f"file system, or no write permission)")
 
 
@@ -273,8 +275,12 @@ def latency_lines(path: Path) -> None:
 
 
 def results_blocks(path: Path) -> None:
+    """subbert.results: blocks (the reader skips text between them, so a file of other text
+    holds none)."""
+    from .io import read_text
     from .results import read_results
-    read_results(path)
+    if not read_results(path) and read_text(path).strip():
+        raise UserError("no results block in it")
 
 
 def key_value_lines(path: Path) -> None:

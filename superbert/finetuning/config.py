@@ -20,7 +20,8 @@ from ..tasks import SQUAD_TASKS, TASK_DEFAULTS, canonical_task, is_squad
 
 # ---- configuration ------------------------------------------------------------------------------
 # Files the evaluator appends to in --output_dir: what is there must be of their format.
-RESULT_FILES = {"subbert.results": results_blocks, "eval_results.txt": key_value_lines}
+RESULT_FILES = {"subbert.results": ("a results file", results_blocks),
+                "eval_results.txt": ("an evaluation log", key_value_lines)}
 
 
 def _mm_folder(cfg: "RunConfig") -> list[tuple[str, Path, Output]]:
@@ -29,7 +30,7 @@ def _mm_folder(cfg: "RunConfig") -> list[tuple[str, Path, Output]]:
         return []
     out = Path(cfg.output_dir)
     return [("--output_dir's MNLI-mismatched folder", out.parent / f"{out.name}-MM",
-             Output.dir(shared=True, appends={"eval_results.txt": key_value_lines}))]
+             Output.dir(shared=True, appends={"eval_results.txt": RESULT_FILES["eval_results.txt"]}))]
 
 
 @dataclass(frozen=True)
