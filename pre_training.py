@@ -28,7 +28,7 @@ from superbert.cli import add_flags, config_from_args, group_of, run_main, setup
 from superbert.distributed import cleanup, init_distributed
 from superbert.errors import UserError
 from superbert.pretraining.config import RUN, SPACE, PretrainConfig
-from superbert.training import run_pretraining
+from superbert.pretraining.run import run_pretraining
 
 # Flags of the original that have no meaning any more: given, they stop the run with the
 # replacement instead of being silently ignored.

@@ -43,7 +43,7 @@ import argparse
 import logging
 
 from superbert.cli import add_flags, config_from_args, run_main, setup_logging
-from superbert.finetune import run
+from superbert.finetuning.run import run
 from superbert.finetuning.config import RunConfig
 
 

@@ -4,7 +4,7 @@
 
 The candidate evaluator fine-tunes each arch from its inherited supernet slice: the head is
 drawn, `set_sample_config(arch)` selects the slice, `extract_submodel` copies it into a dense
-model (`finetune.inherit`, timed separately: once per arch), which is trained with BertAdam.
+model (`finetuning.model.inherit`, timed separately: once per arch), which is trained with BertAdam.
 Subjects, all trained by the same step (forward, backward, BertAdam with the evaluator's
 settings, warm-up-linear schedule) on the same batches:
 
@@ -28,7 +28,8 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from superbert.arch import Arch
 from superbert.configuration import AutoTinyBertConfig
-from superbert.finetune import BERT_ADAM_EPS, inherit
+from superbert.finetuning.model import inherit
+from superbert.finetuning.steps import BERT_ADAM_EPS
 from superbert.modeling import AutoTinyBertForSequenceClassification
 from superbert.optim import BertAdam, param_groups, warmup_linear
 

@@ -170,7 +170,7 @@ def heldout_kd_loss(supernet: Path, data_dir: Path, archs: list[Arch], seq: int,
     """Each slice's KD loss (hidden MSE through dense_fit + attention-score MSE, the training
     objective) against MiniLM on held-out sequences, computed by the trainer's own Objective."""
     from superbert.arch import Scheme
-    from superbert.training import Objective, StepCounts
+    from superbert.pretraining.objective import Objective, StepCounts
 
     teacher = load_teacher(str(minilm_dir()))
     model = load_model(supernet, scheme="kd").eval()

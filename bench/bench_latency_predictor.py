@@ -43,14 +43,12 @@ import numpy as np
 
 from superbert.arch import FEATURE_NORM, LATENCY_NORM, SearchSpace
 from superbert.cli import run_main, setup_logging
-from superbert.deploy import BACKENDS
-from superbert.latency import (BERT_BASE, Drift, LatencyConfig, Timer, TimingProtocol,
-                               TrainConfig, collect_latency_dataset, dataset_arrays,
-                               load_supernet_config, read_latency_dataset, regression_metrics,
-                               sample_archs, time_against_reference, train_from_dataset,
-                               train_predictor)
-from superbert.search import (ORIGINAL_STEPS, LatencyWindow, enumerate_candidates,
-                              sample_generation)
+from superbert.latency import (BERT_BASE, Drift, LatencyConfig, Timer, TrainConfig,
+                               collect_latency_dataset, dataset_arrays, load_supernet_config,
+                               read_latency_dataset, regression_metrics, sample_archs,
+                               time_against_reference, train_from_dataset, train_predictor)
+from superbert.search import ORIGINAL_STEPS, LatencyWindow, enumerate_candidates, sample_generation
+from superbert.timing_protocol import BACKENDS, TimingProtocol
 
 
 def main(argv=None):

@@ -33,7 +33,7 @@ from superbert.data.shards import PretrainingDataset
 from superbert.hf import bundled_vocab_path, load_tokenizer
 from superbert.modeling import AutoTinyBertForMaskedLM
 from superbert.pretraining.config import PretrainConfig
-from superbert.training import Trainer
+from superbert.pretraining.trainer import Trainer
 from superbert.distributed import DistEnv
 
 

@@ -25,7 +25,7 @@ mode and afterwards restores the mode of the module it was given, recursively (a
 training mode would switch dropout on in the model it wraps); `export_model` restores the
 model's own mode itself.
 
-`time_onnx` times an ONNX file under `latency.TimingProtocol` (threads, batch x seq of token
+`time_onnx` times an ONNX file under `TimingProtocol` (threads, batch x seq of token
 9333, warm-up, timed runs, median/min, wall/cpu clock), so its numbers sit beside the torch
 backend's. `OnnxTimingBackend` is what `latency.Timer` delegates to for
 `inference_time_evaluation.py --backend onnxruntime | onnxruntime-int8`; its `info()` (backend,
@@ -57,6 +57,7 @@ from torch import nn
 from .arch import Arch
 from .errors import UserError
 from .io import read_json, staging_dir
+from .timing_protocol import BACKENDS, TIMING_TOKEN_ID, Timing, TimingProtocol
 
 logger = logging.getLogger(__name__)
 
@@ -468,14 +469,13 @@ def _as_int64(x: Any) -> np.ndarray:
 
 
 # ---- timing ------------------------------------------------------------------------------------
-def time_onnx(path: "str | os.PathLike | OrtModel", protocol: Any = None,
-              arch: Arch | None = None, runs: int | None = None, warmup: int | None = None):
+def time_onnx(path: "str | os.PathLike | OrtModel", protocol: TimingProtocol | None = None,
+              arch: Arch | None = None, runs: int | None = None,
+              warmup: int | None = None) -> Timing:
     """Time an ONNX file (or an open `OrtModel` with the protocol's threads) under
-    `latency.TimingProtocol`, the torch backend's protocol: threads, batch x seq_len of the
+    `TimingProtocol`, the torch backend's protocol: threads, batch x seq_len of the
     timing token, `warmup` untimed and `infer_cnt` timed runs, wall or CPU clock, median or
-    min. Returns a `latency.Timing`; `arch` defaults to the sidecar's."""
-    from .latency import TIMING_TOKEN_ID, Timing, TimingProtocol
-
+    min. Returns a `Timing`; `arch` defaults to the sidecar's."""
     protocol = protocol or TimingProtocol()
     if protocol.subject != "extracted":
         raise UserError("an ONNX file holds an extracted model; the sliced-supernet subject "
@@ -506,9 +506,6 @@ def time_onnx(path: "str | os.PathLike | OrtModel", protocol: Any = None,
         times.append((clock() - start) * 1000.0)
     return Timing(arch, float(np.median(times)), float(np.mean(times)), len(times),
                   float(np.min(times)), protocol.statistic)
-
-
-BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8")
 
 
 class OnnxTimingBackend:
@@ -564,9 +561,7 @@ class OnnxTimingBackend:
 
     def time(self, arch: Arch, build: Callable[[], nn.Module], protocol: Any = None,
              runs: int | None = None, warmup: int | None = None):
-        """`arch` timed under `protocol` (a `latency.Timing`); `build()` makes its model."""
-        from .latency import TimingProtocol
-
+        """`arch` timed under `protocol` (a `Timing`); `build()` makes its model."""
         protocol = protocol or TimingProtocol()
         session = self.session(arch, build, protocol.threads)
         return time_onnx(session, protocol, arch, runs=runs, warmup=warmup)

@@ -11,11 +11,15 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-import superbert.finetune as ft
 from helpers import make_tiny_supernet, tiny_config
 from superbert.arch import Arch, Scheme, format_arch_lines
 from superbert.errors import UserError
-from superbert.finetune import RunConfig, init_head, inherit, plan_steps, run
+from superbert.finetuning import features as task_features
+from superbert.finetuning.config import RunConfig
+from superbert.finetuning.features import load_task_data, read_feature_cache
+from superbert.finetuning.model import init_head, inherit
+from superbert.finetuning.run import run
+from superbert.finetuning.steps import plan_steps
 from superbert.modeling import AutoTinyBertForSequenceClassification, active_state_dict
 from superbert.optim import BertAdam, param_groups
 from superbert.results import parse_results, read_results
@@ -296,7 +300,7 @@ def test_feature_cache_and_fp16_on_cpu(tmp_path, supernet, data, monkeypatch, ca
     def no_reading(*a, **k):
         raise AssertionError("features were not taken from the cache")
 
-    monkeypatch.setattr(ft, "_read_task_data", no_reading)
+    monkeypatch.setattr(task_features, "_read_task_data", no_reading)
     second = run_inproc([*args, "--output_dir", str(tmp_path / "b")])
     assert (first[0].best, first[0].em) == (second[0].best, second[0].em)
     # other settings make other features
@@ -318,7 +322,7 @@ def test_onnx_evaluation_of_a_fine_tuned_model(tmp_path, supernet, data, caplog)
     saved = out / "mnli_seed42"
     common = ["--data_dir", str(data / "MNLI"), "--model", str(saved), "--task_name", "mnli",
               "--max_seq_length", "64", "--eval_batch_size", "5", "--do_lower_case"]
-    caplog.set_level("INFO", logger="superbert.finetune")
+    caplog.set_level("INFO", logger="superbert.finetuning")
     fp32, int8 = run_inproc([*common, "--output_dir", str(tmp_path / "dep"), "--onnx", "--int8"])
     assert (fp32.runtime, int8.runtime) == ("onnxruntime-fp32", "onnxruntime-int8")
     assert fp32.best == tuned.best  # the torch evaluation's accuracy of the best model
@@ -367,9 +371,9 @@ def test_feature_cache_round_trip_and_tampering(tmp_path, supernet, data, task, 
                         *PROXY]).tasks[0]
     tok = load_tokenizer(supernet, True)
     cache = tmp_path / "cache"
-    built = ft.load_task_data(cfg, tok, str(cache), "t")
+    built = load_task_data(cfg, tok, str(cache), "t")
     (entry,) = cache.iterdir()
-    read = ft.read_feature_cache(entry, cfg)
+    read = read_feature_cache(entry, cfg)
 
     def same(a, b):
         assert type(a) is type(b)
@@ -392,12 +396,12 @@ def test_feature_cache_round_trip_and_tampering(tmp_path, supernet, data, task, 
     raw = bytearray((entry / "features.safetensors").read_bytes())
     raw[-1] ^= 0xFF
     (entry / "features.safetensors").write_bytes(bytes(raw))
-    caplog.set_level("INFO", logger="superbert.finetune")
-    again = ft.load_task_data(cfg, tok, str(cache), "t")
+    caplog.set_level("INFO", logger="superbert.finetuning")
+    again = load_task_data(cfg, tok, str(cache), "t")
     warnings_ = [r for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings_) == 1 and "rebuilding the feature cache" in warnings_[0].message
     assert "does not match the checksum" in warnings_[0].message
     same(again.train, built.train)
     caplog.clear()
-    ft.load_task_data(cfg, tok, str(cache), "t")  # the rebuilt entry is good again
+    load_task_data(cfg, tok, str(cache), "t")  # the rebuilt entry is good again
     assert "features from the cache" in caplog.text and "rebuilding" not in caplog.text

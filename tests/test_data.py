@@ -1,4 +1,4 @@
-"""generate_data.py and superbert/data.py: packing, ids, formats, workers, masking, bad input."""
+"""generate_data.py and superbert/data/: packing, ids, formats, workers, masking, bad input."""
 from __future__ import annotations
 
 import gzip

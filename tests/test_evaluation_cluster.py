@@ -20,7 +20,8 @@ from hypothesis import given, settings, strategies as st
 from helpers import make_tiny_supernet
 from superbert.arch import Arch, format_arch_lines
 from superbert.errors import UserError
-from superbert.finetune import RunConfig, run
+from superbert.finetuning.config import RunConfig
+from superbert.finetuning.run import run
 from superbert.results import TaskResult, format_results_block, read_results
 from test_tasks import write_glue_task
 
@@ -220,7 +221,7 @@ def test_blocks_without_seed_count_for_a_single_seed_run(setup, tmp_path, caplog
     one_arch.write_text(format_arch_lines([arch]))
     base = [*args(setup, out), "--arches_file", str(one_arch), "--task_name", "rte",
             "--data_dir", str(setup["rte"])]
-    caplog.set_level("INFO", logger="superbert.finetune")
+    caplog.set_level("INFO", logger="superbert.finetuning")
     assert run(RunConfig_from([*base, "--seed", "5"])) == []
     assert "1 of 1 jobs already have results" in caplog.text
     # with two seeds a seed-less block belongs to neither: both run
@@ -260,9 +261,9 @@ def test_blocks_roundtrip_and_non_finite_scores_name_file_and_line(tmp_path_fact
 
 
 def test_progress_lines_off_a_terminal(setup, tmp_path, caplog, monkeypatch):
-    import superbert.finetune as ft
-    monkeypatch.setattr(ft, "PROGRESS_SECONDS", 0.0)
-    caplog.set_level("INFO", logger="superbert.finetune")
+    import superbert.finetuning.loop as loop
+    monkeypatch.setattr(loop, "PROGRESS_SECONDS", 0.0)
+    caplog.set_level("INFO", logger="superbert.finetuning")
     one_arch = tmp_path / "one.cands"
     one_arch.write_text(format_arch_lines(ARCHS[:1]))
     run(RunConfig_from([*args(setup, tmp_path / "out"), "--arches_file", str(one_arch),
@@ -282,7 +283,7 @@ def test_a_training_set_smaller_than_a_batch_is_one_partial_batch(setup, tmp_pat
     tiny = write_glue_task(tmp_path / "RTE", "rte", n_train=5, n_dev=4)
     one_arch = tmp_path / "one.cands"
     one_arch.write_text(format_arch_lines(ARCHS[:1]))
-    caplog.set_level("WARNING", logger="superbert.finetune")
+    caplog.set_level("WARNING", logger="superbert.finetuning")
     res = run(RunConfig_from([*args(setup, tmp_path / "out"), "--arches_file", str(one_arch),
                               "--seed", "3", "--task_name", "rte", "--data_dir", str(tiny)]))
     assert len(res) == 1 and res[0].best is not None and math.isfinite(res[0].best)
@@ -291,7 +292,7 @@ def test_a_training_set_smaller_than_a_batch_is_one_partial_batch(setup, tmp_pat
 
 
 def test_pick_device_follows_local_rank(monkeypatch):
-    from superbert.finetune import pick_device
+    from superbert.finetuning.setup import pick_device
     assert pick_device(True, 3) == torch.device("cpu")
     if not torch.cuda.is_available():
         assert pick_device(False, 0) == torch.device("cpu")
@@ -306,8 +307,8 @@ def test_shard_under_torchrun_is_refused(setup, tmp_path, monkeypatch):
 
 def test_a_diverged_fine_tuning_is_warned_about(setup, tmp_path, monkeypatch, caplog):
     """A non-finite dev score never becomes the best, and it is said."""
-    import superbert.finetune as ft
-    real = ft.evaluate
+    import superbert.finetuning.loop as loop
+    real = loop.evaluate
     calls = []
 
     def nan_at_first(*a, **k):
@@ -317,8 +318,8 @@ def test_a_diverged_fine_tuning_is_warned_about(setup, tmp_path, monkeypatch, ca
             outcome.score = float("nan")
         return outcome
 
-    monkeypatch.setattr(ft, "evaluate", nan_at_first)
-    caplog.set_level("WARNING", logger="superbert.finetune")
+    monkeypatch.setattr(loop, "evaluate", nan_at_first)
+    caplog.set_level("WARNING", logger="superbert.finetuning")
     one_arch = tmp_path / "one.cands"
     one_arch.write_text(format_arch_lines(ARCHS[:1]))
     (res,) = run(RunConfig_from([*args(setup, tmp_path / "out"), "--arches_file", str(one_arch),

@@ -23,7 +23,7 @@ import torch
 from transformers import BertModel
 
 import pre_training
-import superbert.training as training
+import superbert.pretraining.run as pretraining_run
 from superbert.checkpoint import find_checkpoints, verify_checkpoint
 from superbert.errors import UserError
 from superbert.growth import PERMUTATION_FILE, Permutation, read_permutation
@@ -68,14 +68,14 @@ def built_model(monkeypatch):
     """Run pre_training.main up to the trainer and return the model it would train."""
     seen = {}
 
-    class Spy(training.Trainer):
+    class Spy(pretraining_run.Trainer):
         def __post_init__(self):
             seen["model"] = self.model
             raise Built
 
     def build(argv):
         with monkeypatch.context() as patch:
-            patch.setattr(training, "Trainer", Spy)
+            patch.setattr(pretraining_run, "Trainer", Spy)
             with pytest.raises(Built):
                 pre_training.main(argv)
         return seen["model"]
@@ -109,7 +109,7 @@ def test_minilm_starts_from_its_weights_unless_scratch(work, tmp_path, built_mod
     assert_same_values(encoder_output(model), want, "encoder output")
     assert start_lines(caplog) == [f"start: pretrained weights of {MINILM}"]
     fresh = [r.getMessage() for r in caplog.records if "initialised fresh" in r.getMessage()
-             and r.name == "superbert.training"]
+             and r.name == "superbert.pretraining.run"]
     assert len(fresh) == 1 and "cls.predictions.transform.dense.weight" in fresh[0]
     assert "decoder is tied" in fresh[0] and "bert.encoder" not in fresh[0]
     assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight

@@ -16,12 +16,12 @@ from superbert.arch import Arch, SearchSpace
 from superbert.cli import config_from_args, run_main
 from superbert.errors import UserError
 from superbert.latency import (COST_TERMS, CostModel, LatencyConfig, LatencyMLP, LatencyPredictor,
-                               PredictorConfig, Timer, Timing, TimingProtocol, TrainConfig,
-                               dataset_arrays, read_latency_dataset, regression_metrics,
-                               sample_archs, split_indices, time_against_reference,
-                               train_predictor)
+                               PredictorConfig, Timer, TrainConfig, dataset_arrays,
+                               read_latency_dataset, regression_metrics, sample_archs,
+                               split_indices, time_against_reference, train_predictor)
 from superbert.search import LatencyWindow, SearchConfig
 from tests.helpers import make_tiny_supernet, tiny_config
+from superbert.timing_protocol import Timing, TimingProtocol
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = Arch(3, 64, 4, 64, 128)  # a tiny reference keeps the run short
@@ -237,7 +237,6 @@ def test_timer_subjects_agree_on_shapes():
         t = Timer(cfg, "kd", TimingProtocol(infer_cnt=1, warmup=0, seq_len=16, subject=subject))
         r = t.time(Arch(2, 32, 4, 32, 64))
         assert r.runs == 1 and r.median_ms > 0
-
 
 
 def test_timed_models_hold_finite_weights_drawn_once():

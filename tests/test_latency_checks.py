@@ -22,11 +22,13 @@ from superbert.arch import Arch, SearchSpace
 from superbert.cli import run_main
 from superbert.errors import UserError
 from superbert.latency import (DATASET_FORMAT, CostModel, LatencyConfig, LatencyPredictor,
-                               PredictorConfig, ProgressLog, Timer, Timing, TimingProtocol,
-                               format_latency_line, sample_archs, train_from_dataset, TrainConfig)
+                               PredictorConfig, Timer, TrainConfig, format_latency_line,
+                               sample_archs, train_from_dataset)
+from superbert.latency.dataset import timing_progress
 from superbert.results import TaskResult, format_results_block
 from superbert.search import SearchConfig
 from tests.helpers import make_tiny_supernet, tiny_config
+from superbert.timing_protocol import Timing, TimingProtocol
 
 BASE_MS = 300.0
 SMALL = ["--layer_num_space", "1", "4", "--hidden_size_space", "128", "384",
@@ -236,7 +238,7 @@ def test_wrong_typed_time_pt_fields_name_file_and_field(tmp_path, capsys, key, v
 def test_progress_lines_every_n_items_or_seconds_with_an_eta(caplog):
     now = [0.0]
     with caplog.at_level(logging.INFO, logger="superbert.latency.dataset"):
-        log = ProgressLog(120, every=50, seconds=1e9, clock=lambda: now[0])
+        log = timing_progress(120, every=50, seconds=1e9, clock=lambda: now[0], tty=False)
         for _ in range(120):
             now[0] += 0.5
             log.update()
@@ -246,7 +248,7 @@ def test_progress_lines_every_n_items_or_seconds_with_an_eta(caplog):
                      "timed 120/120 archs, 500 ms/arch, ETA 0:00:00"]
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="superbert.latency.dataset"):
-        log = ProgressLog(10, every=1000, seconds=10.0, clock=lambda: now[0])
+        log = timing_progress(10, every=1000, seconds=10.0, clock=lambda: now[0], tty=False)
         for _ in range(10):
             now[0] += 4.0
             log.update()

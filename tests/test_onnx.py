@@ -14,16 +14,16 @@ pytest.importorskip("onnxruntime")
 
 import onnx  # noqa: E402
 
-from superbert import deploy  # noqa: E402
-from superbert.arch import Arch, SearchSpace  # noqa: E402
-from superbert.deploy import (Head, OrtModel, OrtTaskModel, export_onnx, ort_info,  # noqa: E402
-                              read_sidecar, time_onnx)
-from superbert.errors import UserError  # noqa: E402
-from superbert.hf import extract_to_dir, load_model, save_model  # noqa: E402
-from superbert.latency import TimingProtocol  # noqa: E402
-from superbert.modeling import (AutoTinyBertForQuestionAnswering,  # noqa: E402
+from superbert import deploy
+from superbert.arch import Arch, SearchSpace
+from superbert.deploy import (Head, OrtModel, OrtTaskModel, export_onnx, ort_info, read_sidecar,
+                              time_onnx)
+from superbert.errors import UserError
+from superbert.hf import extract_to_dir, load_model, save_model
+from superbert.modeling import (AutoTinyBertForQuestionAnswering,
                                 AutoTinyBertForSequenceClassification, AutoTinyBertModel)
-from tests.helpers import VOCAB, make_tiny_supernet  # noqa: E402
+from tests.helpers import VOCAB, make_tiny_supernet
+from superbert.timing_protocol import TimingProtocol
 
 TOL = 1e-4
 

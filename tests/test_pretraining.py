@@ -259,14 +259,14 @@ def test_damaged_checkpoints_are_not_loaded(work, tmp_path):
 
 
 def test_a_crash_while_saving_leaves_no_checkpoint(work, tmp_path, monkeypatch):
-    import superbert.training as training
+    import superbert.pretraining.trainer as trainer
 
     cache = tmp_path / "c"
 
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(training, "write_manifest", boom)
+    monkeypatch.setattr(trainer, "write_manifest", boom)
     with pytest.raises(OSError):
         pre_training.main(args(work, cache, "--save_steps", "2", "--max_steps", "3"))
     assert find_checkpoints(run_dir(cache)) == []
@@ -277,7 +277,7 @@ def test_a_crash_while_saving_leaves_no_checkpoint(work, tmp_path, monkeypatch):
 def test_further_train_starts_from_the_extracted_weights(work, kd_run, tmp_path, monkeypatch):
     from superbert.arch import Arch
     from superbert.hf import extract_to_dir
-    import superbert.training as training
+    import superbert.pretraining.run as pretraining_run
 
     supernet = run_dir(kd_run) / "epoch_1"
     arch = Arch(layers=2, hidden=64, heads=4, qkv=48, ffn=128)
@@ -285,7 +285,7 @@ def test_further_train_starts_from_the_extracted_weights(work, kd_run, tmp_path,
     saved = read_state_dict(sub)
     assert any(k.startswith("cls.") for k in saved) and "bert.dense_fit.weight" in saved
     seen = {}
-    real_trainer = training.Trainer
+    real_trainer = pretraining_run.Trainer
 
     class Spy(real_trainer):
         def __post_init__(self):
@@ -293,7 +293,7 @@ def test_further_train_starts_from_the_extracted_weights(work, kd_run, tmp_path,
             seen["fixed"] = self.fixed_arch
             super().__post_init__()
 
-    monkeypatch.setattr(training, "Trainer", Spy)
+    monkeypatch.setattr(pretraining_run, "Trainer", Spy)
     cache = tmp_path / "c"
     argv = args(work, cache, "--masked_lm_prob", "0", "--further_train", "--max_steps", "2",
                 mlm=False)
@@ -537,9 +537,9 @@ def test_tensorboard_and_progress_lines(work, tmp_path, monkeypatch, caplog):
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    import superbert.training as training
+    import superbert.pretraining.trainer as trainer
 
-    monkeypatch.setattr(training, "PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr(trainer, "PROGRESS_SECONDS", 0.0)
     caplog.set_level(logging.INFO)
     cache = tmp_path / "c"
     pre_training.main(args(work, cache, "--max_steps", "6", "--logging_steps", "3"))

@@ -22,6 +22,7 @@ from superbert.results import TaskResult, format_results_block
 from superbert.search import (CandidateSet, Evolver, LatencyWindow, MutationGrid, SearchConfig,
                               build_window, enumerate_candidates, is_efficient, load_predictor,
                               measure_archs, read_candidates, roulette, write_candidates)
+from superbert.timing_protocol import Timing, TimingProtocol
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_MS = 300.0
@@ -306,17 +307,17 @@ def test_measure_times_bert_base_around_the_archs(monkeypatch):
 
         def time_reference(self, arch):
             calls.append(("reference", arch))
-            return latency.Timing(arch, 110.0, 110.0, 1)
+            return Timing(arch, 110.0, 110.0, 1)
 
         def time(self, arch):
             calls.append(("time", arch))
             ms = 90.0 if arch == latency.BERT_BASE else 10.0 * arch.layers
-            return latency.Timing(arch, ms, ms, 1)
+            return Timing(arch, ms, ms, 1)
 
     monkeypatch.setattr(measure, "Timer", FakeTimer)
     pred = LatencyPredictor(linear_predictor(), base_latency_ms=BASE_MS, scheme="kd")
     archs = [Arch(2, 256, 12, 192, 512), Arch(3, 256, 12, 192, 512)]
-    base, rows = measure_archs(archs, pred, None, "kd", protocol=latency.TimingProtocol())
+    base, rows = measure_archs(archs, pred, None, "kd", protocol=TimingProtocol())
     assert calls == [("reference", latency.BERT_BASE), ("time", archs[0]), ("time", archs[1]),
                      ("time", latency.BERT_BASE)]
     assert base == 100.0  # mean of the timings before and after
@@ -328,7 +329,7 @@ def test_measure_times_bert_base_around_the_archs(monkeypatch):
     custom = Arch(4, 384, 12, 384, 1536)
     pred.meta = {"timing": {"base_arch": str(custom)}}
     calls.clear()
-    measure_archs(archs[:1], pred, None, "kd", protocol=latency.TimingProtocol())
+    measure_archs(archs[:1], pred, None, "kd", protocol=TimingProtocol())
     assert calls == [("reference", custom), ("time", archs[0]), ("time", custom)]
 
 

@@ -14,7 +14,7 @@ import torch
 
 from superbert.arch import Arch, Scheme, SearchSpace
 from superbert.hf import save_model
-from superbert.latency import BERT_BASE, CostModel, LatencyPredictor, Timing
+from superbert.latency import BERT_BASE, CostModel, LatencyPredictor
 from superbert.modeling import AutoTinyBertForSequenceClassification
 from superbert.results import TaskResult, format_results_block
 from superbert.search.baseline import default_ratio_archs, matching_default_arch
@@ -29,6 +29,7 @@ from superbert.report.chance import (AT_CHANCE, AT_MAJORITY, COLLAPSED, TaskLeve
 from superbert.report.markdown import format_summary
 from superbert.report.summary import build_summary, generation_table, write_summary
 from superbert.results import Evaluated, evaluated_archs
+from superbert.timing_protocol import Timing
 
 ROOT = Path(__file__).resolve().parents[1]
 

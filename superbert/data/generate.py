@@ -19,11 +19,11 @@ from typing import Any, Iterable
 
 import numpy as np
 from tokenizers import Tokenizer
-from tqdm import tqdm
 
 from ..errors import UserError
 from ..hf import load_tokenizer, read_vocab, resolve_model_dir
 from ..io import staging_dir
+from ..progress import Progress, Tick, duration
 from .config import DataConfig
 from .shards import (FORMAT_NAME, FORMAT_VERSION, JSON_SHARD, JSON_SHARD_RE, METADATA_FILE,
                      bin_shard_names, token_dtype, vocab_md5)
@@ -395,10 +395,11 @@ def _pack_corpus(cfg: DataConfig, corpus: Path, staging: Path, tokenizer: Any,
         args = (tokenizer.backend_tokenizer.to_str(), dtype.str, str(corpus), cfg.encoding_errors)
         window = (2 if cfg.reduce_memory else 8) * cfg.num_workers
         carry = np.zeros(0, dtype)  # tokens of the open instance, not yet written
-        with tqdm(total=corpus.stat().st_size, unit="B", unit_scale=True, desc="generate_data",
-                  # None: shown only on a terminal, so logs and error output stay clean.
-                  disable=None if cfg.progress is None else not cfg.progress,
-                  mininterval=0.5) as bar:
+        # A bar on a terminal, lines off one (a log stays free of bar frames); --no_progress:
+        # neither.
+        with Progress(corpus.stat().st_size, "generate_data", unit="B",
+                      enabled=cfg.progress is not False, line=_corpus_line, logger=logger,
+                      unit_scale=True, mininterval=0.5) as bar:
             for ids, lengths, pos in _tokenized_blocks(_read_blocks(corpus, cfg.block_bytes),
                                                        args, cfg.num_workers, window):
                 stream_start = packer.pos - len(carry)
@@ -410,8 +411,8 @@ def _pack_corpus(cfg: DataConfig, corpus: Path, staging: Path, tokenizer: Any,
                     carry = tokens[bounds[-1]:].copy()
                 else:
                     carry = np.concatenate([carry, ids])
-                bar.update(pos - bar.n)
-                bar.set_postfix(tokens=packer.pos, refresh=False)
+                bar.update_to(pos)
+                bar.set_postfix(tokens=packer.pos)
             ends = packer.finish()
             if ends:
                 stream_start = packer.pos - len(carry)
@@ -441,3 +442,11 @@ def _warn_lower_case(model_dir: Path, do_lower_case: bool) -> None:
     if saved is not None and bool(saved) != do_lower_case:
         logger.warning("%s is %s but --do_lower_case is %s", model_dir,
                        "uncased" if saved else "cased", "on" if do_lower_case else "off")
+
+
+def _corpus_line(tick: Tick) -> str:
+    """generate_data's progress line: corpus megabytes read, their rate, the ETA, the tokens."""
+    mb = 1e6
+    return (f"generate_data: {tick.done / mb:.1f}/{tick.total / mb:.1f} MB ({tick.percent:.0f}%), "
+            f"{tick.rate / mb:.2f} MB/s, ETA {duration(tick.eta)}"
+            + (f", {tick.postfix}" if tick.postfix else ""))

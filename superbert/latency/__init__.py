@@ -11,25 +11,24 @@
   type-checked fields of the sidecar and time.pt.
 """
 from .checks import check_output, check_positive
-from .dataset import (DATASET_FORMAT, DatasetRun, LatencyConfig, ProgressLog,
-                      collect_latency_dataset, dataset_arrays, format_latency_line,
-                      load_supernet_config, read_latency_dataset, read_sidecar, sample_archs,
-                      sidecar_backend, sidecar_path, write_sidecar)
+from .dataset import (DATASET_FORMAT, DatasetRun, LatencyConfig, collect_latency_dataset,
+                      dataset_arrays, format_latency_line, load_supernet_config,
+                      read_latency_dataset, read_sidecar, sample_archs, sidecar_backend,
+                      sidecar_path, write_sidecar)
 from .fit import (Metrics, PredictorConfig, TrainConfig, TrainReport, plot_predictions,
                   read_datasets, regression_metrics, split_indices, train_from_dataset,
                   train_predictor)
 from .predictors import (COST_TERMS, ORIGINAL_BASE_LATENCY_MS, PREDICTOR_FORMAT, PREDICTOR_KINDS,
                          CostModel, FlopsBaseline, LatencyMLP, LatencyPredictor, mlp_shape)
-from .timing import (BERT_BASE, DRIFT_REF, NOISY_REFERENCE, TIMING_TOKEN_ID, Drift, Speedups,
-                     Timer, Timing, TimingProtocol, check_backend, cpu_model, machine_info,
-                     set_threads, time_against_reference)
+from .timing import (BERT_BASE, DRIFT_REF, NOISY_REFERENCE, Drift, Speedups, Timer, cpu_model,
+                     machine_info, set_threads, time_against_reference)
 
 __all__ = [
     "BERT_BASE", "COST_TERMS", "DATASET_FORMAT", "DRIFT_REF", "NOISY_REFERENCE",
-    "ORIGINAL_BASE_LATENCY_MS", "PREDICTOR_FORMAT", "PREDICTOR_KINDS", "TIMING_TOKEN_ID",
+    "ORIGINAL_BASE_LATENCY_MS", "PREDICTOR_FORMAT", "PREDICTOR_KINDS",
     "CostModel", "DatasetRun", "Drift", "FlopsBaseline", "LatencyConfig", "LatencyMLP",
-    "LatencyPredictor", "Metrics", "PredictorConfig", "ProgressLog", "Speedups", "Timer",
-    "Timing", "TimingProtocol", "TrainConfig", "TrainReport", "check_backend", "check_output",
+    "LatencyPredictor", "Metrics", "PredictorConfig", "Speedups", "Timer",
+    "TrainConfig", "TrainReport", "check_output",
     "check_positive", "collect_latency_dataset", "cpu_model", "dataset_arrays",
     "format_latency_line", "load_supernet_config", "machine_info", "mlp_shape",
     "plot_predictions", "read_datasets", "read_latency_dataset", "read_sidecar",

@@ -17,7 +17,6 @@ import logging
 import math
 import os
 import random
-import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -25,19 +24,19 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from ..arch import Arch, Scheme, SearchSpace, SupernetSpaceFlags, validate_arch
 from ..cli import flag, progress_seconds
 from ..configuration import AutoTinyBertConfig
+from ..deploy import require_onnx
 from ..errors import UserError
 from ..hf import load_config, read_config_json, resolve_model_dir
-from ..deploy import require_onnx
 from ..io import append_text_durably, atomic_write_text, read_json
 from ..outputs import Output, json_object, latency_lines
+from ..progress import Progress, Tick
+from ..timing_protocol import TIMING_TOKEN_ID, TimingProtocol, check_backend
 from .checks import record_field
-from .timing import (BERT_BASE, TIMING_TOKEN_ID, Drift, Timer, TimingProtocol, check_backend,
-                     machine_info)
+from .timing import BERT_BASE, Drift, Timer, machine_info
 
 logger = logging.getLogger(__name__)
 
@@ -239,7 +238,7 @@ class DatasetRun:
 
     def run(self, archs: Sequence[Arch], progress: bool = True, passes: int = 1) -> dict[str, Any]:
         """Time what is missing. `progress`: a bar on a terminal; off a terminal (or with
-        `progress=False`) a log line every `ProgressLog.every` archs or ~10 s."""
+        `progress=False`) a log line every 50 archs or ~10 s (`timing_progress`)."""
         if passes < 1:
             raise UserError("--passes must be at least 1")
         have = read_latency_dataset(self.output) if self.output.exists() else []
@@ -269,44 +268,32 @@ class DatasetRun:
             write_sidecar(self.output, sidecar)
         logger.info("%d archs requested x %d pass(es), %d timings to take (backend %s)",
                     len(archs), passes, len(todo), self.protocol.backend)
-        bar = tqdm(todo, desc="timing", unit="arch", disable=not (progress and sys.stdout.isatty()))
-        log = ProgressLog(len(todo)) if bar.disable else None
-        for arch in bar:
-            t = timer.time(arch)
-            ms = t.ms
-            if drift is not None:
-                ms *= sidecar["drift_ref_ms"] / drift.update()
-            append_text_durably(self.output, format_latency_line(arch, round(ms, 4)))
-            bar.set_postfix_str(f"{arch.short()} {ms:.1f} ms (mean {t.mean_ms:.1f})")
-            if log is not None:
-                log.update()
+        with timing_progress(len(todo), bar=progress) as bar:
+            for arch in todo:
+                t = timer.time(arch)
+                ms = t.ms
+                if drift is not None:
+                    ms *= sidecar["drift_ref_ms"] / drift.update()
+                append_text_durably(self.output, format_latency_line(arch, round(ms, 4)))
+                bar.set_postfix(f"{arch.short()} {ms:.1f} ms (mean {t.mean_ms:.1f})")
+                bar.update()
         return sidecar
 
 
-class ProgressLog:
-    """Progress of a long loop as log lines where no bar can be drawn (a log file, a batch
-    job): count, wall ms per item and ETA, every `every` items or `seconds`, and at the end."""
+def timing_progress(total: int, bar: bool = True, every: int = 50, seconds: float | None = None,
+                    clock: Any = time.monotonic, tty: bool | None = None) -> Progress:
+    """The latency stage's progress: a bar on a terminal (unless `bar=False`), else a line
+    with the count, wall ms per arch and ETA every `every` archs or `seconds` (default 10 s,
+    or SUPERBERT_PROGRESS_SECONDS), and at the end."""
+    return Progress(total, "timing", unit="arch", every=every, bar=bar, tty=tty, clock=clock,
+                    seconds=progress_seconds(10.0) if seconds is None else seconds,
+                    line=_timed_line, logger=logger)
 
-    def __init__(self, total: int, what: str = "timed", unit: str = "arch", every: int = 50,
-                 seconds: float | None = None, clock: Any = time.monotonic):
-        self.total, self.what, self.unit = total, what, unit
-        # SUPERBERT_PROGRESS_SECONDS overrides the default of 10 s (not an explicit value)
-        seconds = progress_seconds(10.0) if seconds is None else seconds
-        self.every, self.seconds, self.clock = every, seconds, clock
-        self.start = self.last = clock()
-        self.done = 0
 
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        now = self.clock()
-        if self.done < self.total and self.done % self.every and now - self.last < self.seconds:
-            return
-        self.last = now
-        per = (now - self.start) / self.done
-        eta = int(round(per * (self.total - self.done)))
-        logger.info("%s %d/%d %ss, %.0f ms/%s, ETA %d:%02d:%02d", self.what, self.done,
-                    self.total, self.unit, 1000 * per, self.unit, eta // 3600, eta // 60 % 60,
-                    eta % 60)
+def _timed_line(tick: Tick) -> str:
+    eta = int(round(tick.eta))
+    return (f"timed {tick.done}/{tick.total} archs, {1000 * tick.seconds_per_item:.0f} ms/arch, "
+            f"ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}")
 
 
 # ---- inference_time_evaluation.py's library side ------------------------------------------------

@@ -22,12 +22,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from ..arch import FEATURE_NORM, LATENCY_NORM, Arch, Scheme, SpaceFlags
 from ..cli import flag
 from ..errors import UserError
 from ..io import atomic_path
+from ..progress import Progress
 from ..outputs import Output, arch_lines, png, torch_zip
 from .checks import check_output, check_positive
 from .dataset import (dataset_arrays, read_latency_dataset, read_sidecar, sidecar_backend,
@@ -124,8 +124,9 @@ def _train_mlp(X: torch.Tensor, Y: torch.Tensor, tr: np.ndarray, va: np.ndarray,
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     loss_fn = nn.MSELoss()
     train_list = tr.tolist()
-    bar = tqdm(range(cfg.train_steps), desc="training predictor", unit="step", disable=not progress)
-    for step in bar:
+    bar = Progress(cfg.train_steps, "training predictor", unit="step", enabled=progress,
+                   logger=logger)
+    for step in bar.track(range(cfg.train_steps)):
         batch = rng.sample(train_list, min(cfg.bsz, len(train_list)))
         model.train()
         loss = loss_fn(model(X[batch]).squeeze(-1), Y[batch])

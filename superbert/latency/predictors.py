@@ -27,8 +27,8 @@ from torch import nn
 from ..arch import FEATURE_NORM, LATENCY_NORM, Arch, Scheme
 from ..errors import UserError
 from ..io import atomic_path
+from ..timing_protocol import TimingProtocol, check_backend
 from .checks import record_field
-from .timing import TimingProtocol, check_backend
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,6 @@ PREDICTOR_KINDS = ("mlp", "cost")
 # The original's hard-coded BERT-base latencies on the authors' CPU (Xeon E7-4850 v2), used only
 # when a bare original time.pt is loaded and no measured base latency is given.
 ORIGINAL_BASE_LATENCY_MS = {Scheme.MLM: 886.0, Scheme.KD: 1063.0}
-
 
 
 # ---- the predictor -----------------------------------------------------------------------------

@@ -27,7 +27,6 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 try:  # transformers >= 5
     from transformers.initialization import no_init_weights
@@ -35,110 +34,18 @@ except ImportError:  # pragma: no cover - transformers 4.x
     from transformers.modeling_utils import no_init_weights
 
 from ..arch import Arch, Scheme, arch_of_config
-from ..deploy import BACKENDS, OnnxTimingBackend
+from ..deploy import OnnxTimingBackend
 from ..errors import UserError
 from ..modeling import AutoTinyBertModel, sub_config
+from ..progress import Progress
+from ..timing_protocol import TIMING_TOKEN_ID, Timing, TimingProtocol
 
 logger = logging.getLogger(__name__)
 
 # BERT-base, the reference of every speedup (12 layers, 768 hidden, 12 heads, qkv 768, FFN 3072).
 BERT_BASE = Arch(layers=12, hidden=768, heads=12, qkv=768, ffn=3072)
-TIMING_TOKEN_ID = 9333
 # A reference timing whose mean exceeds its median by more than this is re-timed once.
 NOISY_REFERENCE = 1.1
-
-
-def check_backend(backend: str) -> str:
-    """The backend name, or one UserError listing the known ones."""
-    if backend not in BACKENDS:
-        raise UserError(f"unknown --backend {backend!r}: expected one of {', '.join(BACKENDS)}")
-    return backend
-
-
-@dataclass(frozen=True)
-class TimingProtocol:
-    threads: int = 1
-    batch_size: int = 1
-    seq_len: int = 128
-    warmup: int = 1
-    infer_cnt: int = 10
-    subject: str = "extracted"  # "extracted" dense sub-model, or "supernet" (sliced, original)
-    # What a dataset line records: "median" of the timed runs (the protocol's default), or "min",
-    # the most repeatable on a machine whose speed wanders (interference only adds time).
-    statistic: str = "median"
-    # "wall": perf_counter, what a user waits (the original's time.time()). "cpu": the process's
-    # CPU time, which with 1 thread equals wall time on an idle machine but ignores time the
-    # scheduler gives to other processes: the robust choice on a shared machine.
-    clock: str = "wall"
-    # Drift correction for shared machines: a fixed reference arch is timed after every arch and
-    # each latency is scaled by (reference at the start / reference now, averaged over the last
-    # few), so slow changes in machine load do not leak into the dataset.
-    drift_ref: bool = False
-    # The runtime: "torch", "onnxruntime" or "onnxruntime-int8" (see the module docstring).
-    backend: str = "torch"
-
-    def __post_init__(self) -> None:
-        for name in ("threads", "batch_size", "seq_len", "infer_cnt"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                flag = "max_seq_length" if name == "seq_len" else name
-                raise UserError(f"--{flag} must be a whole number of at least 1, got {value!r}")
-        if isinstance(self.warmup, bool) or not isinstance(self.warmup, (int, np.integer)) \
-                or self.warmup < 0:
-            raise UserError(f"the number of warm-up runs must be 0 or more, got {self.warmup!r}")
-        check_backend(self.backend)
-        if self.backend != "torch" and self.subject != "extracted":
-            raise UserError(f"--backend {self.backend} times the extracted model (an ONNX graph); "
-                            f"the sliced supernet (--time_supernet) is timed with --backend torch")
-        if self.subject not in ("extracted", "supernet"):
-            raise UserError(f"unknown timing subject {self.subject!r}")
-        if self.statistic not in ("median", "min"):
-            raise UserError(f"--statistic must be median or min, got {self.statistic!r}")
-        if self.clock not in ("wall", "cpu"):
-            raise UserError(f"--clock must be wall or cpu, got {self.clock!r}")
-        if self.clock == "cpu" and self.threads != 1:
-            raise UserError("--clock cpu measures the summed CPU time of all threads; it is "
-                            "only a latency with --threads 1")
-
-    @classmethod
-    def from_record(cls, saved: dict[str, Any] | None,
-                    where: str = "the record") -> "TimingProtocol":
-        """The protocol a sidecar / time.pt recorded (unknown keys ignored, missing ones default:
-        a record older than the backend field was timed with torch). A value of the wrong type
-        is one UserError naming `where` and the field."""
-        if saved is None:
-            saved = {}
-        if not isinstance(saved, dict):
-            raise UserError(f"{where}: field 'protocol' must be an object, got {saved!r}")
-        fields = cls.__dataclass_fields__
-        for key, value in saved.items():
-            if key not in fields:
-                continue
-            want = type(fields[key].default)
-            if want is int and (isinstance(value, bool) or not isinstance(value, int)) or \
-                    want is not int and not isinstance(value, want):
-                raise UserError(f"{where}: field 'protocol.{key}' must be {want.__name__}, got "
-                                f"{value!r}")
-        try:
-            return cls(**{k: v for k, v in saved.items() if k in fields})
-        except UserError as err:
-            raise UserError(f"{where}: {err}") from None
-
-
-@dataclass(frozen=True)
-class Timing:
-    """One arch timed: statistics of the timed runs, in ms; `ms` is the protocol's statistic."""
-
-    arch: Arch
-    median_ms: float
-    mean_ms: float
-    runs: int
-    min_ms: float = float("nan")
-    statistic: str = "median"
-
-    @property
-    def ms(self) -> float:
-        return self.min_ms if self.statistic == "min" else self.median_ms
 
 
 def set_threads(threads: int) -> None:
@@ -315,7 +222,7 @@ def time_against_reference(timer: Timer, archs: Sequence[Arch], reference: Arch,
     archs = tuple(archs)
     ref = [timer.time_reference(reference).ms]
     timed: list[list[float]] = [[] for _ in archs]
-    bar = tqdm(total=rounds * len(archs), desc="measuring", unit="arch", disable=not progress)
+    bar = Progress(rounds * len(archs), "measuring", unit="arch", enabled=progress, logger=logger)
     for _ in range(rounds):
         for i, arch in enumerate(archs):
             timed[i].append(timer.time(arch).ms)

@@ -14,12 +14,14 @@ import torch
 from transformers import AutoModelForMaskedLM
 from transformers.utils import logging as hf_logging
 
-from .. import finetune
 from ..arch import Arch
 from ..data.masking import MaskingCollator
 from ..data.shards import PretrainingDataset
 from ..errors import UserError
 from ..finetuning.config import COMMON_KEYS, TABLE_KEYS, RunConfig, resolve_task_config
+from ..finetuning.evaluation import forward_dev, glue_scores
+from ..finetuning.features import load_task_data
+from ..finetuning.setup import check_sequence_lengths
 from ..hf import load_model, load_tokenizer, read_vocab, resolve_model_dir
 from ..hf import _do_lower_case as saved_do_lower_case
 from ..modeling import AutoTinyBertForSequenceClassification
@@ -96,15 +98,14 @@ def predict_dev(model_dir: str | os.PathLike, task: str, data_dir: str | os.Path
     explicit["max_seq_length"] = max_seq_length
     cfg = resolve_task_config(task, str(data_dir), explicit, common)
     tokenizer = load_tokenizer(model_dir, saved_do_lower_case(model_dir))
-    data = finetune.load_task_data(cfg, tokenizer)
+    data = load_task_data(cfg, tokenizer)
     model = load_model(model_dir, AutoTinyBertForSequenceClassification)
     if model.config.num_labels != data.num_labels:
         raise UserError(f"{model_dir} has {model.config.num_labels} labels but {task} has "
                         f"{data.num_labels}")
-    finetune.check_sequence_lengths((cfg,), model.config)
-    dev = finetune._forward_dev(model, data.dev, False, cfg.eval_batch_size,
-                                torch.device("cpu"), False)
-    metrics = finetune._glue_scores(task, data.num_labels, dev, data.dev)
+    check_sequence_lengths((cfg,), model.config)
+    dev = forward_dev(model, data.dev, False, cfg.eval_batch_size, torch.device("cpu"), False)
+    metrics = glue_scores(task, data.num_labels, dev, data.dev)
     preds = np.concatenate([o[0] for o in dev.outputs]).argmax(axis=1)
     labels = glue.GLUE[task].labels
     counts = {name: int((preds == i).sum()) for i, name in enumerate(labels)}

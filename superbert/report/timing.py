@@ -10,8 +10,9 @@ from typing import Any, Mapping, Sequence
 
 from ..arch import Arch, Scheme
 from ..errors import UserError
-from ..latency import Speedups, Timer, TimingProtocol, time_against_reference
+from ..latency import Speedups, Timer, time_against_reference
 from ..results import read_results
+from ..timing_protocol import TimingProtocol
 
 def measure_latencies(config: Any, scheme: str | Scheme, archs: Sequence[Arch], base: Arch,
                       threads: int = 1, infer_cnt: int = 10, rounds: int = 3) -> Speedups:

@@ -20,12 +20,12 @@ from typing import Any, Sequence
 
 import numpy as np
 from scipy.interpolate import CubicSpline
-from tqdm import tqdm
 
 from ..arch import Arch, Scheme, SearchSpace, read_arch_file, unique
 from ..errors import UserError
 from ..io import atomic_path
 from ..latency import LatencyPredictor
+from ..progress import Progress
 from .window import LatencyWindow
 
 logger = logging.getLogger(__name__)
@@ -98,7 +98,8 @@ def _enumerate_exact(predictor, space, window, chunk, progress) -> CandidateSet:
     shape = (len(L), len(d), len(f), len(q))
     total = int(np.prod(shape))
     keep: list[tuple[np.ndarray, np.ndarray]] = []
-    for lo in tqdm(range(0, total, chunk), desc="predicting", unit="chunk", disable=not progress):
+    bar = Progress(-(-total // chunk), "predicting", unit="chunk", enabled=progress, logger=logger)
+    for lo in bar.track(range(0, total, chunk)):
         idx = np.unravel_index(np.arange(lo, min(lo + chunk, total)), shape)
         ms = predictor.predict_features(_features(L[idx[0]], d[idx[1]], f[idx[2]], q[idx[3]]))
         ok = window.contains(ms)
@@ -154,7 +155,8 @@ def _enumerate_interp(predictor, space, window, progress,
     Md, Mf, Mq = _interp_matrix(d, sd), _interp_matrix(f, sf), _interp_matrix(q, sq)
     rng = np.random.default_rng(0)
     parts, stats = [], {"predicted": 0, "lattice": 0, "checked": 0, "band": 0, "margin_ms": []}
-    for li in tqdm(range(len(L)), desc="layers", unit="layer", disable=not progress):
+    bar = Progress(len(L), "layers", unit="layer", enabled=progress, logger=logger)
+    for li in bar.track(range(len(L))):
         Lv = L[li]
         # 1. the exact predictor on the sub-lattice of this depth
         gd, gf, gq = np.meshgrid(d[sd], f[sf], q[sq], indexing="ij")

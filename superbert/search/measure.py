@@ -6,7 +6,8 @@ from typing import Any, Sequence
 
 from ..arch import Arch, Scheme
 from ..errors import UserError
-from ..latency import BERT_BASE, LatencyPredictor, Timer, TimingProtocol, time_against_reference
+from ..latency import BERT_BASE, LatencyPredictor, Timer, time_against_reference
+from ..timing_protocol import TimingProtocol
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""SuperPLM pre-training: the run's config, arch sampling, the objective, the loop, resume.
+"""SuperPLM pre-training: the loop (`Trainer`), its checkpoints, resume and logs.
 
 The optimiser and schedule live in `optim.py`, the checkpoint files in `checkpoint.py`.
 
@@ -46,95 +46,37 @@ import json
 import logging
 import math
 import os
-import random
-import shutil
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 from torch.utils.tensorboard import SummaryWriter
-from tqdm.auto import tqdm
 
-from .arch import Arch, Scheme, SearchSpace, arch_of_config, validate_arch
-from .checkpoint import (OPTIMIZER_FILE, TRAINER_STATE, find_checkpoints, latest_valid_checkpoint,
-                         load_state_file,
-                         remove_staging, rng_state, set_rng_state, set_seed, verify_checkpoint,
-                         write_manifest)
-from .cli import progress_seconds
-from .configuration import AutoTinyBertConfig
-from .data.masking import MaskingCollator
-from .data.shards import PretrainingDataset, sample_batches
-from .distill import TeacherSpec, kd_counts, kd_loss_sums, load_teacher, teacher_spec
-from .distributed import DistEnv, all_gather_object, all_reduce_sum, barrier
-from .errors import UserError
-from .growth import (PERMUTATION_FILE, Permutation, check_sliceable, permutation_record,
-                     read_permutation, reorder, reorder_checkpoint, supernet_from_pretrained)
-from .hf import (has_weights, load_config, load_model, normalize_keys, read_config_json,
-                 read_state_dict, read_vocab, resolve_model_dir, save_model)
-from .io import atomic_path
-from .modeling import AutoTinyBertForMaskedLM
-from .optim import make_optimizer, resolve_warmup, warmup_linear
-from .pretraining.config import PretrainConfig, run_dirs
+from ..arch import Arch, Scheme, SearchSpace
+from ..checkpoint import (OPTIMIZER_FILE, TRAINER_STATE, load_state_file, rng_state, set_rng_state,
+                          verify_checkpoint, write_manifest)
+from ..cli import progress_seconds
+from ..distributed import DistEnv, all_gather_object, all_reduce_sum, barrier
+from ..errors import UserError
+from ..growth import PERMUTATION_FILE
+from ..hf import normalize_keys, read_state_dict, save_model
+from ..io import atomic_path
+from ..optim import make_optimizer, resolve_warmup, warmup_linear
+from ..progress import Progress, Tick, duration
+from .config import PretrainConfig
+from .objective import Objective, StepCounts
+from .sampling import ResumableDistributedSampler, step_archs
 
 logger = logging.getLogger(__name__)
 
+
 LOG_FILE = "train_log.jsonl"
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-
-
-
-
-# ---- arch sampling -----------------------------------------------------------------------------
-def arch_seed(seed: int, step: int, index: int, per_step: int) -> int:
-    """Seed of the `index`-th arch of optimizer step `step`: the same on every rank and for
-    any world size (the original used `step * world_size + index`, which ties the archs to the
-    GPU count and overlaps between steps)."""
-    return seed * 1_000_003 + step * per_step + index
-
-
-def step_archs(space: SearchSpace | None, fixed: Arch | None, step: int, cfg: PretrainConfig) -> list[Arch]:
-    """The archs run on every micro-batch of optimizer step `step` (largest first)."""
-    if fixed is not None:
-        return [fixed]
-    n = cfg.sample_times_per_batch
-    archs = [space.sample(random.Random(arch_seed(cfg.seed, step, k, n))) for k in range(n)]
-    if cfg.sandwich:
-        archs = [space.largest(), space.smallest()] + archs
-    return archs
-
-
-# ---- data --------------------------------------------------------------------------------------
-class ResumableDistributedSampler(DistributedSampler):
-    """DistributedSampler whose epoch can start part-way (exact resume of the data order).
-
-    With one replica this is a seeded shuffler, and 2 ranks with batch B see exactly the
-    examples 1 rank with batch 2B sees in each step (rank r takes every world-th index).
-    """
-
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed,
-                         drop_last=False)
-        self.start = 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        super().set_epoch(epoch)
-        self.start = start
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(list(super().__iter__())[self.start:])
-
-    def __len__(self) -> int:
-        return max(0, self.num_samples - self.start)
-
 
 # ---- precision ---------------------------------------------------------------------------------
 def autocast_dtype(cfg: PretrainConfig, device: torch.device) -> torch.dtype | None:
@@ -150,88 +92,6 @@ def autocast_dtype(cfg: PretrainConfig, device: torch.device) -> torch.dtype | N
             raise UserError("--bf16: this GPU does not support bfloat16; use --fp16")
         return torch.bfloat16
     return None
-
-
-# ---- the loss module ---------------------------------------------------------------------------
-@dataclass
-class StepCounts:
-    """Global element counts of one optimizer step (all micro-batches, all ranks)."""
-
-    masked: int = 0
-    tokens: int = 0
-    rep: int = 0
-    att: int = 0
-
-
-class Objective:
-    """The loss of one micro-batch for the active sub-arch, normalised by global counts."""
-
-    def __init__(self, model: nn.Module, kind: Scheme, original_input_order: bool, teacher=None):
-        self.model = model
-        self.kind = kind
-        self.original_input_order = original_input_order
-        self.teacher = teacher
-
-    def inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(attention_mask, token_type_ids) the models see."""
-        if self.original_input_order:
-            # The original's swapped positional arguments: no padding mask, and the input
-            # mask used as segment ids (1 on tokens, 0 on padding), for student and teacher.
-            return None, batch["attention_mask"]
-        return batch["attention_mask"], None
-
-    def counts(self, batch: dict[str, torch.Tensor], fit_size: int, heads: int) -> list[int]:
-        mask = batch["attention_mask"]
-        masked = int((batch["labels"] != -100).sum()) if "labels" in batch else 0
-        tokens = int(mask.sum())
-        if self.kind == Scheme.KD:
-            attend, _ = self.inputs(batch)
-            B, T = batch["input_ids"].shape
-            rep, att = kd_counts(attend, B, T, fit_size, heads)
-        else:
-            rep = att = 0
-        return [masked, tokens, rep, att]
-
-    def __call__(self, batch: dict[str, torch.Tensor], counts: StepCounts, teacher_out=None,
-                 soft_targets: torch.Tensor | None = None, want_logits: bool = False,
-                 n_local: int | None = None
-                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
-        """(loss to backprop, detached loss terms, masked-row logits if asked)."""
-        attend, segments = self.inputs(batch)
-        bert = self.model.bert
-        if self.kind == Scheme.KD:
-            out = bert(batch["input_ids"], attend, segments, output_attention_scores=True)
-            fit = bert.dense_fit(out.last_hidden_state)
-            rep_sum, att_sum = kd_loss_sums(fit, out.last_attention_scores, teacher_out, attend)
-            rep = rep_sum / counts.rep
-            att = att_sum / counts.att
-            loss = rep + att
-            return loss, {"loss": loss.detach(), "rep_loss": rep.detach(),
-                          "att_loss": att.detach()}, None
-        out = bert(batch["input_ids"], attend, segments)
-        labels = batch["labels"]
-        if n_local is None:  # masked tokens in this micro-batch (counted on the host)
-            n_local = int((labels != -100).sum())
-        hidden = out.last_hidden_state
-        if n_local == 0:
-            # Nothing masked here (other ranks may have some): a zero that keeps the graph.
-            loss = hidden.sum() * 0.0
-            return loss, {"loss": loss.detach()}, None
-        logits = None
-        if soft_targets is not None or want_logits:
-            where = labels.view(-1) != -100
-            logits = self.model.cls(hidden.reshape(-1, hidden.shape[-1])[where]).float()
-        if soft_targets is not None:
-            # In-place distillation (--sandwich): match the largest sub-arch's predictions.
-            loss_sum = -(soft_targets * logits.log_softmax(-1)).sum()
-        elif logits is not None:
-            loss_sum = F.cross_entropy(logits, labels.view(-1)[labels.view(-1) != -100],
-                                       reduction="sum")
-        else:
-            # masked_lm_loss projects only the masked rows; mean x count = this batch's sum.
-            loss_sum = self.model.masked_lm_loss(hidden, labels) * n_local
-        loss = loss_sum / counts.masked
-        return loss, {"loss": loss.detach()}, logits
 
 
 # ---- gradient synchronisation ------------------------------------------------------------------
@@ -604,13 +464,13 @@ class Trainer:
                             cfg.max_steps, self.total_steps)
         # What this run will do: the schedule's steps, or fewer with --max_steps.
         last_step = min(self.total_steps, cfg.max_steps) if cfg.max_steps else self.total_steps
-        bar = None
-        if env.is_main and cfg.progress and sys.stdout.isatty():
-            bar = tqdm(total=last_step, initial=self.state.global_step, unit="step",
-                       dynamic_ncols=True, desc="pre-training")
+        meter = ProgressLine(env.world_size)
+        # Rank 0 reports: a bar on a terminal (unless --no_progress), else progress lines.
+        progress = Progress(last_step, "pre-training", unit="step",
+                            initial=self.state.global_step,
+                            seconds=progress_seconds(PROGRESS_SECONDS), enabled=env.is_main,
+                            bar=cfg.progress, line=meter, logger=logger, dynamic_ncols=True)
         window = self._new_window()
-        progress = Progress(last_step, self.state.global_step, env.world_size) \
-            if env.is_main and bar is None else None
         self.model.train()
         stop = bool(cfg.max_steps and self.state.global_step >= cfg.max_steps)
         while self.state.epoch < cfg.epochs and not stop:
@@ -634,11 +494,9 @@ class Trainer:
                 step = self.state.global_step
                 stop = bool(cfg.max_steps and step >= cfg.max_steps)
                 if step % cfg.logging_steps == 0 or step == self.total_steps or stop:
-                    self._log_window(window, archs, bar)  # the last steps are logged too
-                if bar is not None:
-                    bar.update(1)
-                if progress is not None:
-                    progress.step(terms.get("loss"), counts.tokens)
+                    self._log_window(window, archs, progress)  # the last steps are logged too
+                meter.add(terms.get("loss"), counts.tokens)
+                progress.update()
                 if self.run_dir is not None and (
                         stop or (cfg.save_steps and step % cfg.save_steps == 0)):
                     # --max_steps ends with a checkpoint of its last step, whatever
@@ -653,10 +511,7 @@ class Trainer:
             if self.run_dir is not None:
                 # The original's per-epoch checkpoint (0-based epoch number).
                 self.save_checkpoint(f"epoch_{epoch}")
-        if bar is not None:
-            bar.close()
-        if progress is not None:
-            progress.done()
+        progress.close()
         if self.writer is not None:
             self.writer.close()
         return self.state
@@ -684,7 +539,8 @@ class Trainer:
             window["by_size"][0, b] += loss  # on the device: no sync per step
             window["by_size"][1, b] += 1
 
-    def _log_window(self, window: dict[str, Any], archs: list[Arch], bar) -> None:
+    def _log_window(self, window: dict[str, Any], archs: list[Arch],
+                    progress: Progress) -> None:
         names = sorted(window["terms"])
         local = torch.stack([window["terms"][k] for k in names]) if names else torch.zeros(0)
         values = all_reduce_sum(self.env, local.to(self.device)).tolist() if names else []
@@ -715,9 +571,8 @@ class Trainer:
                    f"loss {record.get('loss', float('nan')):.4f}{extra} lr {record['lr']:.3e} "
                    f"tok/s {record['tokens_per_s']:.0f} data-wait {100 * record['data_wait']:.1f}% "
                    f"arch {', '.join(a.short() for a in archs)}")
-            if bar is not None:
-                bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4f}",
-                                lr=f"{record['lr']:.2e}")
+            progress.set_postfix(loss=f"{record.get('loss', float('nan')):.4f}",
+                                 lr=f"{record['lr']:.2e}")
             logger.info(msg)
         window.update(self._new_window())
 
@@ -729,51 +584,27 @@ SIZE_BUCKETS_PCT = tuple((round(100 * lo), round(100 * hi)) for lo, hi in SIZE_B
 PROGRESS_SECONDS = 20.0
 
 
-class Progress:
-    """Rank 0's progress line when there is no bar: step/total, loss, throughput and ETA,
-    every PROGRESS_SECONDS (or SUPERBERT_PROGRESS_SECONDS). Local values only (no collective at a time-based point): the loss
-    is rank 0's share x the world size, exact in one process, an estimate with more."""
+class ProgressLine:
+    """Rank 0's progress line off a terminal: step/total, loss, throughput and ETA. Local
+    values only (no collective at a time-based point): the loss is rank 0's share x the world
+    size, exact in one process, an estimate with more."""
 
-    def __init__(self, total: int, done: int, world_size: int = 1):
-        self.total, self.first, self.world_size = total, done, world_size
-        self.done_steps = done
-        self.start = self.last = time.perf_counter()
+    def __init__(self, world_size: int = 1):
+        self.world_size = world_size
         self.loss_sum, self.loss_n, self.tokens = 0, 0, 0
-        self.seconds = progress_seconds(PROGRESS_SECONDS)
 
-    def step(self, loss: torch.Tensor | None, tokens: int) -> None:
-        self.done_steps += 1
+    def add(self, loss: torch.Tensor | None, tokens: int) -> None:
         if loss is not None:
             self.loss_sum = self.loss_sum + loss.detach()  # summed on the device
             self.loss_n += 1
         self.tokens += tokens
-        now = time.perf_counter()
-        if now - self.last >= self.seconds:
-            self._line(now)
 
-    def done(self) -> None:
-        if self.loss_n:
-            self._line(time.perf_counter())
-
-    def _line(self, now: float) -> None:
-        steps = self.done_steps - self.first
-        rate = steps / max(now - self.start, 1e-9)
-        eta = (self.total - self.done_steps) / rate if rate > 0 else float("inf")
-        loss = float(self.loss_sum) * self.world_size / self.loss_n if self.loss_n else float("nan")
-        logger.info("progress: step %d/%d (%.0f%%) loss %.4f %.2f step/s %.0f tok/s ETA %s",
-                    self.done_steps, self.total, 100 * self.done_steps / max(self.total, 1), loss,
-                    rate, self.tokens / max(now - self.start, 1e-9), _duration(eta))
-        self.last = now
+    def __call__(self, tick: Tick) -> str:
+        loss = float(self.loss_sum) * self.world_size / self.loss_n if self.loss_n else math.nan
         self.loss_sum, self.loss_n = 0, 0
-
-
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, sec = divmod(rest, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s"
+        return (f"progress: step {tick.done}/{tick.total} ({tick.percent:.0f}%) loss {loss:.4f} "
+                f"{tick.rate:.2f} step/s {self.tokens / max(tick.elapsed, 1e-9):.0f} tok/s "
+                f"ETA {duration(tick.eta)}")
 
 
 def _describe(changed: list[tuple[str, Any, Any]]) -> str:
@@ -798,366 +629,3 @@ def truncate_log(path: Path, step: int) -> int:
         with atomic_path(path) as tmp:
             tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
     return dropped
-
-
-# ---- building a run from its config ------------------------------------------------------------
-@dataclass(frozen=True)
-class Vocab:
-    """The student's vocab.txt: its tokens and the ids of the special tokens it holds."""
-
-    file: Path
-    tokens: list[str]
-    specials: dict[str, int]
-
-    @classmethod
-    def of_model(cls, model_dir: Path) -> "Vocab":
-        file = model_dir / "vocab.txt"
-        tokens = read_vocab(file)
-        specials = {t: i for i, t in enumerate(tokens) if t in SPECIAL_TOKENS}
-        for t in ("[PAD]", "[MASK]"):
-            if t not in specials:
-                raise UserError(f"{file} has no {t} token")
-        return cls(file, tokens, specials)
-
-
-def run_teacher(cfg: PretrainConfig, vocab: Vocab) -> TeacherSpec | None:
-    """The KD teacher, checked from its config against the vocab (None for MLM); its weights
-    are loaded once the student has been checked against it (`load_teacher`)."""
-    if cfg.objective == Scheme.MLM:
-        if cfg.teacher_model:
-            # The KD losses match the teacher's last-layer attention head by head, and an MLM
-            # supernet samples fewer heads than it holds: for most archs there is nothing to
-            # match. A hidden-state-only term would be a third objective; not added.
-            logger.warning("--teacher_model %s is not used: --mlm_loss trains without a teacher "
-                           "(the MLM scheme samples head counts, the attention loss needs all "
-                           "of the teacher's heads; distil with the KD objective instead)",
-                           cfg.teacher_model)
-        return None
-    spec = teacher_spec(cfg.teacher_model)
-    if spec.vocab_size != len(vocab.tokens):
-        raise UserError(f"teacher vocab_size {spec.vocab_size} differs from the student's "
-                        f"{len(vocab.tokens)}-token vocab")
-    return spec
-
-
-class Start(StrEnum):
-    """Where a run's weights come from (`start_of`)."""
-
-    PRETRAINED = "pretrained"  # the weights in --student_model, the supernet has their dims
-    SCRATCH = "scratch"  # fresh weights, asked for with --scratch
-    CONFIG_ONLY = "config-only"  # fresh weights: the directory holds no weights
-    FURTHER = "further"  # --further_train: an extracted model at its own arch
-
-
-def start_of(cfg: PretrainConfig, model_dir: Path) -> Start:
-    if cfg.further_train:
-        return Start.FURTHER
-    if cfg.scratch:
-        return Start.SCRATCH
-    return Start.PRETRAINED if has_weights(model_dir) else Start.CONFIG_ONLY
-
-
-def start_line(start: Start, model_dir: Path) -> str:
-    """The one log line that says which start a run took."""
-    return {Start.PRETRAINED: f"start: pretrained weights of {model_dir}",
-            Start.SCRATCH: "start: fresh weights (--scratch)",
-            Start.CONFIG_ONLY: f"start: fresh weights (config-only directory {model_dir})",
-            Start.FURTHER: f"start: weights of {model_dir} at its own arch (--further_train)",
-            }[start]
-
-
-@dataclass(frozen=True)
-class StudentPlan:
-    """The student as the flags describe it, checked from configs alone (`plan_student`)
-    before any weight is read; `build_student` then makes it."""
-
-    start: Start
-    model_dir: Path
-    config: AutoTinyBertConfig
-    fixed: Arch | None
-    space: SearchSpace | None
-    teacher_width: int | None
-
-
-def plan_student(cfg: PretrainConfig, model_dir: Path, teacher_width: int | None
-                 ) -> StudentPlan:
-    """The start (`start_of`), the config and the fixed arch or search space."""
-    start = start_of(cfg, model_dir)
-    if start == Start.FURTHER:
-        config = load_config(model_dir, cfg.super_model)
-        if teacher_width is not None and config.fit_size not in (None, teacher_width):
-            raise UserError(f"{model_dir}: its dense_fit projects to {config.fit_size}, the "
-                            f"teacher is {teacher_width} wide; use the teacher it was "
-                            f"distilled from")
-        return StudentPlan(start, model_dir, config, arch_of_config(config), None, teacher_width)
-    scheme = cfg.super_model or cfg.objective
-    if start == Start.PRETRAINED:
-        # The checkpoint's dims; its scheme, if it records one, must be this run's (its
-        # weights were trained to be sliced that way).
-        config = load_config(model_dir, scheme)
-        check_sliceable(config, scheme, str(model_dir))
-    else:
-        config = load_config(model_dir)
-        saved = Scheme.parse(config.attention_scheme)
-        if saved != scheme:
-            # Not a contradiction: training from scratch re-slices the supernet under `scheme`.
-            logger.warning("%s records the %s attention scheme; this run trains from scratch "
-                           "with the %s scheme (recorded in its checkpoints)", model_dir,
-                           saved.name, scheme.name)
-        config.attention_scheme = scheme.value
-        config.fit_size = teacher_width
-    space = SearchSpace.for_supernet(
-        config, scheme, layers=cfg.layer_num_space, hidden=cfg.hidden_size_space,
-        qkv=cfg.qkv_size_space, ffn=cfg.intermediate_size_space, heads=cfg.head_num_space,
-        hidden_step=cfg.hidden_step, ffn_step=cfg.ffn_step, qkv_step=cfg.qkv_step)
-    if scheme == Scheme.KD and cfg.head_num_space is not None:
-        raise UserError("--head_num_space applies to the MLM scheme; a KD supernet keeps all "
-                        f"{config.num_attention_heads} heads and varies --qkv_size_space")
-    if scheme == Scheme.MLM and cfg.qkv_size_space is not None:
-        raise UserError("--qkv_size_space applies to the KD scheme; in the MLM scheme qkv is "
-                        f"{config.qkv_size // config.num_attention_heads} x heads "
-                        f"(--head_num_space)")
-    space.validate_against(config)
-    validate_arch(space.smallest(), config, scheme)
-    return StudentPlan(start, model_dir, config, None, space, teacher_width)
-
-
-def build_student(plan: StudentPlan, inherited: "Inherited | None" = None
-                  ) -> tuple[AutoTinyBertForMaskedLM, str | None]:
-    """The planned student, in train mode: the checkpoint's weights or fresh weights from the
-    config; and the log line naming the parts a checkpoint lacked (initialised fresh), if any.
-    A fresh dense_fit as wide as a reordered checkpoint (`inherited`) maps its features back
-    to the original order."""
-    fresh_line = None
-    model_dir, width = plan.model_dir, plan.teacher_width
-    if plan.start == Start.FURTHER:
-        overrides = {}
-        if width is not None and plan.config.fit_size is None:
-            logger.warning("%s has no dense_fit: a fresh projection to the teacher width "
-                           "%d is initialised", model_dir, width)
-            overrides["fit_size"] = width
-        model = load_model(model_dir, AutoTinyBertForMaskedLM, plan.config.attention_scheme,
-                           **overrides)
-    elif plan.start == Start.PRETRAINED:
-        model, fresh = supernet_from_pretrained(model_dir, plan.config.attention_scheme,
-                                                fit_size=width)
-        if fresh:
-            identity = ("bert.dense_fit.weight" in fresh
-                        and model.config.fit_size == model.config.hidden_size)
-            how = " (dense_fit as the identity)" if identity else ""
-            if identity and inherited is not None:
-                # supernet_from_pretrained made it the identity; the checkpoint's feature j
-                # is the original's perm[j], and a teacher as wide is the original's order.
-                with torch.no_grad():
-                    eye = torch.eye(model.config.hidden_size)
-                    model.bert.dense_fit.weight.copy_(eye[:, list(inherited.perm.hidden)])
-                how = " (dense_fit maps the reordered features back to the original order)"
-            fresh_line = (f"not in {model_dir}, initialised fresh: {', '.join(fresh)}{how}; "
-                          f"the MLM decoder is tied to the word embeddings")
-    else:
-        model = AutoTinyBertForMaskedLM(plan.config)
-    model.train()
-    return model, fresh_line
-
-
-def check_student(cfg: PretrainConfig, plan: StudentPlan, vocab: Vocab,
-                  teacher: TeacherSpec | None) -> None:
-    """The planned student fits the sequence length, the vocab and the teacher's heads."""
-    config, fixed, space = plan.config, plan.fixed, plan.space
-    if cfg.max_seq_length > config.max_position_embeddings:
-        raise UserError(f"--max_seq_length {cfg.max_seq_length} exceeds the model's "
-                        f"{config.max_position_embeddings} position embeddings")
-    if config.vocab_size < len(vocab.tokens):
-        raise UserError(f"{vocab.file} has {len(vocab.tokens)} tokens, more than the model's "
-                        f"vocab_size {config.vocab_size}")
-    if teacher is not None:
-        heads = fixed.heads if fixed else (space.kd_heads if space.scheme == Scheme.KD else None)
-        if heads != teacher.num_heads:
-            raise UserError(f"the student keeps {heads} attention heads but the teacher has "
-                            f"{teacher.num_heads}; the attention loss matches them one to one")
-
-
-def build_data(cfg: PretrainConfig, vocab: Vocab) -> tuple[PretrainingDataset, MaskingCollator]:
-    """The memory-mapped shards (checked against the vocab and lower-casing) and the masking."""
-    dataset = PretrainingDataset(cfg.pregenerated_data, cfg.max_seq_length,
-                                 vocab_file=str(vocab.file),
-                                 debug_limit=cfg.debug_limit if cfg.debug else None)
-    if len(dataset) == 0:
-        raise UserError(f"{cfg.pregenerated_data} holds no training sequences")
-    lower = dataset.metadata.get("do_lower_case")
-    if lower is not None and bool(lower) != cfg.do_lower_case:
-        raise UserError(f"{cfg.pregenerated_data} was tokenised with do_lower_case={bool(lower)}; "
-                        f"{'pass' if lower else 'drop'} --do_lower_case so the saved tokenizer "
-                        f"matches the data")
-    collator = MaskingCollator(
-        vocab_size=len(vocab.tokens), mask_token_id=vocab.specials["[MASK]"],
-        pad_token_id=vocab.specials["[PAD]"], special_token_ids=sorted(vocab.specials.values()),
-        max_seq_length=cfg.max_seq_length, masked_lm_prob=cfg.masked_lm_prob,
-        max_predictions_per_seq=cfg.max_predictions_per_seq, seed=cfg.seed,
-        original_masking=cfg.original_masking)
-    return dataset, collator
-
-
-def resume_point(cfg: PretrainConfig, run_dir: Path) -> Path | None:
-    """The checkpoint --resume names (verified), or None; refuses to train over a run."""
-    if cfg.resume == "auto":
-        found = latest_valid_checkpoint(run_dir)
-        if found is None:
-            logger.info("--resume auto: no complete checkpoint in %s, starting fresh", run_dir)
-        return found
-    if cfg.resume:
-        verify_checkpoint(Path(cfg.resume))
-        return Path(cfg.resume)
-    if find_checkpoints(run_dir) and not cfg.overwrite_output_dir:
-        raise UserError(f"{run_dir} already holds checkpoints: pass --resume auto to continue, "
-                        f"--overwrite_output_dir to start over, or another --cache_dir")
-    return None
-
-
-def prepare_output_dirs(cfg: PretrainConfig, env: DistEnv, run_dir: Path, tb_dir: Path) -> None:
-    """Rank 0 creates the run's directories (clearing an overwritten run); the others wait."""
-    if env.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        tb_dir.mkdir(parents=True, exist_ok=True)
-        stale = remove_staging(run_dir)
-        if stale:
-            logger.info("removed %d directory(ies) a killed run left half-written in %s: %s",
-                        len(stale), run_dir, ", ".join(stale))
-        if cfg.overwrite_output_dir and not cfg.resume:
-            # Starting over: old checkpoints must not be picked up by a later --resume auto.
-            for old in find_checkpoints(run_dir):
-                shutil.rmtree(old)
-            (run_dir / LOG_FILE).unlink(missing_ok=True)
-    barrier(env)
-
-
-# Sequences per forward when scoring importance: fixed, so the permutation (float sums over
-# batches) does not depend on the batch size or the number of ranks.
-IMPORTANCE_BATCH = 16
-
-
-def importance_batches(cfg: PretrainConfig, dataset: PretrainingDataset,
-                       vocab: Vocab) -> list[dict[str, torch.Tensor]]:
-    """--reorder_samples sequences of the data, drawn with --seed, unmasked."""
-    return sample_batches(dataset, cfg.reorder_samples, IMPORTANCE_BATCH, cfg.seed,
-                          vocab.specials["[PAD]"])
-
-
-@dataclass(frozen=True)
-class Inherited:
-    """The permutation a pretrained start already carries (a reordered checkpoint's
-    permutation.json): kept in this run's checkpoints, composed with a new --reorder."""
-
-    perm: Permutation
-    source: str
-    record: bytes
-
-
-def inherited_permutation(model_dir: Path, config: AutoTinyBertConfig) -> Inherited | None:
-    perm = read_permutation(model_dir)
-    if perm is None:
-        return None
-    perm.validate(config)
-    record = (model_dir / PERMUTATION_FILE).read_bytes()
-    return Inherited(perm, str(json.loads(record).get("source", model_dir)), record)
-
-
-def reorder_student(cfg: PretrainConfig, model: AutoTinyBertForMaskedLM, student_dir: Path,
-                    dataset: PretrainingDataset, vocab: Vocab,
-                    inherited: Inherited | None) -> bytes:
-    """--reorder: sort the pretrained units in place; the permutation record to save (from
-    the original checkpoint's units when the start was itself reordered)."""
-    scheme = Scheme.parse(model.config.attention_scheme)
-    batches = importance_batches(cfg, dataset, vocab)
-    t0 = time.perf_counter()
-    perm = reorder(model, batches, scheme, cfg.reorder_importance, cfg.seed)
-    logger.info("reordered the units of %s by %s importance on %d sequences (%s scheme, "
-                "%.1f s)", student_dir, cfg.reorder_importance.value,
-                sum(len(b["input_ids"]) for b in batches), scheme.name, time.perf_counter() - t0)
-    model.train()
-    if inherited is not None:
-        return permutation_record(inherited.perm.then(perm), scheme, cfg.reorder_importance,
-                                  inherited.source)
-    return permutation_record(perm, scheme, cfg.reorder_importance, student_dir)
-
-
-def run_reorder_only(cfg: PretrainConfig) -> Path:
-    """--reorder_only OUT_DIR: a reordered full copy of --student_model, no training."""
-    src = resolve_model_dir(cfg.student_model, need_weights=True)
-    out = Path(cfg.reorder_only)
-    if out.resolve() == src.resolve():
-        raise UserError(f"--reorder_only {out} is --student_model itself; choose another "
-                        f"directory")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not cfg.overwrite_output_dir:
-        raise UserError(f"{out} exists and is not empty; pass --overwrite_output_dir to replace "
-                        f"it")
-    vocab = Vocab.of_model(src)
-    saved = read_config_json(src).get("attention_scheme")
-    scheme = Scheme.resolve(saved, cfg.reorder_scheme, default=Scheme.KD, what=str(src))
-    positions = load_config(src, scheme).max_position_embeddings
-    dataset, _ = build_data(cfg, vocab)
-    if int(dataset.lengths.max()) > positions:
-        raise UserError(f"{cfg.pregenerated_data} holds sequences of up to "
-                        f"{int(dataset.lengths.max())} tokens, more than the "
-                        f"{positions} positions of {src}")
-    batches = importance_batches(cfg, dataset, vocab)
-    set_seed(cfg.seed)
-    for stale in out.parent.glob(f".{out.name}.*.tmp") if out.parent.is_dir() else ():
-        shutil.rmtree(stale, ignore_errors=True)  # what a killed --reorder_only left
-    with atomic_path(out) as tmp:
-        reorder_checkpoint(src, batches, tmp, scheme, cfg.reorder_importance, cfg.seed)
-    logger.info("wrote the reordered copy of %s (%s scheme, %s importance) to %s", src,
-                scheme.name, cfg.reorder_importance.value, out)
-    return out
-
-
-def run_pretraining(cfg: PretrainConfig, env: DistEnv) -> TrainState | None:
-    """What pre_training.py calls: check every input before anything is written or logged
-    (flags, vocab, teacher and student configs, data, checkpoints), read the weights, then
-    prepare the output directories and train (or, with --reorder_only, write the reordered
-    copy and return None)."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if cfg.reorder_only:
-        if env.is_main:
-            run_reorder_only(cfg)
-        barrier(env)
-        return None
-    student_dir = resolve_model_dir(cfg.student_model, need_weights=cfg.further_train)
-    if cfg.reorder and start_of(cfg, student_dir) != Start.PRETRAINED:
-        raise UserError(f"--reorder sorts pretrained units by importance, but {student_dir} "
-                        f"holds no weights (only a config)")
-    vocab = Vocab.of_model(student_dir)
-    spec = run_teacher(cfg, vocab)
-    plan = plan_student(cfg, student_dir, spec.hidden_size if spec else None)
-    check_student(cfg, plan, vocab, spec)
-    inherited = (inherited_permutation(student_dir, plan.config)
-                 if plan.start == Start.PRETRAINED else None)
-    dataset, collator = build_data(cfg, vocab)
-    run_dir, tb_dir = run_dirs(cfg, env.world_size)
-    resume_from = resume_point(cfg, run_dir)
-    set_seed(cfg.seed)
-    model, fresh_line = build_student(plan, inherited)
-    if env.is_main and resume_from is None:
-        logger.info(start_line(plan.start, student_dir))
-        if fresh_line:
-            logger.info(fresh_line)
-    teacher = load_teacher(spec, env.device) if spec else None
-    model.to(env.device)  # NCCL broadcasts device tensors; the reorder scores run there
-    extra_files = {PERMUTATION_FILE: inherited.record} if inherited else {}
-    if cfg.reorder and resume_from is None and env.is_main:
-        # Once, on a fresh start, on rank 0 (broadcast below); a resumed run loads the
-        # permuted weights and their permutation from its checkpoint.
-        extra_files[PERMUTATION_FILE] = reorder_student(cfg, model, student_dir, dataset, vocab,
-                                                        inherited)
-    # A different seed per rank for dropout; the model itself was built identically.
-    torch.manual_seed(cfg.seed + env.rank)
-    broadcast_parameters(env, model)
-    trainer = Trainer(cfg, env, model, dataset, collator, plan.space, plan.fixed, student_dir,
-                      teacher=teacher, run_dir=run_dir, tb_dir=tb_dir, extra_files=extra_files)
-    # Checked before anything is written (the manifest's hashes are read once, here).
-    info = trainer.check_resume(resume_from) if resume_from is not None else None
-    prepare_output_dirs(cfg, env, run_dir, tb_dir)
-    if resume_from is not None:
-        trainer.load_checkpoint(resume_from, info)
-    return trainer.train()

@@ -1,0 +1,95 @@
+"""The pre-training objective: MLM or knowledge distillation, each loss summed and divided by the
+global element count of the optimizer step (`StepCounts`), so accumulation and world size do not
+change it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..arch import Scheme
+from ..distill import kd_counts, kd_loss_sums
+
+
+# ---- the loss module ---------------------------------------------------------------------------
+@dataclass
+class StepCounts:
+    """Global element counts of one optimizer step (all micro-batches, all ranks)."""
+
+    masked: int = 0
+    tokens: int = 0
+    rep: int = 0
+    att: int = 0
+
+
+class Objective:
+    """The loss of one micro-batch for the active sub-arch, normalised by global counts."""
+
+    def __init__(self, model: nn.Module, kind: Scheme, original_input_order: bool, teacher=None):
+        self.model = model
+        self.kind = kind
+        self.original_input_order = original_input_order
+        self.teacher = teacher
+
+    def inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(attention_mask, token_type_ids) the models see."""
+        if self.original_input_order:
+            # The original's swapped positional arguments: no padding mask, and the input
+            # mask used as segment ids (1 on tokens, 0 on padding), for student and teacher.
+            return None, batch["attention_mask"]
+        return batch["attention_mask"], None
+
+    def counts(self, batch: dict[str, torch.Tensor], fit_size: int, heads: int) -> list[int]:
+        mask = batch["attention_mask"]
+        masked = int((batch["labels"] != -100).sum()) if "labels" in batch else 0
+        tokens = int(mask.sum())
+        if self.kind == Scheme.KD:
+            attend, _ = self.inputs(batch)
+            B, T = batch["input_ids"].shape
+            rep, att = kd_counts(attend, B, T, fit_size, heads)
+        else:
+            rep = att = 0
+        return [masked, tokens, rep, att]
+
+    def __call__(self, batch: dict[str, torch.Tensor], counts: StepCounts, teacher_out=None,
+                 soft_targets: torch.Tensor | None = None, want_logits: bool = False,
+                 n_local: int | None = None
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
+        """(loss to backprop, detached loss terms, masked-row logits if asked)."""
+        attend, segments = self.inputs(batch)
+        bert = self.model.bert
+        if self.kind == Scheme.KD:
+            out = bert(batch["input_ids"], attend, segments, output_attention_scores=True)
+            fit = bert.dense_fit(out.last_hidden_state)
+            rep_sum, att_sum = kd_loss_sums(fit, out.last_attention_scores, teacher_out, attend)
+            rep = rep_sum / counts.rep
+            att = att_sum / counts.att
+            loss = rep + att
+            return loss, {"loss": loss.detach(), "rep_loss": rep.detach(),
+                          "att_loss": att.detach()}, None
+        out = bert(batch["input_ids"], attend, segments)
+        labels = batch["labels"]
+        if n_local is None:  # masked tokens in this micro-batch (counted on the host)
+            n_local = int((labels != -100).sum())
+        hidden = out.last_hidden_state
+        if n_local == 0:
+            # Nothing masked here (other ranks may have some): a zero that keeps the graph.
+            loss = hidden.sum() * 0.0
+            return loss, {"loss": loss.detach()}, None
+        logits = None
+        if soft_targets is not None or want_logits:
+            where = labels.view(-1) != -100
+            logits = self.model.cls(hidden.reshape(-1, hidden.shape[-1])[where]).float()
+        if soft_targets is not None:
+            # In-place distillation (--sandwich): match the largest sub-arch's predictions.
+            loss_sum = -(soft_targets * logits.log_softmax(-1)).sum()
+        elif logits is not None:
+            loss_sum = F.cross_entropy(logits, labels.view(-1)[labels.view(-1) != -100],
+                                       reduction="sum")
+        else:
+            # masked_lm_loss projects only the masked rows; mean x count = this batch's sum.
+            loss_sum = self.model.masked_lm_loss(hidden, labels) * n_local
+        loss = loss_sum / counts.masked
+        return loss, {"loss": loss.detach()}, logits
