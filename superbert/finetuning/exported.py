@@ -27,7 +27,7 @@ def run_exported(cfg: RunConfig) -> list[TaskResult]:
     task head to ONNX (and INT8 with --int8), run the dev set through ONNX Runtime with the same
     `evaluate` as fine-tuning uses, and append one block per runtime (`runtime = ...`). The
     torch model's score on the same dev set is logged beside them."""
-    from . import deploy  # onnx and onnxruntime are optional: imported only here
+    from .. import deploy  # onnx and onnxruntime are optional: imported only here
 
     deploy.require_onnx()
     model_dir = resolve_model_dir(cfg.model, need_weights=True)
