@@ -1,12 +1,13 @@
 """The package's import graph: no module of `superbert` imports itself back through others (a
 circle makes the import order decide what works), and every module imports on its own.
 
-The graph is read statically (module-level imports outside `if TYPE_CHECKING`; a function's own
-import runs later, when it is called). A package's `__init__` imported from outside it counts
-as a dependency; a submodule's own packages do not (they import it, the normal shape). Each
-module is then imported alone: one interpreter imports the package once (so torch and the
-other libraries are loaded), forgets the package's modules and forks a child per module, which
-starts with none of them (a fresh interpreter per module would pay torch's import ~80 times)."""
+The graph is read statically: module-level imports, except under `if TYPE_CHECKING` and
+`if __name__ == "__main__"` (a function's own import runs later, when it is called). A
+package's `__init__` imported from outside it counts as a dependency; a submodule's own
+packages do not (they import it, the normal shape). Each module is then imported alone: one
+interpreter imports the package once (so torch and the other libraries are loaded), forgets
+the package's modules and forks a child per module, which starts with none of them (a fresh
+interpreter per module would pay torch's import ~80 times)."""
 from __future__ import annotations
 
 import ast
@@ -35,8 +36,9 @@ def _top_level_imports(tree: ast.Module):
         node = todo.pop()
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             yield node
-        elif isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            todo.extend(node.orelse)  # type hints only: never imported at run time
+        elif isinstance(node, ast.If) and ("TYPE_CHECKING" in ast.unparse(node.test)
+                                           or "__main__" in ast.unparse(node.test)):
+            todo.extend(node.orelse)  # type hints, or run as a script: not run by an import
         elif isinstance(node, (ast.If, ast.Try, ast.With)):
             for field in ("body", "orelse", "finalbody", "handlers"):
                 for child in getattr(node, field, []):
@@ -107,6 +109,25 @@ def test_no_import_cycle_among_superbert_modules():
         graph[name] = {d for d in graph[name] if not name.startswith(d + ".")}
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_every_relative_import_names_a_module_of_the_package():
+    """Function-level imports too (they run only when called): a moved module's `from . import`
+    must still point into the package."""
+    modules = all_modules()
+    wrong = []
+    for name, path in modules.items():
+        base = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                stem = ".".join(base[:len(base) - node.level + 1] +
+                                ([node.module] if node.module else []))
+                if stem not in modules:
+                    wrong.append(f"{path.relative_to(ROOT)}:{node.lineno}: {stem}")
+                elif not node.module:
+                    wrong += [f"{path.relative_to(ROOT)}:{node.lineno}: {stem}.{a.name}"
+                              for a in node.names if f"{stem}.{a.name}" not in modules]
+    assert not wrong, wrong
 
 
 def test_find_cycle_finds_one():
