@@ -86,7 +86,7 @@ class LatencyScores:
     marked: list[MarkedArch]
     reference: str                # the reference arch of the speedups (short form) ...
     reference_name: str           # ... and how the search named it (MiniLM's arch, BERT-base)
-    reference_ms: float           # its latency, measured by the summary
+    reference_ms: float           # its latency on the predictor's scale (time.pt)
     window_ms: tuple[float, float] | None  # the searched latency window (predicted ms)
     speedup: float | None         # the search's target speedup
     backend: str                  # the predictor's timing backend
@@ -142,7 +142,8 @@ def plot_latency_vs_score(path: str | os.PathLike, data: LatencyScores) -> Path:
         for x in (lo, hi):
             ax.axvline(x, color="tab:green", lw=1, ls="--")
     ax.axvline(data.reference_ms, color="black", lw=1.2,
-               label=f"reference {data.reference}: {data.reference_ms:.2f} ms measured")
+               label=f"reference {data.reference}: {data.reference_ms:.2f} ms (the latency "
+                     f"predictor's reference)")
     ax.scatter([p.latency_ms for p in data.points], [p.fitness for p in data.points], s=24,
                color="tab:gray", alpha=0.7,
                label=f"evaluated arch ({len(data.points)}): proxy fitness (mean search-task "
@@ -150,7 +151,8 @@ def plot_latency_vs_score(path: str | os.PathLike, data: LatencyScores) -> Path:
     for m in data.marked:
         marker, color = MARK_STYLE.get(m.role, ("s", "tab:orange"))
         name = f"{MARK_NAME.get(m.role, m.role)} {Arch.parse(m.arch).short()}"
-        where = f"{m.latency_ms:.2f} ms {'measured' if m.measured else 'predicted'}"
+        where = (f"{m.latency_ms:.2f} ms (measured: the reference's ms / measured speedup)"
+                 if m.measured else f"{m.latency_ms:.2f} ms predicted")
         if m.fitness is not None:
             ax.scatter([m.latency_ms], [m.fitness], marker=marker, s=170, color=color,
                        edgecolor="black", zorder=3,
@@ -165,8 +167,8 @@ def plot_latency_vs_score(path: str | os.PathLike, data: LatencyScores) -> Path:
                        edgecolor=color, linewidth=2, zorder=3, label=label)
             if m.fitness is not None:
                 ax.plot([m.latency_ms] * 2, [m.fitness, m.final_mean], ls=":", color=color)
-    ax.set_xlabel(f"latency (ms, batch 1 x 128, 1 thread, {data.backend}; predicted unless "
-                  "measured)")
+    ax.set_xlabel(f"latency (ms, batch 1 x 128, 1 thread, {data.backend}; the predictor's "
+                  "scale)")
     ax.set_ylabel("score (mean over tasks, 0-100)")
     ax.set_title("every arch the search evaluated: score against latency\n(filled: proxy "
                  "fitness in the search; hollow: final score after further training)",

@@ -207,8 +207,13 @@ def build_summary(results_file: str | os.PathLike, generation_files: Sequence[st
     if default_arch is not None and default_arch != chosen.arch:
         marked["default ratios"] = (default_arch, default["final_scores"])
     window = read_window(generation_files[-1]) if generation_files else None
-    scores = latency_scores(evaluated, predictor, {a: ms[i] for i, a in enumerate(archs)},
-                            base_arch, timed.reference_ms, window, marked)
+    # Measured archs go on the predictor's scale (its reference latency / their speedup measured
+    # against the reference timed beside them), so a machine busier now than when the latency
+    # dataset was timed moves no point away from the window it was searched in.
+    scale = predictor.base_latency_ms / timed.reference_ms
+    scores = latency_scores(evaluated, predictor,
+                            {a: ms[i] * scale for i, a in enumerate(archs)},
+                            base_arch, predictor.base_latency_ms, window, marked)
     if latency_plot is not None:
         latency_plot = str(plot_latency_vs_score(latency_plot, scores))
         plots.append(latency_plot)
