@@ -310,3 +310,20 @@ def png(path: Path) -> None:
     with open(path, "rb") as fh:
         if fh.read(8) != b"\x89PNG\r\n\x1a\n":
             raise UserError("not a PNG image")
+
+
+# ---- the bash wrappers' folders --------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> None:
+    """`python -m superbert.outputs NAME=PATH ...`: the rule for the run folders a bash wrapper
+    makes itself (named by its variable), before it makes them."""
+    import sys
+    for item in sys.argv[1:] if argv is None else argv:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise UserError(f"expected NAME=PATH, got {item!r}")
+        check_path(name, Path(path), Output.dir(shared=True))
+
+
+if __name__ == "__main__":
+    from .cli import run_main
+    run_main(main)

@@ -326,3 +326,17 @@ def test_through_the_command_line(script, flag, tmp_path):
     assert r.stderr.startswith(f"error: {flag} {blocker / 'out'} cannot be created: {blocker} "
                                f"is a file"), r.stderr
     assert blocker.read_text() == USER_TEXT and sorted(os.listdir(tmp_path)) == ["a_file"]
+
+
+def test_cluster_loop_checks_its_folders_first(tmp_path):
+    """evolve_loop.sh makes its run folders itself: the same rule, before it makes them."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text(USER_TEXT)
+    r = subprocess.run(["bash", str(ROOT / "experiments/cluster/evolve_loop.sh")],
+                       capture_output=True, text=True, cwd=ROOT,
+                       env={**os.environ, "PYTHON": sys.executable,
+                            "OUT_DIR": str(blocker / "search"),
+                            "CANDS_DIR": str(tmp_path / "cands")})
+    assert r.returncode == 2 and r.stderr == (f"error: OUT_DIR {blocker / 'search'} cannot be "
+                                              f"created: {blocker} is a file, not a folder\n")
+    assert sorted(os.listdir(tmp_path)) == ["a_file"] and blocker.read_text() == USER_TEXT

@@ -66,6 +66,8 @@ wait_for() {  # wait_for FILE...: until every FILE exists (written by another no
 }
 
 CANDIDATES="$CANDS_DIR/${MODEL,,}_${SPEEDUP}x"
+# the output rule of every script (superbert/outputs.py) for the folders made here: one error line
+"$PY" -m superbert.outputs CANDS_DIR="$CANDS_DIR" OUT_DIR="$OUT_DIR" || exit 2
 mkdir -p "$CANDS_DIR" "$OUT_DIR"
 
 if ((NODE_RANK == 0)) && [[ ! -s "$CANDIDATES" ]]; then
