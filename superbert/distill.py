@@ -12,6 +12,14 @@ keys from the attention MSE (the original divided by every position, padding inc
 `torch.where(att <= -100)` masking was a no-op because no mask was applied). Under
 `--original_input_order` the models see no padding mask, padding is then ordinary input, and
 every position counts, as in the original.
+
+Relation KD (`--kd_objective relation`, MiniLMv2): instead of the hidden state and the score
+maps, the student matches the teacher's last-layer self-attention *relations*: for each of
+Q, K and V, the row-softmax of scaled dot products between the tokens' vectors, after both
+models' vectors are re-split into the same number of relation heads. The student's width and
+head count are free (a 4-head, 192-wide slice against a 12-head, 384-wide teacher), there is
+no `dense_fit` to learn, and any permutation of the student's hidden units leaves the loss
+unchanged (Q/K/V are computed from them; a reordered supernet is the same function).
 """
 from __future__ import annotations
 
@@ -41,10 +49,14 @@ def check_absolute_positions(config) -> None:
                         f"positions (BERT, ELECTRA) are supported")
 
 
+QKV = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # query, key, value: [B, T, width] each
+
+
 @dataclass
 class TeacherOutput:
     hidden: torch.Tensor  # [B, T, D_teacher], the last hidden state
     scores: torch.Tensor  # [B, H, T, T], last-layer Q.K^T / sqrt(d_head), no mask term
+    qkv: QKV | None = None  # last-layer query, key, value outputs, when asked for
 
 
 class Teacher:
@@ -73,7 +85,7 @@ class Teacher:
 
     @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                 token_type_ids: torch.Tensor | None) -> TeacherOutput:
+                 token_type_ids: torch.Tensor | None, return_qkv: bool = False) -> TeacherOutput:
         kwargs = {}
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask
@@ -86,10 +98,12 @@ class Teacher:
         x = out.hidden_states[-2]
         B, T, _ = x.shape
         shape = (B, T, self.num_heads, self.head_dim)
-        q = self.last_attention.query(x).view(shape).transpose(1, 2)
-        k = self.last_attention.key(x).view(shape).transpose(1, 2)
+        q_flat, k_flat = self.last_attention.query(x), self.last_attention.key(x)
+        q = q_flat.view(shape).transpose(1, 2)
+        k = k_flat.view(shape).transpose(1, 2)
         scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)
-        return TeacherOutput(hidden=out.last_hidden_state, scores=scores)
+        qkv = (q_flat, k_flat, self.last_attention.value(x)) if return_qkv else None
+        return TeacherOutput(hidden=out.last_hidden_state, scores=scores, qkv=qkv)
 
 
 @contextlib.contextmanager
@@ -194,3 +208,72 @@ def kd_loss_sums(student_fit: torch.Tensor, student_scores: torch.Tensor,
     pairs = m[:, None, :, None] * m[:, None, None, :]
     att_sum = (att * pairs).sum()
     return rep_sum, att_sum
+
+
+# ---- relation KD (MiniLMv2) --------------------------------------------------------------------
+def relation_log_probs(x: torch.Tensor, heads: int,
+                       attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """log softmax_j(x_i . x_j / sqrt(w)) within each of `heads` relation heads, [B, R, T, T].
+
+    `x` [B, T, W] is a layer's query, key or value output with its attention heads side by
+    side; it is re-split into `heads` contiguous blocks of w = W / heads dims, whatever its own
+    head count. Padded keys get probability 0 (rows of padded queries are left for the caller
+    to ignore). Computed in fp32.
+    """
+    B, T, W = x.shape
+    if W % heads:
+        raise UserError(f"{heads} relation heads do not divide the Q/K/V width {W}")
+    h = x.float().view(B, T, heads, W // heads).transpose(1, 2)
+    logits = torch.matmul(h, h.transpose(-1, -2)) / math.sqrt(W // heads)
+    if attention_mask is not None:
+        keys = attention_mask[:, None, None, :].bool()
+        logits = logits.masked_fill(~keys, torch.finfo(logits.dtype).min)
+    return logits.log_softmax(dim=-1)
+
+
+def relation_kd_count(attention_mask: torch.Tensor | None, batch: int, seq_len: int,
+                      heads: int) -> int:
+    """How many relation rows `relation_kd_sums` adds up: 3 relations x heads x real queries."""
+    tokens = batch * seq_len if attention_mask is None else int(attention_mask.sum())
+    return 3 * heads * tokens
+
+
+def relation_kd_sums(student: QKV, teacher: QKV, attention_mask: torch.Tensor | None,
+                     heads: int) -> torch.Tensor:
+    """Summed KL(teacher || student) of the Q-Q, K-K and V-V relations over relation heads and
+    real query tokens; divide by the global `relation_kd_count`.
+
+    KL rather than MSE: a relation row is a distribution over keys (what attention itself
+    uses), so KL compares what matters to attention and nothing else. It ignores a constant
+    shift of a row's logits, which softmax ignores too, and it weighs keys by the teacher's
+    probability, whereas an MSE over logits (or over probabilities) would be dominated by
+    the scale of the dot products, which differs between a narrow student and a wide teacher,
+    and by the near-zero tail. It is MiniLMv2's choice, which this follows.
+    """
+    if len(student) != 3 or len(teacher) != 3:
+        raise ValueError("student and teacher must each give (query, key, value)")
+    total = None
+    for s, t in zip(student, teacher):
+        if s.shape[:2] != t.shape[:2]:
+            raise UserError(f"student Q/K/V {tuple(s.shape)} and teacher Q/K/V "
+                            f"{tuple(t.shape)} cover different tokens")
+        log_s = relation_log_probs(s, heads, attention_mask)
+        log_t = relation_log_probs(t, heads, attention_mask)
+        kl = log_t.exp() * (log_t - log_s)
+        if attention_mask is not None:
+            m = attention_mask.bool()
+            # Padded keys: the teacher gives them probability 0; padded queries: not counted.
+            kl = kl.masked_fill(~m[:, None, None, :], 0.0).sum(-1)
+            kl = (kl * m[:, None, :].to(kl.dtype)).sum()
+        else:
+            kl = kl.sum()
+        total = kl if total is None else total + kl
+    return total
+
+
+def relation_kd_loss(student: QKV, teacher: QKV, attention_mask: torch.Tensor | None,
+                     heads: int) -> torch.Tensor:
+    """Mean KL per relation row (`relation_kd_sums` / `relation_kd_count`) on one batch."""
+    B, T = student[0].shape[:2]
+    return relation_kd_sums(student, teacher, attention_mask, heads) / relation_kd_count(
+        attention_mask, B, T, heads)

@@ -78,6 +78,9 @@ class SuperBertModelOutput(ModelOutput):
     # Pre-softmax attention scores Q.K^T/sqrt(d_head) of the last layer, without the mask term
     # (what the KD loss matches); only when asked for.
     last_attention_scores: torch.Tensor | None = None
+    # The last layer's query, key and value outputs [B, T, qkv] (head slots side by side, as
+    # the projections give them; what the relation KD loss compares); only when asked for.
+    last_qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
 
 # ---- blocks ------------------------------------------------------------------------------------
@@ -330,15 +333,22 @@ class AutoTinyBertModel(AutoTinyBertPreTrainedModel):
                 token_type_ids: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None,
                 output_hidden_states: bool = False, output_attention_scores: bool = False,
-                return_dict: bool | None = None, **kwargs: Any) -> SuperBertModelOutput:
+                output_last_qkv: bool = False, return_dict: bool | None = None,
+                **kwargs: Any) -> SuperBertModelOutput:
         x = self.embeddings(input_ids, token_type_ids, position_ids)
         # Boolean "may attend" mask over keys, [B, 1, 1, T]; None means attend everywhere.
         attend = None if attention_mask is None else attention_mask[:, None, None, :].bool()
         hidden = (x,) if output_hidden_states else None
         layers = self.encoder.active_layers()
-        scores = None
+        scores = qkv = None
         for i, layer in enumerate(layers):
             want_scores = output_attention_scores and i == len(layers) - 1
+            if output_last_qkv and i == len(layers) - 1:
+                # Recomputed from the layer's input with its own (sliced) projections, as the
+                # teacher's are (distill.Teacher): the same values and gradients as inside the
+                # layer, without widening every attention block's return value.
+                att = layer.attention.self
+                qkv = (att.query(x), att.key(x), att.value(x))
             x, layer_scores = layer(x, attend, want_scores)
             if want_scores:
                 scores = layer_scores
@@ -346,7 +356,8 @@ class AutoTinyBertModel(AutoTinyBertPreTrainedModel):
                 hidden = hidden + (x,)
         pooled = self.pooler(x) if self.pooler is not None else None
         out = SuperBertModelOutput(last_hidden_state=x, pooler_output=pooled,
-                                   hidden_states=hidden, last_attention_scores=scores)
+                                   hidden_states=hidden, last_attention_scores=scores,
+                                   last_qkv=qkv)
         return out if return_dict is not False else out.to_tuple()
 
 
