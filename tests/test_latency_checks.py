@@ -104,7 +104,7 @@ def test_an_existing_directory_is_never_an_output(files, tmp_path, capsys):
              (inference_time_evaluation.main, ["--output", d, "--num_archs", "1"], "--output"))
     for main, argv, flag in cases:
         says = one_error_line(main, argv, capsys)
-        assert flag in says and "existing directory" in says
+        assert flag in says and "is a folder" in says
         assert sorted(p.name for p in d.iterdir()) == ["precious.txt"]
         assert (d / "precious.txt").read_text() == "mine"
 
@@ -126,13 +126,16 @@ def test_an_output_is_never_one_of_the_inputs(files, tmp_path, capsys):
               "--ckpt_path"),
              (latency_predictor.main, ["--lat_dataset_path", lat, "--ckpt_path", lat,
                                        "--predictor", "cost"], "--lat_dataset_path"),
-             (latency_predictor.main, ["--lat_dataset_path", lat, "--ckpt_path",
-                                       str(lat) + ".json", "--predictor", "cost"], "sidecar"),
              (latency_predictor.main, ["--get_candidates", "--ckpt_path", work / "time.pt",
                                        "--candidate_file", work / "time.pt"], "--ckpt_path"))
     for main, argv, names in cases:
         says = one_error_line(main, argv, capsys)
         assert "same file as" in says and names in says, says
+    # The dataset's sidecar is no predictor file: refused before the fit, as a foreign file.
+    says = one_error_line(latency_predictor.main, ["--lat_dataset_path", lat, "--ckpt_path",
+                                                   str(lat) + ".json", "--predictor", "cost"],
+                          capsys)
+    assert "--ckpt_path" in says and "is not a latency predictor" in says, says
     assert {p.name: p.read_bytes() for p in work.iterdir()} == before
     assert lat.read_text() == lat_before
 
