@@ -34,6 +34,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig
 from transformers.utils import logging as hf_logging
 
+from .cli import Choice
 from .errors import UserError
 from .hf import resolve_model_dir
 
@@ -47,6 +48,17 @@ def check_absolute_positions(config) -> None:
     if kind not in (None, "absolute"):
         raise UserError(f"teacher uses position_embedding_type={kind!r}; only absolute "
                         f"positions (BERT, ELECTRA) are supported")
+
+
+class KDObjective(Choice):
+    """What a KD supernet matches of the teacher's last layer (see the module docstring)."""
+
+    HIDDEN_ATTENTION = "hidden_attention"  # hidden state through dense_fit + score maps (MSE)
+    RELATION = "relation"  # Q-Q, K-K, V-V self-attention relations (KL)
+
+    @classmethod
+    def label(cls) -> str:
+        return "KD objective"
 
 
 QKV = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # query, key, value: [B, T, width] each

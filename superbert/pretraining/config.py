@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..arch import SPACE_FLAGS, Scheme
 from ..cli import check_non_negative, check_positive, flag
+from ..distill import KDObjective
 from ..errors import UserError
 from ..growth import Measure
 from ..outputs import Output
@@ -78,6 +79,16 @@ class PretrainConfig:
                                   help="the original's masking quirks (at least one masked token "
                                        "even at --masked_lm_prob 0; never the first and last "
                                        "position)")
+    kd_objective: KDObjective = flag(
+        KDObjective.HIDDEN_ATTENTION.value, group=OBJECTIVE, type=str.lower,
+        choices=[k.value for k in KDObjective],
+        help="what a KD student matches of the teacher's last layer: hidden_attention (the "
+             "original's: hidden state through dense_fit + attention scores, MSE) or relation "
+             "(MiniLMv2: Q-Q, K-K, V-V relations, KL; any student width and head count)")
+    relation_heads: int = flag(12, group=OBJECTIVE, type=int,
+                               help="relation heads student and teacher Q/K/V are re-split into "
+                                    "(--kd_objective relation); must divide the teacher's width "
+                                    "and every sampled qkv size")
     original_input_order: bool = flag(False, group=OBJECTIVE,
                                       help="the original's swapped arguments: no attention mask "
                                            "and the input mask as segment ids, for student and "
@@ -97,9 +108,15 @@ class PretrainConfig:
     sample_times_per_batch: int = flag(1, group=SPACE, type=int,
                                        help="sub-archs per step, run on the same batch "
                                             "(gradients add)")
+    num_subnets: int | None = flag(
+        None, group=SPACE, type=int, metavar="K",
+        help="sub-archs per step on the same batch, gradients added: 1 = the original's one "
+             "random arch; K >= 2 = the largest, the smallest and K-2 random ones (default: "
+             "--sample_times_per_batch random ones, plus largest and smallest with --sandwich)")
     sandwich: bool = flag(False, group=SPACE,
                           help="extension: also train the largest and smallest sub-arch every "
-                               "step, smaller ones distilled in place from the largest (MLM)")
+                               "step; MLM: the smaller ones distilled in place from the "
+                               "largest's predictions; KD: the teacher stays the target")
 
     # growing from a pretrained BERT
     reorder: bool = flag(False, group=GROW,
@@ -187,7 +204,9 @@ class PretrainConfig:
         if self.super_model is not None:
             object.__setattr__(self, "super_model", Scheme.parse(self.super_model))
         object.__setattr__(self, "reorder_importance", Measure.parse(self.reorder_importance))
+        object.__setattr__(self, "kd_objective", KDObjective.parse(self.kd_objective))
         self._check_reorder()
+        self._check_subnets()
         for name in SPACE_FLAGS:
             value = getattr(self, f"{name}_space")
             if value is not None:
@@ -232,13 +251,28 @@ class PretrainConfig:
                             f"a {self.super_model.name} supernet is trained {how}")
         if self.objective == Scheme.KD and not self.teacher_model:
             raise UserError("knowledge distillation (no --mlm_loss) needs --teacher_model")
+        if self.objective == Scheme.MLM and self.kd_objective != KDObjective.HIDDEN_ATTENTION:
+            raise UserError(f"--kd_objective {self.kd_objective} is a distillation objective; "
+                            f"--mlm_loss trains without a teacher")
         if self.further_train:
             extra = [f"--{n}_space" for n in SPACE_FLAGS if getattr(self, f"{n}_space") is not None]
             extra += ["--sandwich"] if self.sandwich else []
             extra += ["--sample_times_per_batch"] if self.sample_times_per_batch > 1 else []
+            extra += ["--num_subnets"] if (self.num_subnets or 1) > 1 else []
             if extra:
                 raise UserError(f"--further_train trains the model at its own fixed arch; "
                                 f"{', '.join(extra)} do not apply")
+
+    def _check_subnets(self) -> None:
+        check_positive(num_subnets=self.num_subnets, relation_heads=self.relation_heads)
+        if self.num_subnets is None:
+            return
+        if self.sample_times_per_batch != 1:
+            raise UserError("--num_subnets and --sample_times_per_batch both set the archs per "
+                            "step; pass one")
+        if self.sandwich and self.num_subnets < 2:
+            raise UserError(f"--sandwich trains the largest and the smallest sub-arch every "
+                            f"step: it needs --num_subnets 2 or more, got {self.num_subnets}")
 
     def _check_reorder(self) -> None:
         if self.reorder_samples < 1:
@@ -278,6 +312,13 @@ class PretrainConfig:
     def objective(self) -> Scheme:
         """MLM with --mlm_loss, else knowledge distillation (a supernet's scheme follows it)."""
         return Scheme.MLM if self.mlm_loss else Scheme.KD
+
+    @property
+    def archs_per_step(self) -> int:
+        """Sub-archs trained on every micro-batch."""
+        if self.num_subnets is not None:
+            return self.num_subnets
+        return self.sample_times_per_batch + (2 if self.sandwich else 0)
 
     @property
     def micro_batch_size(self) -> int:

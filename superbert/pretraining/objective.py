@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..arch import Scheme
-from ..distill import kd_counts, kd_loss_sums
+from ..distill import (KDObjective, kd_counts, kd_loss_sums, relation_kd_count,
+                       relation_kd_sums)
 
 
 # ---- the loss module ---------------------------------------------------------------------------
@@ -22,16 +23,26 @@ class StepCounts:
     tokens: int = 0
     rep: int = 0
     att: int = 0
+    relation: int = 0
 
 
 class Objective:
     """The loss of one micro-batch for the active sub-arch, normalised by global counts."""
 
-    def __init__(self, model: nn.Module, kind: Scheme, original_input_order: bool, teacher=None):
+    def __init__(self, model: nn.Module, kind: Scheme, original_input_order: bool, teacher=None,
+                 kd_objective: KDObjective = KDObjective.HIDDEN_ATTENTION,
+                 relation_heads: int = 12):
         self.model = model
         self.kind = kind
         self.original_input_order = original_input_order
         self.teacher = teacher
+        self.kd_objective = KDObjective.parse(kd_objective)
+        self.relation_heads = relation_heads
+
+    @property
+    def relation(self) -> bool:
+        """KD by Q/K/V relations (the teacher must then give its last-layer Q/K/V)."""
+        return self.kind == Scheme.KD and self.kd_objective == KDObjective.RELATION
 
     def inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(attention_mask, token_type_ids) the models see."""
@@ -45,13 +56,15 @@ class Objective:
         mask = batch["attention_mask"]
         masked = int((batch["labels"] != -100).sum()) if "labels" in batch else 0
         tokens = int(mask.sum())
+        rep = att = relation = 0
         if self.kind == Scheme.KD:
             attend, _ = self.inputs(batch)
             B, T = batch["input_ids"].shape
-            rep, att = kd_counts(attend, B, T, fit_size, heads)
-        else:
-            rep = att = 0
-        return [masked, tokens, rep, att]
+            if self.relation:
+                relation = relation_kd_count(attend, B, T, self.relation_heads)
+            else:
+                rep, att = kd_counts(attend, B, T, fit_size, heads)
+        return [masked, tokens, rep, att, relation]
 
     def __call__(self, batch: dict[str, torch.Tensor], counts: StepCounts, teacher_out=None,
                  soft_targets: torch.Tensor | None = None, want_logits: bool = False,
@@ -60,6 +73,11 @@ class Objective:
         """(loss to backprop, detached loss terms, masked-row logits if asked)."""
         attend, segments = self.inputs(batch)
         bert = self.model.bert
+        if self.relation:
+            out = bert(batch["input_ids"], attend, segments, output_last_qkv=True)
+            loss = relation_kd_sums(out.last_qkv, teacher_out.qkv, attend,
+                                    self.relation_heads) / counts.relation
+            return loss, {"loss": loss.detach(), "relation_loss": loss.detach()}, None
         if self.kind == Scheme.KD:
             out = bert(batch["input_ids"], attend, segments, output_attention_scores=True)
             fit = bert.dense_fit(out.last_hidden_state)

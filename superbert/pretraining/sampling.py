@@ -24,7 +24,12 @@ def step_archs(space: SearchSpace | None, fixed: Arch | None, step: int, cfg: Pr
     """The archs run on every micro-batch of optimizer step `step` (largest first)."""
     if fixed is not None:
         return [fixed]
-    n = cfg.sample_times_per_batch
+    if cfg.num_subnets is not None and cfg.num_subnets > 1:
+        # Largest and smallest, then K-2 random ones (seeded by their index like the rest).
+        n = cfg.num_subnets - 2
+        return [space.largest(), space.smallest()] + [
+            space.sample(random.Random(arch_seed(cfg.seed, step, k, n))) for k in range(n)]
+    n = 1 if cfg.num_subnets == 1 else cfg.sample_times_per_batch
     archs = [space.sample(random.Random(arch_seed(cfg.seed, step, k, n))) for k in range(n)]
     if cfg.sandwich:
         archs = [space.largest(), space.smallest()] + archs

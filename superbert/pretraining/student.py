@@ -15,7 +15,7 @@ import torch
 from ..arch import Arch, Scheme, SearchSpace, arch_of_config, validate_arch
 from ..configuration import AutoTinyBertConfig
 from ..data.shards import PretrainingDataset, sample_batches
-from ..distill import TeacherSpec
+from ..distill import KDObjective, TeacherSpec
 from ..errors import UserError
 from ..growth import (PERMUTATION_FILE, Permutation, check_sliceable, permutation_record,
                       read_permutation, reorder, supernet_from_pretrained)
@@ -177,7 +177,17 @@ def check_student(cfg: PretrainConfig, plan: StudentPlan, vocab: Vocab,
     if config.vocab_size < len(vocab.tokens):
         raise UserError(f"{vocab.file} has {len(vocab.tokens)} tokens, more than the model's "
                         f"vocab_size {config.vocab_size}")
-    if teacher is not None:
+    if teacher is not None and cfg.kd_objective == KDObjective.RELATION:
+        # Relations re-split Q/K/V into --relation_heads: any head count, but every width
+        # must split evenly.
+        R = cfg.relation_heads
+        widths = [fixed.qkv] if fixed else list(space.qkv_values())
+        bad = [w for w in [teacher.hidden_size, *widths] if w % R]
+        if bad:
+            raise UserError(f"--relation_heads {R} does not divide the Q/K/V width "
+                            f"{bad[0]} (teacher {teacher.hidden_size}, student qkv sizes "
+                            f"{widths[0]}..{widths[-1]})")
+    elif teacher is not None:
         heads = fixed.heads if fixed else (space.kd_heads if space.scheme == Scheme.KD else None)
         if heads != teacher.num_heads:
             raise UserError(f"the student keeps {heads} attention heads but the teacher has "

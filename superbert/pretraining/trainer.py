@@ -62,6 +62,7 @@ from ..arch import Arch, Scheme, SearchSpace
 from ..checkpoint import (OPTIMIZER_FILE, TRAINER_STATE, load_state_file, rng_state, set_rng_state,
                           verify_checkpoint, write_manifest)
 from ..cli import progress_seconds
+from ..distill import KDObjective
 from ..distributed import DistEnv, all_gather_object, all_reduce_sum, barrier
 from ..errors import UserError
 from ..growth import PERMUTATION_FILE
@@ -213,7 +214,13 @@ class Trainer:
             kw = {"init_scale": cfg.loss_scale} if cfg.loss_scale > 0 else {}
             self.scaler = torch.amp.GradScaler("cuda", **kw)
         kind = cfg.objective
-        self.objective = Objective(self.model, kind, cfg.original_input_order)
+        self.objective = Objective(self.model, kind, cfg.original_input_order,
+                                   kd_objective=cfg.kd_objective,
+                                   relation_heads=cfg.relation_heads)
+        if cfg.max_steps and cfg.max_steps < self.warmup_steps:
+            logger.warning("--max_steps %d ends inside the warm-up (%d steps): the learning "
+                           "rate stops at %.0f%% of --learning_rate", cfg.max_steps,
+                           self.warmup_steps, 100 * cfg.max_steps / self.warmup_steps)
         self.fit_size = int(self.model.config.fit_size or 0)
         self.heads = int(self.model.config.num_attention_heads)
         self.writer = None
@@ -227,12 +234,15 @@ class Trainer:
     # written before a setting was recorded implicitly had.
     RUN_KEYS = ("mlm_loss", "further_train", "train_batch_size", "gradient_accumulation_steps",
                 "max_seq_length", "epochs", "learning_rate", "seed", "optimizer",
-                "sample_times_per_batch", "sandwich", "masked_lm_prob", "original_masking",
+                "sample_times_per_batch", "num_subnets", "sandwich", "kd_objective",
+                "relation_heads", "masked_lm_prob", "original_masking",
                 "original_input_order", "fp16", "bf16", "reorder", "reorder_samples",
                 "reorder_importance", "weight_decay", "adam_epsilon", "max_grad_norm", "debug")
     # Recorded later than the others: the value an older checkpoint implicitly had (a key
     # missing from an older checkpoint and not listed here is not compared).
-    RUN_KEYS_ADDED = {"reorder": False, "reorder_samples": None, "reorder_importance": None}
+    RUN_KEYS_ADDED = {"reorder": False, "reorder_samples": None, "reorder_importance": None,
+                      "num_subnets": None, "kd_objective": "hidden_attention",
+                      "relation_heads": 12}
     # The data position (micro-batches into the epoch) and the weights' meaning depend on
     # these: they cannot change on resume, whatever --resume_changed_settings says.
     FIXED_ON_RESUME = ("train_batch_size", "gradient_accumulation_steps", "further_train")
@@ -241,6 +251,9 @@ class Trainer:
         cfg = self.cfg
         run = {k: getattr(cfg, k) for k in self.RUN_KEYS}
         run["reorder_importance"] = str(cfg.reorder_importance)
+        run["kd_objective"] = str(cfg.kd_objective)
+        if cfg.objective != Scheme.KD or cfg.kd_objective != KDObjective.RELATION:
+            run["relation_heads"] = 12  # unused: recorded as the default, never compared
         if not cfg.reorder:  # without --reorder, how importance would be measured is no setting
             run["reorder_samples"] = run["reorder_importance"] = None
         run["scheme"] = str(self.model.config.attention_scheme)
@@ -415,7 +428,8 @@ class Trainer:
             if self.teacher is not None:
                 attend, segments = self.objective.inputs(batch)
                 with self._autocast():
-                    teacher_out = self.teacher(batch["input_ids"], attend, segments)
+                    teacher_out = self.teacher(batch["input_ids"], attend, segments,
+                                               return_qkv=self.objective.relation)
             soft = None
             for i, arch in enumerate(archs):
                 self.model.set_sample_config(arch)
@@ -566,7 +580,8 @@ class Trainer:
             record["loss_by_size"] = sizes
         if self.env.is_main:
             self._log(record)
-            extra = "".join(f" {k} {record[k]:.4f}" for k in ("rep_loss", "att_loss") if k in record)
+            extra = "".join(f" {k} {record[k]:.4f}"
+                            for k in ("rep_loss", "att_loss", "relation_loss") if k in record)
             msg = (f"step {record['step']}/{self.total_steps} epoch {record['epoch']} "
                    f"loss {record.get('loss', float('nan')):.4f}{extra} lr {record['lr']:.3e} "
                    f"tok/s {record['tokens_per_s']:.0f} data-wait {100 * record['data_wait']:.1f}% "
