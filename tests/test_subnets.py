@@ -55,6 +55,8 @@ def test_num_subnets_visits_largest_and_smallest_every_step():
     ({"num_subnets": 0}, "--num_subnets must be a positive"),
     ({"kd_objective": "relation"}, "--mlm_loss trains without a teacher"),
     ({"kd_objective": "hidden"}, "unknown KD objective"),
+    ({"inplace_distill": True}, "pass --sandwich"),
+    ({"inplace_distill": True, "sandwich": True}, "is for KD"),
 ])
 def test_bad_combinations_are_user_errors(kw, message):
     with pytest.raises(UserError, match=message):
@@ -89,6 +91,22 @@ def test_relation_sandwich_run_logs_and_records_its_options(work, tmp_path, capl
     assert run["num_subnets"] == 3 and run["sandwich"] is True
     # The supernet learns: the relation loss falls (same archs every step but the random one).
     assert log[-1]["relation_loss"] < log[0]["relation_loss"]
+
+
+@pytest.mark.parametrize("objective", [(), RELATION], ids=["hidden_attention", "relation"])
+def test_inplace_distillation_adds_the_largest_arch_as_a_second_target(work, tmp_path, objective):
+    """KD sandwich with --inplace_distill: the smaller archs also match the largest's outputs
+    (the logged inplace_loss); the run differs from the same run without it."""
+    base = (*objective, "--num_subnets", "3", "--sandwich", "--max_steps", "2", "--threads", "1")
+    with_it, without = tmp_path / "a", tmp_path / "b"
+    pre_training.main(args(work, with_it, *base, "--inplace_distill", mlm=False))
+    pre_training.main(args(work, without, *base, mlm=False))
+    log_a, log_b = log_of(with_it), log_of(without)
+    assert all(r["inplace_loss"] > 0 for r in log_a)
+    assert all("inplace_loss" not in r for r in log_b)
+    assert log_a[0]["loss"] > log_b[0]["loss"]  # same weights at step 1, one more term
+    run = json.loads((run_dir(with_it) / "step_2" / "checkpoint.json").read_text())["run"]
+    assert run["inplace_distill"] is True
 
 
 def test_relation_heads_must_split_every_width(work, tmp_path):

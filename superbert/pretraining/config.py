@@ -117,6 +117,10 @@ class PretrainConfig:
                           help="extension: also train the largest and smallest sub-arch every "
                                "step; MLM: the smaller ones distilled in place from the "
                                "largest's predictions; KD: the teacher stays the target")
+    inplace_distill: bool = flag(False, group=SPACE,
+                                 help="KD with --sandwich: the smaller archs also match the "
+                                      "largest arch's outputs (the --kd_objective loss, the "
+                                      "largest as a second teacher)")
 
     # growing from a pretrained BERT
     reorder: bool = flag(False, group=GROW,
@@ -265,6 +269,12 @@ class PretrainConfig:
 
     def _check_subnets(self) -> None:
         check_positive(num_subnets=self.num_subnets, relation_heads=self.relation_heads)
+        if self.inplace_distill and not self.sandwich:
+            raise UserError("--inplace_distill distils the smaller archs from the largest one "
+                            "of --sandwich; pass --sandwich")
+        if self.inplace_distill and self.mlm_loss:
+            raise UserError("--inplace_distill is for KD: with --mlm_loss, --sandwich already "
+                            "distils the smaller archs from the largest's predictions")
         if self.num_subnets is None:
             return
         if self.sample_times_per_batch != 1:

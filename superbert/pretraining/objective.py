@@ -4,14 +4,15 @@ change it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..arch import Scheme
-from ..distill import (KDObjective, kd_counts, kd_loss_sums, relation_kd_count,
-                       relation_kd_sums)
+from ..distill import (KDObjective, TeacherOutput, kd_counts, kd_loss_sums,
+                       relation_kd_count, relation_kd_sums)
 
 
 # ---- the loss module ---------------------------------------------------------------------------
@@ -68,16 +69,27 @@ class Objective:
 
     def __call__(self, batch: dict[str, torch.Tensor], counts: StepCounts, teacher_out=None,
                  soft_targets: torch.Tensor | None = None, want_logits: bool = False,
-                 n_local: int | None = None
-                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
-        """(loss to backprop, detached loss terms, masked-row logits if asked)."""
+                 n_local: int | None = None, inplace_target: Any = None,
+                 want_target: bool = False
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], Any]:
+        """(loss to backprop, detached loss terms, masked-row logits if asked (MLM) or this
+        arch's detached KD outputs if `want_target` (KD: the largest arch's, for in-place
+        distillation of the others through `inplace_target`))."""
         attend, segments = self.inputs(batch)
         bert = self.model.bert
         if self.relation:
             out = bert(batch["input_ids"], attend, segments, output_last_qkv=True)
             loss = relation_kd_sums(out.last_qkv, teacher_out.qkv, attend,
                                     self.relation_heads) / counts.relation
-            return loss, {"loss": loss.detach(), "relation_loss": loss.detach()}, None
+            parts = {"relation_loss": loss.detach()}
+            if inplace_target is not None:
+                # In-place distillation (--inplace_distill): also the largest arch's relations.
+                extra = relation_kd_sums(out.last_qkv, inplace_target, attend,
+                                         self.relation_heads) / counts.relation
+                parts["inplace_loss"] = extra.detach()
+                loss = loss + extra
+            target = tuple(x.detach() for x in out.last_qkv) if want_target else None
+            return loss, {"loss": loss.detach(), **parts}, target
         if self.kind == Scheme.KD:
             out = bert(batch["input_ids"], attend, segments, output_attention_scores=True)
             fit = bert.dense_fit(out.last_hidden_state)
@@ -85,8 +97,18 @@ class Objective:
             rep = rep_sum / counts.rep
             att = att_sum / counts.att
             loss = rep + att
-            return loss, {"loss": loss.detach(), "rep_loss": rep.detach(),
-                          "att_loss": att.detach()}, None
+            parts = {"rep_loss": rep.detach(), "att_loss": att.detach()}
+            if inplace_target is not None:
+                in_rep, in_att = kd_loss_sums(fit, out.last_attention_scores, inplace_target,
+                                              attend)
+                extra = in_rep / counts.rep + in_att / counts.att
+                parts["inplace_loss"] = extra.detach()
+                loss = loss + extra
+            target = None
+            if want_target:
+                target = TeacherOutput(hidden=fit.detach(),
+                                       scores=out.last_attention_scores.detach())
+            return loss, {"loss": loss.detach(), **parts}, target
         out = bert(batch["input_ids"], attend, segments)
         labels = batch["labels"]
         if n_local is None:  # masked tokens in this micro-batch (counted on the host)

@@ -234,14 +234,16 @@ class Trainer:
     # written before a setting was recorded implicitly had.
     RUN_KEYS = ("mlm_loss", "further_train", "train_batch_size", "gradient_accumulation_steps",
                 "max_seq_length", "epochs", "learning_rate", "seed", "optimizer",
-                "sample_times_per_batch", "num_subnets", "sandwich", "kd_objective",
+                "sample_times_per_batch", "num_subnets", "sandwich", "inplace_distill",
+                "kd_objective",
                 "relation_heads", "masked_lm_prob", "original_masking",
                 "original_input_order", "fp16", "bf16", "reorder", "reorder_samples",
                 "reorder_importance", "weight_decay", "adam_epsilon", "max_grad_norm", "debug")
     # Recorded later than the others: the value an older checkpoint implicitly had (a key
     # missing from an older checkpoint and not listed here is not compared).
     RUN_KEYS_ADDED = {"reorder": False, "reorder_samples": None, "reorder_importance": None,
-                      "num_subnets": None, "kd_objective": "hidden_attention",
+                      "num_subnets": None, "inplace_distill": False,
+                      "kd_objective": "hidden_attention",
                       "relation_heads": 12}
     # The data position (micro-batches into the epoch) and the weights' meaning depend on
     # these: they cannot change on resume, whatever --resume_changed_settings says.
@@ -430,18 +432,28 @@ class Trainer:
                 with self._autocast():
                     teacher_out = self.teacher(batch["input_ids"], attend, segments,
                                                return_qkv=self.objective.relation)
-            soft = None
+            soft = target = None
+            mlm = self.objective.kind == Scheme.MLM
+            # In-place distillation from the largest arch (archs[0] under --sandwich): of its
+            # MLM predictions always, of its KD outputs with --inplace_distill (besides the
+            # teacher, which stays the target).
+            inplace = cfg.sandwich and (mlm or cfg.inplace_distill)
             for i, arch in enumerate(archs):
                 self.model.set_sample_config(arch)
-                distil = cfg.sandwich and i > 0 and self.objective.kind == Scheme.MLM
+                distil = inplace and i > 0
                 with self._autocast():
                     loss, parts, logits = self.objective(
                         batch, counts, teacher_out,
-                        soft_targets=soft if distil else None,
-                        want_logits=cfg.sandwich and i == 0 and self.objective.kind == Scheme.MLM,
-                        n_local=n_masked)
+                        soft_targets=soft if distil and mlm else None,
+                        want_logits=inplace and i == 0 and mlm,
+                        n_local=n_masked,
+                        inplace_target=target if distil and not mlm else None,
+                        want_target=inplace and i == 0 and not mlm)
                 if logits is not None and i == 0:
-                    soft = logits.detach().softmax(-1)
+                    if mlm:
+                        soft = logits.detach().softmax(-1)
+                    else:
+                        target = logits
                 if self.scaler is not None:
                     self.scaler.scale(loss).backward()
                 else:
@@ -581,7 +593,8 @@ class Trainer:
         if self.env.is_main:
             self._log(record)
             extra = "".join(f" {k} {record[k]:.4f}"
-                            for k in ("rep_loss", "att_loss", "relation_loss") if k in record)
+                            for k in ("rep_loss", "att_loss", "relation_loss", "inplace_loss")
+                            if k in record)
             msg = (f"step {record['step']}/{self.total_steps} epoch {record['epoch']} "
                    f"loss {record.get('loss', float('nan')):.4f}{extra} lr {record['lr']:.3e} "
                    f"tok/s {record['tokens_per_s']:.0f} data-wait {100 * record['data_wait']:.1f}% "
