@@ -388,7 +388,8 @@ class Trainer:
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.writer is not None:
-            for key in ("loss", "rep_loss", "att_loss", "lr", "tokens_per_s"):
+            for key in ("loss", "rep_loss", "att_loss", "relation_loss", "inplace_loss", "lr",
+                        "tokens_per_s"):
                 if key in record:
                     self.writer.add_scalar(key, record[key], record["step"])
             for size, loss in record.get("loss_by_size", {}).items():
