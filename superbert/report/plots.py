@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -174,9 +175,12 @@ def plot_latency_vs_score(path: str | os.PathLike, data: LatencyScores) -> Path:
                  "fitness in the search; hollow: final score after further training)",
                  fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0.0, -0.11), borderaxespad=0)
-    fig.tight_layout()
+    # Long labels wrap, and the saved figure grows to hold the legend instead of squeezing the
+    # axes beside it.
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles, [textwrap.fill(label, 95, subsequent_indent="    ") for label in labels],
+              fontsize=8, loc="upper left", bbox_to_anchor=(0.0, -0.11), borderaxespad=0)
     path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=110)
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=110, bbox_inches="tight")
     return path
