@@ -185,11 +185,9 @@ def test_extractor_writes_a_complete_directory(supernet, tmp_path):
     (ARCH.replace("[32, 32]", "[48, 48]").replace("[2, 2]", "[2, 2]"), "qkv must be 16 x heads"),
 ])
 def test_extractor_bad_arch(supernet, tmp_path, arch, fragment):
-    out = tmp_path / "sub"
-    out.mkdir()
-    (out / "keep.txt").write_text("user file")
+    out = tmp_path / "sub"  # new: a bad arch leaves nothing, no folder and no staging
     assert_user_error(extractor(supernet, arch, out), fragment)
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_extractor_bad_model_dirs(supernet, tmp_path):
@@ -257,8 +255,8 @@ def test_extractor_refuses_foreign_files_without_force(supernet, tmp_path):
     out = tmp_path / "sub"
     out.mkdir()
     (out / "config.json").write_text('{"mine": true}\n')
-    assert_user_error(extractor(supernet, ARCH, out), "holds config.json that submodel_extractor "
-                                                      "did not write")
+    assert_user_error(extractor(supernet, ARCH, out), "holds config.json, which this script did "
+                                                      "not write; pass --force")
     assert (out / "config.json").read_text() == '{"mine": true}\n'
     assert sorted(p.name for p in out.iterdir()) == ["config.json"]
     res = extractor(supernet, ARCH, out, "--force")
