@@ -26,8 +26,8 @@ heads, Q/K/V 384, FFN 1536: only the hidden width is cut) measures, never traini
 
 (docs/measured/hidden_cuts_2026-12-07.md: the default orderings, 19 min on 2 shared cores.)
 Orderings: own (MiniLM's), magnitude / taylor (`growth.reorder`), magnitude-outliers-last
-(`growth.outlier_aware_scores`), magnitude-calibrated / taylor-calibrated (each width's copy
-with `growth.layernorm_gains` applied).
+(`hidden_cuts.outlier_aware_scores`), magnitude-calibrated / taylor-calibrated (each width's copy
+with `hidden_cuts.layernorm_gains` applied).
 
 The book tasks are made with `make_book_tasks.py --seed 42 --train_examples 2000 --dev_examples
 500` unless `--books` names them; the probes read their first --probe_train / --probe_dev.
@@ -49,10 +49,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from superbert.growth import (StreamOutliers, apply_layernorm_gains,  # noqa: E402
-                              apply_permutation, compute_permutation, importance_scores,
-                              layernorm_gains, outlier_aware_scores, stream_outliers,
-                              supernet_from_pretrained)
+from superbert.growth import (apply_permutation, compute_permutation,  # noqa: E402
+                              importance_scores, supernet_from_pretrained)
+from superbert.hidden_cuts import (StreamOutliers, apply_layernorm_gains,  # noqa: E402
+                                   layernorm_gains, outlier_aware_scores, stream_outliers)
 from superbert.hf import load_tokenizer  # noqa: E402
 from superbert.modeling import AutoTinyBertModel, SampleConfig  # noqa: E402
 from superbert.tasks.glue import GLUE, read_examples  # noqa: E402

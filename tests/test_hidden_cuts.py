@@ -1,11 +1,11 @@
-"""Outlier channels of the residual stream and per-width LayerNorm gains (growth.py)."""
+"""Outlier channels of the residual stream and per-width LayerNorm gains (hidden_cuts.py)."""
 import pytest
 import torch
 
 from superbert.errors import UserError
-from superbert.growth import (Importance, StreamOutliers, apply_layernorm_gains,
-                              compute_permutation, layernorm_gains, outlier_aware_scores,
-                              stream_outliers)
+from superbert.growth import Importance, compute_permutation
+from superbert.hidden_cuts import (StreamOutliers, apply_layernorm_gains, layernorm_gains,
+                                   outlier_aware_scores, stream_outliers)
 from superbert.modeling import AutoTinyBertForMaskedLM, SampleConfig
 from tests.helpers import tiny_config
 
