@@ -22,6 +22,12 @@ def scaled_tolerance(reference: torch.Tensor, rel: float = REL_TOL) -> float:
     return rel * max(1.0, float(reference.detach().abs().max()))
 
 
+def same_float(a: float, b: float, rel: float = REL_TOL) -> bool:
+    """Two float32 scalars (a loss summed over ranks or parts in another order) agree to
+    rounding scaled to their magnitude."""
+    return abs(a - b) <= rel * max(1.0, abs(a), abs(b))
+
+
 def max_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     """Largest elementwise difference, computed in float64 so the check adds no rounding."""
     return float((a.detach().double() - b.detach().double()).abs().max())

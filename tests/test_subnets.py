@@ -17,8 +17,8 @@ from superbert.arch import SearchSpace
 from superbert.errors import UserError
 from superbert.pretraining.config import PretrainConfig
 from superbert.pretraining.sampling import step_archs
-from tests.helpers import make_tiny_supernet, tiny_config
-from tests.test_distributed import free_port
+from tests.helpers import make_tiny_supernet, same_float, tiny_config
+from tests.test_distributed import assert_same_state, train_one_and_two_ranks
 from tests.test_pretraining import (ROOT, SEQ, _final, _same, args, log_of, no_dropout,  # noqa: F401
                                     run_dir, save_teacher, work, write_corpus)
 
@@ -158,27 +158,13 @@ def test_two_gloo_ranks_equal_one_rank_with_twice_the_batch(tmp_path):
               "--learning_rate", "1e-3", "--adam_epsilon", "1e-6", "--warmup_steps", "2",
               "--logging_steps", "1", "--num_workers", "0", "--no_progress", "--do_lower_case",
               "--threads", "1"]
-    one, two = tmp_path / "one", tmp_path / "two"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = subprocess.Popen([sys.executable, "pre_training.py", *common, "--cache_dir", str(one),
-                               "--train_batch_size", "8"], cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                            "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-                            "pre_training.py", *common, "--cache_dir", str(two),
-                            "--train_batch_size", "4"],
-                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    out, _ = single.communicate(timeout=300)
-    assert single.returncode == 0, out[-3000:]
-    assert multi.returncode == 0, (multi.stdout + multi.stderr)[-3000:]
+    one, two = train_one_and_two_ranks(common, tmp_path)
     log1, log2 = log_of(one), log_of(two)
     assert [r["step"] for r in log1] == [r["step"] for r in log2] == list(range(1, 9))
     for a, b in zip(log1, log2):
-        assert abs(a["relation_loss"] - b["relation_loss"]) < 1e-5, (a, b)
+        assert same_float(a["relation_loss"], b["relation_loss"]), (a, b)
         assert a["arch"] == b["arch"] and len(a["arch"]) == 3
         assert b["rank_archs"][0] == b["rank_archs"][1] == b["arch"]
     w1 = torch.load(run_dir(one) / "epoch_0" / "pytorch_model.bin", weights_only=True)
     w2 = torch.load(run_dir(two) / "epoch_0" / "pytorch_model.bin", weights_only=True)
-    assert w1.keys() == w2.keys()
-    worst = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
-    assert worst < 1e-5, worst
+    assert_same_state(w1, w2)
