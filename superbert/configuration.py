@@ -19,8 +19,10 @@ class AutoTinyBertConfig(PretrainedConfig):
     fit_size: output width of `dense_fit`, the projection of the last hidden state onto the
         KD teacher's width; None for models trained without a teacher.
     classifier_pooling: what the sequence classifier reads: "cls", BERT's pooler over the
-        [CLS] vector, or "mean", the mean of the last layer's token vectors over the attention
-        mask (what sentence-embedding models such as all-MiniLM-L6-v2 were trained to give).
+        [CLS] vector, "mean", the mean of the last layer's token vectors over the attention
+        mask (what sentence-embedding models such as all-MiniLM-L6-v2 were trained to give), or
+        "pair", [mean of segment A, mean of segment B, |A - B|, A * B] (token types 0 and 1;
+        B is zeros for a single sentence), 4 x hidden features for sentence-pair tasks.
     """
 
     model_type = "autotinybert"

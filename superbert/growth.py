@@ -528,7 +528,11 @@ def apply_permutation(model: AutoTinyBertPreTrainedModel, perm: Permutation) -> 
         norm(transform.LayerNorm, hid)
         model.tie_mlm_decoder()
     elif isinstance(model, AutoTinyBertForSequenceClassification):
-        cols(model.classifier.weight, hid)  # reads the pooler output, permuted above
+        # It reads hidden features (the pooler's output, permuted above, or token means): each
+        # of its hidden-wide column blocks (4 for "pair" pooling) is permuted alike.
+        D = model.config.hidden_size
+        cols(model.classifier.weight,
+             torch.cat([hid + k * D for k in range(model.classifier.in_features // D)]))
     elif isinstance(model, AutoTinyBertForQuestionAnswering):
         cols(model.qa_outputs.weight, hid)
 

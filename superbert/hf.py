@@ -392,8 +392,8 @@ def _config_json(config: AutoTinyBertConfig, model: AutoTinyBertPreTrainedModel)
     data = config_to_json_dict(config)
     data["architectures"] = [type(model).__name__]
     if config.qkv_size == config.hidden_size and config.classifier_pooling == "cls":
-        # Identical maths to transformers' own BERT: a plain `bert` checkpoint. (A mean-pooling
-        # classifier is not BertForSequenceClassification, so it keeps our classes.)
+        # Identical maths to transformers' own BERT: a plain `bert` checkpoint. (A mean- or
+        # pair-pooling classifier is not BertForSequenceClassification: it keeps our classes.)
         data["model_type"] = "bert"
         data["architectures"] = [type(model).__name__.replace("AutoTinyBert", "Bert")]
     else:

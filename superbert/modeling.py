@@ -468,7 +468,9 @@ class AutoTinyBertForMaskedLM(AutoTinyBertPreTrainedModel):
         return F.cross_entropy(logits.float(), labels.view(-1)[where])
 
 
-CLASSIFIER_POOLINGS = ("cls", "mean")
+CLASSIFIER_POOLINGS = ("cls", "mean", "pair")
+# How many hidden-wide blocks each pooling hands the classifier (its input is blocks x hidden).
+POOLED_BLOCKS = {"cls": 1, "mean": 1, "pair": 4}
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -479,26 +481,63 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torc
     return (hidden * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1.0)
 
 
+def pair_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None,
+              token_type_ids: torch.Tensor | None) -> torch.Tensor:
+    """[a, b, |a - b|, a * b] (4 x hidden wide): a is the mean of segment A's token vectors
+    (token type 0: [CLS], the first sentence and its [SEP]), b the mean of segment B's (token
+    type 1), each over the tokens the mask keeps.
+
+    Why: narrow-hidden slices of a weight-sharing supernet lose a sentence pair under the plain
+    token mean, while both sentences survive in their own means (docs/measured/
+    hidden_cuts_2026-12-07.md). With no second segment (a single sentence, or no
+    token_type_ids) b is zeros, so the features are [a, 0, |a|, 0] and the head still works.
+    """
+    keep = (torch.ones(hidden.shape[:2], dtype=hidden.dtype, device=hidden.device)
+            if attention_mask is None else attention_mask.to(hidden.dtype))
+    if token_type_ids is None:
+        a, b = mean_pool(hidden, keep), torch.zeros_like(hidden[:, 0])
+    else:
+        a = mean_pool(hidden, keep * (token_type_ids == 0).to(hidden.dtype))
+        b = mean_pool(hidden, keep * (token_type_ids == 1).to(hidden.dtype))
+    return torch.cat([a, b, (a - b).abs(), a * b], dim=-1)
+
+
 class AutoTinyBertForSequenceClassification(AutoTinyBertPreTrainedModel):
+    """Encoder + a linear classifier over `config.classifier_pooling`'s features: BERT's [CLS]
+    pooler ("cls"), the token mean ("mean"), or the segment features of `pair_pool` ("pair").
+
+    A "pair" classifier reads 4 blocks of hidden features; a slice of hidden d keeps the first d
+    columns of each block (not the first 4d), so it reads the sub-model's own 4 x d features.
+    """
+
     def __init__(self, config: AutoTinyBertConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.bert = AutoTinyBertModel(config)
         p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
         self.dropout = nn.Dropout(p)
-        self.classifier = SuperLinear(config.hidden_size, config.num_labels)
+        if config.classifier_pooling not in POOLED_BLOCKS:
+            raise ValueError(f"classifier_pooling {config.classifier_pooling!r} is not one of "
+                             f"{', '.join(CLASSIFIER_POOLINGS)}")
+        self.pooled_blocks = POOLED_BLOCKS[config.classifier_pooling]
+        self.classifier = SuperLinear(self.pooled_blocks * config.hidden_size, config.num_labels)
         self.post_init()
 
     def set_head_sample(self, s: SampleConfig) -> None:
-        self.classifier.set_sample(s.hidden, self.classifier.out_features)
+        blocks = self.pooled_blocks
+        self.classifier.set_sample(blocks * s.hidden, self.classifier.out_features,
+                                   in_groups=blocks if blocks > 1 else 0)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 return_dict: bool | None = None, **kwargs: Any):
         out = self.bert(input_ids, attention_mask, token_type_ids, position_ids)
-        if self.config.classifier_pooling == "mean":
+        pooling = self.config.classifier_pooling
+        if pooling == "mean":
             pooled = mean_pool(out.last_hidden_state, attention_mask)
+        elif pooling == "pair":
+            pooled = pair_pool(out.last_hidden_state, attention_mask, token_type_ids)
         else:
             pooled = out.pooler_output
         logits = self.classifier(self.dropout(pooled))

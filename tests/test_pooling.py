@@ -127,5 +127,5 @@ def test_unknown_pooling_in_a_config_is_one_user_error(tmp_path):
     config = json.loads((supernet_dir / "config.json").read_text())
     config["classifier_pooling"] = "max"
     (supernet_dir / "config.json").write_text(json.dumps(config))
-    with pytest.raises(UserError, match="'classifier_pooling' is 'max', not one of cls, mean"):
+    with pytest.raises(UserError, match="'classifier_pooling' is 'max', not one of cls, mean, pair"):
         load_model(supernet_dir, AutoTinyBertForSequenceClassification)

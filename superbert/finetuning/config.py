@@ -213,10 +213,13 @@ class RunConfig:
                                              "optimizer steps; default: per task" + PER_TASK_HELP)
     pooling: str | None = flag(None, choices=CLASSIFIER_POOLINGS,
                                help="what a sentence(-pair) classifier reads: cls (BERT's pooler "
-                                    "over [CLS]) or mean (the mean of the last layer's tokens; "
+                                    "over [CLS]), mean (the mean of the last layer's tokens; "
                                     "better for slices of sentence-embedding models such as "
-                                    "all-MiniLM-L6-v2). Saved with --save_best_model. Default: "
-                                    "the model's classifier_pooling, else cls")
+                                    "all-MiniLM-L6-v2) or pair ([mean of sentence A, mean of "
+                                    "sentence B, |A-B|, A*B]; keeps sentence pairs apart in "
+                                    "narrow slices; B is zeros for one sentence). Saved with "
+                                    "--save_best_model. Default: the model's "
+                                    "classifier_pooling, else cls")
     eval_batch_size: int = flag(32, type=int)
     weight_decay: float = flag(0.01, "--weight_decay", "--wd", type=float,
                                help="BertAdam weight decay (not on biases / LayerNorm); "

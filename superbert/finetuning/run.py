@@ -47,6 +47,10 @@ from .setup import (EVAL_RESULTS_FILE, RESULTS_FILE, check_sequence_lengths, for
 
 logger = logging.getLogger(__name__)
 
+# What a classifier reads, by `classifier_pooling`, for the run's first log line.
+POOLING_WORDS = {"cls": "the [CLS] pooler", "mean": "the mean of the tokens",
+                 "pair": "[mean A, mean B, |A-B|, A*B] of the two segments"}
+
 
 def completed_jobs(path: Path, config: Any, seeds: tuple[int, ...]) -> set[Job]:
     """The (arch, task, seed) jobs that hold a complete block in `path` (the existing reader:
@@ -136,7 +140,7 @@ def run(cfg: RunConfig) -> list[TaskResult]:
     logger.info("evaluating %d jobs (%d arch(s) x %d task(s) x %d seed(s))%s on %s "
                 "(%s scheme; classifiers read %s)", len(jobs), len(archs), len(cfg.tasks),
                 len(cfg.seeds), where, device, config.attention_scheme.upper(),
-                "the mean of the tokens" if pooling == "mean" else "the [CLS] pooler")
+                POOLING_WORDS[pooling])
     if skipped:
         logger.info("%d of %d jobs already have results in %s: skipped", skipped,
                     len(todo) + skipped, results_file)
