@@ -1,10 +1,10 @@
 """Train the latency predictor on a latency dataset and save `time.pt` (or list candidates).
 
-Training (default): the original MLP on [hidden, layers, mean FFN, mean qkv] (`--predictor
-cost`: a non-negative per-layer cost model on the same features, fitted in milliseconds, usually
-more accurate on a few hundred archs); seeded 80/10/10 split; prints RMSE (ms), MAPE and
-Kendall tau on the test split beside a FLOPs-proportional baseline fitted on the training
-split. Several datasets of one backend and protocol can be given (`--lat_dataset_path A B`);
+Training (default): a non-negative per-layer cost model on [hidden, layers, mean FFN, mean qkv],
+fitted in milliseconds into a 4 KB time.pt (`--predictor mlp`: the original's MLP on the same
+features, 4-2000x4-1, minutes on 2 cores and a 48 MB time.pt, stopped early on the validation
+split); seeded 80/10/10 split; prints RMSE (ms), MAPE and Kendall tau on the test split beside a
+FLOPs-proportional baseline fitted on the training split. Several datasets of one backend and protocol can be given (`--lat_dataset_path A B`);
 the backend they were timed with (torch / onnxruntime / onnxruntime-int8) is saved in time.pt,
 and datasets of different backends are refused. `--get_candidates` lists the archs whose
 predicted latency meets `--latency_constraint` (the original's candidate mode; searcher.py
@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> None:
                                            cfg.plot, progress=not cfg.no_progress)
     print(f"split train/valid/test: {report.train.n}/{report.valid.n}/{report.test.n} archs; "
           f"trained in {report.seconds:.1f} s")
+    if report.early_stop is not None:
+        print(f"MLP {report.early_stop.line()}")
     name = "MLP predictor " if cfg.predictor == "mlp" else "cost model    "
     print(f"predictor: {predictor.describe()}")
     print(f"test  {name}: {report.test.line()}")

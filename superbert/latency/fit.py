@@ -1,8 +1,11 @@
-"""Fitting a latency predictor: the original's recipe, the split, the metrics, the plot.
+"""Fitting a latency predictor: the recipes, the split, the metrics, the plot.
 
-The MLP is trained as the original: Adam 1e-5, 5000 steps of 128 random training examples, MSE
-on ms / 200; seeded here. The cost model is fitted in closed form. Both are scored on a seeded
-80/10/10 split beside a FLOPs-proportional baseline fitted on the same training split.
+The default predictor is the cost model (`CostModel`), fitted in closed form on the training
+split in milliseconds. The original's MLP (`--predictor mlp`) is trained with the original's
+recipe: Adam 1e-5, up to 5000 steps of 128 random training examples, MSE on ms / 200; seeded
+here, and stopped early on the validation split (its loss is checked every 100 steps, the best
+checkpoint kept, training stopped after `patience` checks without a better one). Both are scored
+on a seeded 80/10/10 split beside a FLOPs-proportional baseline fitted on the same training split.
 
 Several datasets can be fitted on together (`--lat_dataset_path A B`, e.g. two sweeps of one
 machine): they must agree on the backend, protocol, scheme and reference, else one error says
@@ -63,7 +66,7 @@ def regression_metrics(pred: np.ndarray, true: np.ndarray) -> Metrics:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    predictor: str = "mlp"  # the original MLP, or "cost": CostModel
+    predictor: str = "cost"  # CostModel, or "mlp": the original's MLP
     feature_dim: int = 4
     hidden_dim: int = 2000
     hidden_layer_num: int = 3
@@ -73,7 +76,8 @@ class TrainConfig:
     feature_norm: tuple[float, ...] = FEATURE_NORM
     lat_norm: float = LATENCY_NORM
     seed: int = 0
-    log_every: int = 100
+    log_every: int = 100  # MLP: steps between validation checks (the original's log interval)
+    patience: int = 10  # MLP: checks without a better validation loss before stopping; 0: never
 
     def __post_init__(self) -> None:
         if self.feature_dim != 4:
@@ -87,9 +91,33 @@ class TrainConfig:
         if self.predictor not in PREDICTOR_KINDS:
             raise UserError(f"--predictor must be one of {', '.join(PREDICTOR_KINDS)}, got "
                             f"{self.predictor!r}")
-        for name in ("hidden_dim", "train_steps", "bsz"):
+        for name in ("hidden_dim", "train_steps", "bsz", "log_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name} must be at least 1")
+        if self.patience < 0:
+            raise UserError(f"--patience must be 0 (never stop early) or more, got {self.patience}")
+
+
+@dataclass(frozen=True)
+class EarlyStop:
+    """How an MLP fit ended: the step whose validation loss was best (its weights are the ones
+    kept), the last step trained, and whether it stopped before `train_steps`."""
+
+    best_step: int
+    best_valid_loss: float
+    last_step: int
+    train_steps: int
+    patience: int
+
+    @property
+    def stopped(self) -> bool:
+        return self.last_step < self.train_steps
+
+    def line(self) -> str:
+        end = (f"stopped at step {self.last_step} of {self.train_steps} (no better validation "
+               f"loss in {self.patience} checks)" if self.stopped
+               else f"ran all {self.train_steps} steps")
+        return f"{end}; kept step {self.best_step} (validation loss {self.best_valid_loss:.4g})"
 
 
 @dataclass
@@ -104,6 +132,7 @@ class TrainReport:
     test_pred: np.ndarray
     test_flops_pred: np.ndarray
     seconds: float
+    early_stop: EarlyStop | None = None  # the MLP's
 
 
 def split_indices(n: int, seed: int, fractions: tuple[float, float] = (0.8, 0.1)) -> tuple[np.ndarray, ...]:
@@ -118,33 +147,54 @@ def split_indices(n: int, seed: int, fractions: tuple[float, float] = (0.8, 0.1)
 
 
 def _train_mlp(X: torch.Tensor, Y: torch.Tensor, tr: np.ndarray, va: np.ndarray, cfg: TrainConfig,
-               rng: random.Random, progress: bool) -> LatencyMLP:
-    """The original's recipe: Adam, MSE on ms / lat_norm, random batches of the training split."""
+               rng: random.Random, progress: bool) -> tuple[LatencyMLP, EarlyStop]:
+    """The original's recipe (Adam, MSE on ms / lat_norm, random batches of the training split),
+    checked on the validation split every `log_every` steps: the best checkpoint is kept, and
+    training stops after `patience` checks without a better one (0: runs every step)."""
     model = LatencyMLP(cfg.feature_dim, cfg.hidden_dim, cfg.hidden_layer_num)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     loss_fn = nn.MSELoss()
     train_list = tr.tolist()
-    bar = Progress(cfg.train_steps, "training predictor", unit="step", enabled=progress,
-                   logger=logger)
-    for step in bar.track(range(cfg.train_steps)):
-        batch = rng.sample(train_list, min(cfg.bsz, len(train_list)))
-        model.train()
-        loss = loss_fn(model(X[batch]).squeeze(-1), Y[batch])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if len(va) and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.train_steps):
+    best_loss, best_step, best_state, since_best = float("inf"), 0, None, 0
+    step = 0
+    with Progress(cfg.train_steps, "training predictor", unit="step", enabled=progress,
+                  logger=logger) as bar:
+        while step < cfg.train_steps:
+            batch = rng.sample(train_list, min(cfg.bsz, len(train_list)))
+            model.train()
+            loss = loss_fn(model(X[batch]).squeeze(-1), Y[batch])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            bar.update()
+            if step % cfg.log_every and step != cfg.train_steps:
+                continue
             model.eval()
             with torch.no_grad():
                 vloss = loss_fn(model(X[va]).squeeze(-1), Y[va]).item()
-            bar.set_postfix(train_loss=f"{loss.item():.3g}", valid_loss=f"{vloss:.3g}")
-    return model
+            if vloss < best_loss:
+                best_loss, best_step, since_best = vloss, step, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                since_best += 1
+            bar.set_postfix(train_loss=f"{loss.item():.3g}", valid_loss=f"{vloss:.3g}",
+                            best=f"{best_loss:.3g}@{best_step}")
+            if cfg.patience and since_best >= cfg.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    stop = EarlyStop(best_step, best_loss, step, cfg.train_steps, cfg.patience)
+    logger.info("MLP %s", stop.line())
+    return model, stop
 
 
 def train_predictor(archs: Sequence[Arch], ms: np.ndarray, cfg: TrainConfig = TrainConfig(),
                     base_latency_ms: float | None = None, scheme: str | Scheme | None = None,
-                    meta: dict[str, Any] | None = None,
-                    progress: bool = True) -> tuple[LatencyPredictor, TrainReport]:
+                    meta: dict[str, Any] | None = None, progress: bool = True,
+                    seq_len: int = 128) -> tuple[LatencyPredictor, TrainReport]:
+    """Fit `cfg.predictor` on the training split; score it on all three splits beside the FLOPs
+    baseline, which counts FLOPs at the timed sequence length `seq_len`."""
     if len(archs) < 10:
         raise UserError(f"the latency dataset holds {len(archs)} distinct archs; at least 10 are "
                         f"needed for a train/valid/test split")
@@ -155,23 +205,26 @@ def train_predictor(archs: Sequence[Arch], ms: np.ndarray, cfg: TrainConfig = Tr
     tr, va, te = split_indices(len(archs), cfg.seed)
     X = torch.tensor([a.features() for a in archs], dtype=torch.float32) / torch.tensor(cfg.feature_norm)
     Y = torch.tensor(ms / cfg.lat_norm, dtype=torch.float32)
+    stop = None
     if cfg.predictor == "cost":
         model = CostModel().fit(X[tr], Y[tr])
     else:
-        model = _train_mlp(X, Y, tr, va, cfg, rng, progress)
+        model, stop = _train_mlp(X, Y, tr, va, cfg, rng, progress)
     meta = dict(meta or {})
     meta.update(train_config=asdict(cfg))
+    if stop is not None:
+        meta["early_stop"] = asdict(stop)
     pred = LatencyPredictor(model, tuple(cfg.feature_norm), cfg.lat_norm, base_latency_ms,
                             scheme, meta)
     all_pred = pred.predict(archs)
-    flops = FlopsBaseline.fit([archs[i] for i in tr], ms[tr])
+    flops = FlopsBaseline.fit([archs[i] for i in tr], ms[tr], seq_len)
     test_archs = [archs[i] for i in te]
     flops_pred = flops.predict(test_archs)
     report = TrainReport(regression_metrics(all_pred[tr], ms[tr]),
                          regression_metrics(all_pred[va], ms[va]),
                          regression_metrics(all_pred[te], ms[te]),
                          regression_metrics(flops_pred, ms[te]), flops, test_archs, ms[te],
-                         all_pred[te], flops_pred, time.perf_counter() - start)
+                         all_pred[te], flops_pred, time.perf_counter() - start, stop)
     pred.meta["metrics"] = {"test": asdict(report.test), "valid": asdict(report.valid),
                             "flops_baseline_test": asdict(report.flops_test),
                             "split": [len(tr), len(va), len(te)]}
@@ -283,7 +336,9 @@ def train_from_dataset(dataset: str | os.PathLike | Sequence[str | os.PathLike],
     meta = {"dataset": named if len(datasets) > 1 else str(datasets[0]), "n_archs": len(archs),
             "timing": {k: sidecar[k] for k in ("machine", "protocol", "timing_subject", "base_arch",
                                                "runtime") if k in sidecar} if sidecar else None}
-    predictor, report = train_predictor(archs, ms, cfg, base_latency_ms, scheme, meta, progress)
+    seq_len = ((sidecar or {}).get("protocol") or {}).get("seq_len") or 128
+    predictor, report = train_predictor(archs, ms, cfg, base_latency_ms, scheme, meta, progress,
+                                        int(seq_len))
     predictor.backend = backend
     predictor.save(ckpt_path)
     if plot:
@@ -295,7 +350,7 @@ def train_from_dataset(dataset: str | os.PathLike | Sequence[str | os.PathLike],
 
 
 # ---- latency_predictor.py's flags ---------------------------------------------------------------
-MLP_ONLY = ("hidden_dim", "hidden_layer_num", "train_steps", "bsz", "lr")
+MLP_ONLY = ("hidden_dim", "hidden_layer_num", "train_steps", "bsz", "lr", "patience")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -317,16 +372,21 @@ class PredictorConfig(SpaceFlags):
         help=f"feature divisors (default {list(FEATURE_NORM)})")
     lat_norm: float | None = flag(None, type=float,
                                   help=f"latency divisor in ms (default {LATENCY_NORM:g})")
-    predictor: str = flag("mlp", choices=list(PREDICTOR_KINDS),
-                          help="mlp: the original's MLP; cost: least squares on per-layer cost "
-                               "terms (L*d*f, L*d*q, L*d, L*f, L*q, L, d, 1), exact enumeration "
-                               "on any grid")
+    predictor: str = flag("cost", choices=list(PREDICTOR_KINDS),
+                          help="cost: non-negative least squares on per-layer cost terms (L*d*f, "
+                               "L*d*q, L*d, L*f, L*q, L, d, 1), fitted in milliseconds, exact "
+                               "enumeration on any grid; mlp: the original's MLP (4-2000x4-1, "
+                               "minutes, a 48 MB time.pt), stopped early on the validation split")
     feature_dim: int | None = flag(None, type=int, help="default 4")
     hidden_dim: int | None = flag(None, type=int, help="default 2000")
     hidden_layer_num: int | None = flag(None, type=int, help="default 3")
     train_steps: int | None = flag(None, type=int, help="MLP only (default 5000)")
     bsz: int | None = flag(None, type=int, help="MLP only (default 128)")
     lr: float | None = flag(None, type=float, help="MLP only (default 1e-5)")
+    patience: int | None = flag(
+        None, type=int, help="MLP only: validation checks (every 100 steps) without a better "
+                             "loss before stopping, the best checkpoint kept; 0 runs every step "
+                             "(default 10)")
     seed: int = flag(0, type=int, help="split, initialisation and batches")
     base_latency: float | None = flag(
         None, type=float, help="BERT-base latency (ms) to record (default: the one measured in "
@@ -369,8 +429,8 @@ class PredictorConfig(SpaceFlags):
             return  # SearchConfig.candidates_of checks the rest
         given = [f"--{k}" for k in MLP_ONLY if getattr(self, k) is not None]
         if self.predictor == "cost" and given:
-            raise UserError(f"{', '.join(given)}: for --predictor mlp only (the cost model is "
-                            f"fitted in closed form)")
+            raise UserError(f"{', '.join(given)}: for --predictor mlp only (the default "
+                            f"predictor, the cost model, is fitted in closed form)")
         self.train_config()  # TrainConfig validates the recipe
 
     @property
@@ -378,7 +438,8 @@ class PredictorConfig(SpaceFlags):
         return Scheme.parse(self.model) if self.model else None
 
     def train_config(self) -> TrainConfig:
-        """The training recipe; flags left unset take TrainConfig's defaults (the original's)."""
+        """The training recipe; flags left unset take TrainConfig's defaults (the original's MLP
+        recipe, with early stopping)."""
         given = {k: getattr(self, k) for k in ("feature_dim", *MLP_ONLY)
                  if getattr(self, k) is not None}
         return TrainConfig(predictor=self.predictor,
