@@ -21,22 +21,23 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
 from ..arch import Arch, Scheme, SearchSpace, SupernetSpaceFlags, validate_arch
 from ..cli import flag, progress_seconds
-from ..configuration import AutoTinyBertConfig
 from ..deploy import require_onnx
 from ..errors import UserError
-from ..hf import load_config, read_config_json, resolve_model_dir
 from ..io import append_text_durably, atomic_write_text, read_json
 from ..outputs import Output, json_object, latency_lines
 from ..progress import Progress, Tick
 from ..timing_protocol import TIMING_TOKEN_ID, TimingProtocol, check_backend
 from .checks import record_field
 from .timing import BERT_BASE, Drift, Timer, machine_info
+
+if TYPE_CHECKING:
+    from ..configuration import AutoTinyBertConfig
 
 logger = logging.getLogger(__name__)
 
@@ -305,6 +306,9 @@ def load_supernet_config(bert_model: str | None, scheme: str | Scheme | None = N
     30522). The scheme is the requested one (--mlm/--kd), else the one saved in config.json,
     else KD (the original's default timing path); a contradiction is an error.
     """
+    from ..configuration import AutoTinyBertConfig  # transformers: imported when needed
+    from ..hf import load_config, read_config_json, resolve_model_dir
+
     if bert_model is None:
         return AutoTinyBertConfig(), Scheme.resolve(None, scheme, default=Scheme.KD), "default"
     model_dir = resolve_model_dir(bert_model)

@@ -22,23 +22,24 @@ import os
 import platform
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-try:  # transformers >= 5
-    from transformers.initialization import no_init_weights
-except ImportError:  # pragma: no cover - transformers 4.x
-    from transformers.modeling_utils import no_init_weights
-
 from ..arch import Arch, Scheme, arch_of_config
 from ..deploy import OnnxTimingBackend
 from ..errors import UserError
-from ..modeling import AutoTinyBertModel, sub_config
 from ..progress import Progress
 from ..timing_protocol import TIMING_TOKEN_ID, Timing, TimingProtocol
+
+if TYPE_CHECKING:
+    from ..modeling import AutoTinyBertModel
+
+# The model (and transformers under it) is imported where a model is built: fitting a predictor
+# and searching with one import this package without building any, and transformers takes
+# seconds to import (latency_predictor.py's whole run was ~60% import on a loaded 2-core VM).
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,12 @@ class RandomWeights:
 
     @torch.no_grad()
     def build(self, config: Any) -> AutoTinyBertModel:
+        from ..modeling import AutoTinyBertModel
+        try:  # transformers >= 5
+            from transformers.initialization import no_init_weights
+        except ImportError:  # pragma: no cover - transformers 4.x
+            from transformers.modeling_utils import no_init_weights
+
         with no_init_weights():  # parameters left uninitialised; every one is filled below
             model = AutoTinyBertModel(config)
         for module in model.modules():
@@ -110,6 +117,8 @@ class Timer:
 
     def _supernet_for(self, arch: Arch) -> AutoTinyBertModel:
         """The sliced supernet (original protocol), grown to hold `arch` (e.g. BERT-base)."""
+        from ..modeling import sub_config
+
         cfg = self.config
         need = Arch(max(arch.layers, cfg.num_hidden_layers), max(arch.hidden, cfg.hidden_size),
                     cfg.num_attention_heads, max(arch.qkv, cfg.qkv_size),
@@ -123,6 +132,8 @@ class Timer:
 
     def build(self, arch: Arch) -> nn.Module:
         """The model whose forward is timed, already set to `arch`."""
+        from ..modeling import sub_config
+
         if self.protocol.subject == "supernet":
             model = self._supernet_for(arch)
             model.set_sample_config(arch)

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from ..arch import FINE_STEPS, ORIGINAL_STEPS, Arch, Scheme, SearchSpace, SpaceFlags, write_arch_file
 from ..cli import flag
 from ..errors import UserError
-from ..hf import load_config, resolve_model_dir
 from ..latency import LatencyPredictor, PredictorConfig, load_supernet_config
 from ..latency.checks import check_positive
 from ..outputs import Output, arch_lines, json_object, png
@@ -168,6 +167,8 @@ def build_space(cfg: SearchConfig, scheme: Scheme) -> SearchSpace:
     ranges, steps = cfg.space_ranges(), cfg.steps()
     if not cfg.bert_model:
         return SearchSpace(scheme=scheme, **ranges, **steps)
+    from ..hf import load_config, resolve_model_dir  # transformers: only with a supernet
+
     config = load_config(resolve_model_dir(cfg.bert_model), scheme)
     space = SearchSpace.for_supernet(config, scheme, **ranges, **steps)
     space.validate_against(config)
