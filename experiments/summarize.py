@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--default_further",
                    help="the default-ratio arch's further-trained model (parameters through "
                         "transformers; held-out MLM loss with --heldout_data)")
+    p.add_argument("--supernet_stage_results", nargs=2, metavar=("BEFORE", "AFTER"),
+                   help="subbert.results of the chosen (and default-ratio) arch scored on the "
+                        "supernet's starting point and on the trained supernet: one line each "
+                        "on what the supernet stage did")
+    p.add_argument("--supernet_stage_note", default="",
+                   help="what the supernet stage was, for that line (e.g. its steps)")
     p.add_argument("--heldout_data", help="generate_data.py output of the held-out chapters")
     p.add_argument("--max_seq_length", type=int, default=128)
     p.add_argument("--heldout_sequences", type=int, default=None,
@@ -198,6 +204,8 @@ def main(argv: list[str] | None = None) -> None:
                             default_final_results=args.default_final_results,
                             default_further=args.default_further,
                             deployed_results=args.deployed_results,
+                            stage_results=args.supernet_stage_results,
+                            stage_note=args.supernet_stage_note,
                             threads=args.threads, infer_cnt=args.infer_cnt,
                             plot=out / "search_progress.png",
                             latency_plot=out / "latency_vs_score.png", extra_plots=args.plots)

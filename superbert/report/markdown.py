@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Sequence
 from ..arch import Arch
 from .chance import COLLAPSE_SHARE, TaskLevels
 from .models import DevPredictions
+from .stage_effect import stage_effect_lines
 from .timing import DEPLOY_BACKENDS, RUNTIME_OF_BACKEND
 
 if TYPE_CHECKING:  # summary.py imports this module
@@ -121,6 +122,8 @@ def format_summary(s: Summary, links_from: str | os.PathLike | None = None) -> s
               + f" | {s.chosen['fitness']:.2f} |", ""]
     if s.levels:
         lines += _levels_table(s.levels) + [""]
+    if s.supernet_stage:
+        lines += stage_effect_lines(s.supernet_stage, s.supernet_stage_note or "", s.levels) + [""]
     if s.params_transformers is not None:
         lines += [f"Loaded with transformers as `{s.transformers_class}` "
                   f"(`trust_remote_code=True`): {s.params_transformers:,} encoder parameters.", ""]

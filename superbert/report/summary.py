@@ -29,6 +29,7 @@ from .markdown import format_summary
 from .models import (DevPredictions, final_evaluation, heldout_mlm_loss,
                      load_with_transformers)
 from .plots import LatencyScores, latency_scores, plot_latency_vs_score, plot_search_progress
+from .stage_effect import StageEffect, stage_effect
 from .timing import Deployment, deployment, measure_latencies
 
 
@@ -58,6 +59,8 @@ class Summary:
     deployed: Deployment | None = None  # the chosen arch through ONNX Runtime
     latency_vs_score: LatencyScores | None = None  # every evaluated arch, see `plots`
     latency_plot: str | None = None  # its figure
+    supernet_stage: list[StageEffect] | None = None  # slices before -> after the stage
+    supernet_stage_note: str | None = None  # what the stage was (steps, recipe)
 
     @property
     def predicted_speedup(self) -> float | None:
@@ -122,14 +125,18 @@ def build_summary(results_file: str | os.PathLike, generation_files: Sequence[st
                   default_arch: Arch | None = None,
                   default_final_results: str | os.PathLike | None = None,
                   default_further: str | os.PathLike | None = None,
-                  deployed_results: str | os.PathLike | None = None) -> Summary:
+                  deployed_results: str | os.PathLike | None = None,
+                  stage_results: tuple[str, str] | None = None,
+                  stage_note: str | None = None) -> Summary:
     """Gather everything the summary shows; see the module docstring.
 
     `task_data` maps tasks to their data directories (for chance and majority-class rates and
     the predicted-class check); `default_arch` is the default-ratio arch to compare with
     (`search.baseline.matching_default_arch`), with its own final results and further-trained
     model when given; `deployed_results` the ONNX Runtime scores of the chosen arch's
-    fine-tuned model (`deployment`). `plot` and `latency_plot` are where the search-progress
+    fine-tuned model (`deployment`); `stage_results` the same archs scored on the supernet's
+    starting point and on the trained supernet (`stage_effect`: the chosen arch and the
+    default-ratio arch, the narrow-hidden one, when those files hold them). `plot` and `latency_plot` are where the search-progress
     and the fitness-against-latency figures go; the latter draws the latency window the last
     generation file records (`search.window.read_window`) when it does."""
     task_data = {canonical_task(t): str(d) for t, d in (task_data or {}).items()}
@@ -217,6 +224,12 @@ def build_summary(results_file: str | os.PathLike, generation_files: Sequence[st
     if latency_plot is not None:
         latency_plot = str(plot_latency_vs_score(latency_plot, scores))
         plots.append(latency_plot)
+    stage = None
+    if stage_results is not None:
+        roles = {chosen.arch.short(): "chosen"}
+        if default_arch is not None and default_arch != chosen.arch:
+            roles[default_arch.short()] = f"default ratios, hidden {default_arch.hidden}"
+        stage = stage_effect(*stage_results, roles)
     return Summary(
         chosen={"arch": str(chosen.arch), "generation": chosen.generation,
                 "scores": chosen.scores, "fitness": chosen.fitness,
@@ -235,7 +248,8 @@ def build_summary(results_file: str | os.PathLike, generation_files: Sequence[st
         measured_bert_base_ms=bert_base_ms,
         final_flags=final.flags if final else None,
         final_predictions=final.predictions if final else None, default=default,
-        deployed=deployed, latency_vs_score=scores, latency_plot=latency_plot)
+        deployed=deployed, latency_vs_score=scores, latency_plot=latency_plot,
+        supernet_stage=stage, supernet_stage_note=stage_note)
 
 
 def write_summary(summary: Summary, output_dir: str | os.PathLike) -> tuple[Path, Path]:
