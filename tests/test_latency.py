@@ -498,3 +498,19 @@ def test_scheme_flag_contradicting_the_supernet_exits_2(dataset, tmp_path, capsy
     err = capsys.readouterr().err
     assert "KD" in err and "MLM" in err
     assert not (tmp_path / "lat.tmp").exists()
+
+
+def test_defaults_bench_runs_on_a_synthetic_dataset(tmp_path, capsys):
+    """bench_latency_predictor.py --defaults (the script's defaults beside the FLOPs baseline)
+    on its synthetic dataset, so the bench cannot rot."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_latency_predictor",
+                                                  ROOT / "bench" / "bench_latency_predictor.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--defaults", "--synthetic", "--no_mlp", "--sizes", "30", "--split_seeds", "3",
+                "--out_dir", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert "default (cost model)" in printed and "FLOPs baseline" in printed
+    assert "over 3 split seeds" in printed and "load average" in printed
+    assert LatencyPredictor.load(tmp_path / "archs30" / "time.pt").kind == "cost"
