@@ -88,8 +88,8 @@ main() {
     # (mean pooling, 150 fine-tuning steps, one seed): L3/d384/q252/f832 scores 40.0% as a plain
     # MiniLM slice, 63-65.5% reordered; 150 KD steps at lr 1e-4 then pull it back to ~40%
     # (even MiniLM's full arch drops from 65% to 52.5%), at 2e-5 they keep it (63%).
-    PRETRAIN_STEPS=100; PRETRAIN_BATCH=16; PRETRAIN_LR=2e-5
-    GROW=(--reorder --reorder_importance magnitude)
+    PRETRAIN_STEPS=100; PRETRAIN_BATCH=16; PRETRAIN_LR=2e-5; PRETRAIN_RECIPE=()
+    GROW=(--reorder_importance magnitude)  # the reorder stage's measure
     SPEEDUP=3; LAT_WINDOW=(0.85 1.1); GEN_SIZE=6           # 3x MiniLM's speed
     LAT_ARCHS=100  # the per-layer cost model has few coefficients: 100 timed archs fit it
     # Proxy fine-tuning of inherited slices (sst-2, squad1), one dev evaluation at the end, lr
@@ -97,6 +97,8 @@ main() {
     # final fine-tuning: 40 proxy steps are far too few for a pair task (all 18 proxies of a run
     # scored 30.0-33.5%, chance 33.3), so it would add 40% to the search's cost and only noise.
     EVAL_STEPS=40; EVAL_BATCH=12; EVAL_TRAIN=2000; EVAL_LR=1e-4
+    # The supernet stage's effect (summary): SST-2-style 40 steps, the MNLI-style pair task 100.
+    STAGE_STEPS="40 100"
     # Final fine-tuning (sst-2, mnli). A chosen L3/d320 arch on the MNLI-style task, seeds 42 / 1:
     # lr 1e-4: 40.0 / 52.0% after 150 steps, 48.0 / 86.0% after 300; lr 5e-5: 44.0 / 40.0%,
     # then 52.5 / 45.0%. SST-2-style is done by step 100.
@@ -117,6 +119,7 @@ main() {
     if [[ "$SCHEME" == kd ]]; then SPACE=(--qkv_size_space 96 "$QKV"); else SPACE=(--head_num_space 1 "$HEADS"); fi
     SPACE+=(--layer_num_space 1 "$LAYERS" --hidden_size_space 64 128 --intermediate_size_space 128 "$FFN")
     PRETRAIN_STEPS=300; PRETRAIN_BATCH=32; PRETRAIN_LR=1e-3  # ~93% of an epoch of the training chapters
+    PRETRAIN_RECIPE=()
     GROW=()
     SPEEDUP=2; LAT_WINDOW=(0.85 1.1); GEN_SIZE=4           # speedup vs the base arch (the full supernet)
     # Proxy fine-tuning per arch and task. The per-task learning rates of the original (2e-5 to
@@ -143,7 +146,7 @@ main() {
     PRETRAIN_STEPS=30; PRETRAIN_BATCH=8
     LAT_ARCHS=40; LAT_PASSES=1; LAT_RUNS=3  # (also the summary's timed forwards per arch)
     SPEEDUP=1.5; LAT_WINDOW=(0.5 1.5); GEN_SIZE=3            # a wide window: the grid is tiny
-    EVAL_STEPS=3; EVAL_BATCH=8; EVAL_TRAIN=48
+    EVAL_STEPS=3; EVAL_BATCH=8; EVAL_TRAIN=48; STAGE_STEPS=3
     # 100 further steps (~3 s at this size): after 30 the held-out loss of some archs had barely
     # moved (7.12 -> 7.08 here, 7.12 -> 7.15 on a CI machine); after 100 every arch tried: 6.7-6.8
     FURTHER_STEPS=100; HELDOUT_SEQS=128; FINAL_STEPS=9
@@ -155,6 +158,7 @@ main() {
   elif [[ "$SIZE" != default ]]; then
     echo "error: QUICKSTART_SIZE must be default or smoke, not $SIZE" >&2; exit 2
   fi
+  PRETRAIN_NOTE="$PRETRAIN_STEPS steps of $PRETRAIN_BATCH sequences at lr $PRETRAIN_LR${PRETRAIN_RECIPE[*]:+, ${PRETRAIN_RECIPE[*]}}"
   BASE_ARCH="$(arch_repr "$LAYERS" "$HIDDEN" "$HEADS" "$QKV" "$FFN")"  # speedups are relative to it
   # ---------------------------------------------------------------------------------------------
 
@@ -167,6 +171,7 @@ main() {
   CANDS="$OUT/cands"                          # candidates and the generation .cands files
   SEARCH="$OUT/search"                        # subbert.results of every evaluated arch
   EXTRACTED="$OUT/models/extracted"           # the chosen sub-model, inherited weights
+  REORDERED="$OUT/models/reordered"           # grown: MiniLM reordered, the supernet's start
   FURTHER_CACHE="$OUT/further"                # further-training checkpoints
   SUMMARY="$OUT/summary"                      # summary.md / summary.json / plots
   STAMPS="$OUT/.stamps"
@@ -238,20 +243,24 @@ main() {
       exit 2
     fi
     OBJECTIVE=(--teacher_model "$TEACHER" --masked_lm_prob 0)
+    REORDER_SCHEME=(--kd)
     MODEL_FLAG=KD
     SCHEME_FLAGS=(--kd)
     MLM_CHECK=()  # a KD model's MLM head is never trained: no held-out MLM loss to compare
   else
     OBJECTIVE=(--mlm_loss --masked_lm_prob 0.15)
+    REORDER_SCHEME=(--mlm_loss)
     MODEL_FLAG=MLM
     SCHEME_FLAGS=(--mlm)
     MLM_CHECK=(--heldout_data "$HELDOUT_DATA")
   fi
   if [[ "$START" == grown ]]; then
-    STUDENT="$TEACHER"         # the supernet starts from MiniLM's weights
-    START_FLAGS=("${GROW[@]}")
+    STUDENT="$REORDERED"       # the supernet starts from MiniLM's weights, reordered
+    VOCAB_DIR="$TEACHER"
+    START_FLAGS=()
   else
     STUDENT="$MODEL_DIR"       # config + vocab only: fresh weights
+    VOCAB_DIR="$MODEL_DIR"
     START_FLAGS=(--scratch)
   fi
 
@@ -272,17 +281,24 @@ main() {
       --train_examples "$TRAIN_EXAMPLES" --dev_examples "$DEV_EXAMPLES" "${BOOK_CHAPTERS[@]}" \
       "${BOOK_FLAGS[@]}"
   stage generate_data "$PY" generate_data.py --train_corpus "$BOOKS/corpus/train.txt" \
-      --output_dir "$PRETRAIN_DATA" --bert_model "$STUDENT" --do_lower_case --max_seq_len "$SEQ"
+      --output_dir "$PRETRAIN_DATA" --bert_model "$VOCAB_DIR" --do_lower_case --max_seq_len "$SEQ"
   stage generate_heldout "$PY" generate_data.py --train_corpus "$BOOKS/corpus/heldout.txt" \
-      --output_dir "$HELDOUT_DATA" --bert_model "$STUDENT" --do_lower_case --max_seq_len "$SEQ"
+      --output_dir "$HELDOUT_DATA" --bert_model "$VOCAB_DIR" --do_lower_case --max_seq_len "$SEQ"
 
   # 3. The SuperPLM: one random sub-arch per step (MLM, or KD from the teacher). Grown: MiniLM's
-  #    weights with its units sorted by importance (--reorder), distilled from MiniLM.
+  #    weights with its units sorted by importance (written once, so the summary can score the
+  #    slices before the supernet stage too), distilled from MiniLM.
+  if [[ "$START" == grown ]]; then
+    stage reorder "$PY" pre_training.py --student_model "$TEACHER" \
+        --pregenerated_data "$PRETRAIN_DATA" --max_seq_length "$SEQ" --do_lower_case \
+        "${REORDER_SCHEME[@]}" "${GROW[@]}" --reorder_only "$REORDERED" --overwrite_output_dir
+  fi
   stage pretrain "$PY" pre_training.py --pregenerated_data "$PRETRAIN_DATA" \
       --student_model "$STUDENT" --cache_dir "$CACHE" --epochs 1 \
       --max_steps "$PRETRAIN_STEPS" --save_steps "$PRETRAIN_STEPS" \
       --train_batch_size "$PRETRAIN_BATCH" --learning_rate "$PRETRAIN_LR" \
       --warmup_proportion 0.1 --max_seq_length "$SEQ" --do_lower_case "${START_FLAGS[@]}" \
+      "${PRETRAIN_RECIPE[@]}" \
       "${PRETRAIN_SPACE[@]}" --resume auto --no_progress "${OBJECTIVE[@]}"
   SUPERNET="$(newest_checkpoint "$CACHE")"
 
@@ -387,6 +403,30 @@ main() {
                     --default_further "$TRAINED")
   fi
 
+  # 7b. What the supernet stage did (grown): the chosen and the default-ratio arch (its hidden
+  #     size is the narrow one) scored as the search scores candidates, SST-2-style and the
+  #     MNLI-style pair task, on the reordered starting point and on the trained supernet.
+  STAGE_EFFECT_FLAGS=()
+  if [[ "$START" == grown ]]; then
+    stage_archs() {
+      { cat "$CANDS/best.arch"; cmp -s "$CANDS/best.arch" "$CANDS/default.arch" \
+          || cat "$CANDS/default.arch"; } > "$CANDS/stage_effect.archs"
+    }
+    stage stage_archs stage_archs
+    STAGE_FLAGS=(--data_dir "$BOOKS/SST-2 $BOOKS/MNLI" --task_name "sst-2 mnli" --do_lower_case
+                 --super_model "$MODEL_FLAG" --arches_file "$CANDS/stage_effect.archs"
+                 --cache_dir "$OUT/task_cache" --train_batch_size "$EVAL_BATCH" "${POOLING[@]}"
+                 --learning_rate "$EVAL_LR" --max_train_examples "$EVAL_TRAIN"
+                 --max_steps "$STAGE_STEPS" "${FINAL_SEQ[@]}" --no_cuda)
+    stage stage_before evaluate "${STAGE_FLAGS[@]}" --model "$REORDERED" \
+        --output_dir "$OUT/stage_effect/before"
+    stage stage_after evaluate "${STAGE_FLAGS[@]}" --model "$SUPERNET" \
+        --output_dir "$OUT/stage_effect/after"
+    STAGE_EFFECT_FLAGS=(--supernet_stage_results "$OUT/stage_effect/before/subbert.results"
+                        "$OUT/stage_effect/after/subbert.results"
+                        --supernet_stage_note "$PRETRAIN_NOTE")
+  fi
+
   # 8. The summary (printed, and in $SUMMARY/summary.md): loads the final model with transformers,
   #    times the chosen arch, the default-ratio arch, the base arch and BERT-base in one run, puts
   #    every score beside its task's chance and majority-class rates (flagging scores at chance
@@ -399,7 +439,7 @@ main() {
       "${MLM_CHECK[@]}" --max_seq_length "$SEQ" --heldout_sequences "$HELDOUT_SEQS" \
       --final_results "$OUT/final_eval/subbert.results" ${FINAL_SEQ[1]:+--final_max_seq_length "${FINAL_SEQ[1]}"} \
       --task_data "sst-2=$BOOKS/SST-2" "mnli=$BOOKS/MNLI" "squad1=$BOOKS/SQuAD" \
-      "${DEFAULT_FLAGS[@]}" "${DEPLOY_FLAGS[@]}" \
+      "${DEFAULT_FLAGS[@]}" "${DEPLOY_FLAGS[@]}" "${STAGE_EFFECT_FLAGS[@]}" \
       --infer_cnt "$LAT_RUNS" --plots "$LATENCY/predictor_fit.png" --output_dir "$SUMMARY"
   echo "stage times (stage, wall s, CPU s): $STAMPS/times.tsv"
   column -t "$STAMPS/times.tsv" 2>/dev/null || cat "$STAMPS/times.tsv"
