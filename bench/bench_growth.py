@@ -34,7 +34,6 @@ from superbert.checkpoint import find_checkpoints
 from superbert.data.masking import MaskingCollator
 from superbert.data.shards import PretrainingDataset
 from superbert.distill import load_teacher
-from superbert.growth import read_permutation, supernet_from_pretrained
 from superbert.hf import load_model, read_vocab
 from superbert.results import read_results
 
@@ -47,7 +46,10 @@ ARCHS = [Arch(4, 192, 12, 192, 768), Arch(3, 256, 12, 240, 1024), Arch(4, 256, 1
 QUICK_ARCHS = [ARCHS[0], ARCHS[2], ARCHS[4]]
 SPACE = ["--layer_num_space", "1", "6", "--hidden_size_space", "128", "384",
          "--qkv_size_space", "96", "384", "--intermediate_size_space", "256", "1536"]
-VARIANTS = {"a": "scratch", "b": "grown", "c": "grown + reordered", "d": "reordered, untrained"}
+VARIANTS = {"a": "scratch", "b": "grown", "c": "grown + reordered", "d": "reordered, untrained",
+            "e": "reordered + new recipe"}
+# (e): the supernet recipe of issue 23 (its flags; --recipe_e replaces them to try others).
+RECIPE_E = "--kd_objective relation --num_subnets 3 --sandwich"
 CHANCE = {"sst-2": 50.0, "mnli": 100 / 3}
 
 
@@ -72,6 +74,9 @@ class Setup:
     heldout_seqs: int
     importance: str  # --reorder_importance of (c) and (d)
     pooling: str     # what the classifiers read (the evaluator's --pooling)
+    steps_e: int     # (e)'s supernet steps (each trains several archs: fewer for one budget)
+    lr_e: float
+    recipe_e: list[str]
 
 
 def prepare_data(s: Setup, log: Path) -> None:
@@ -125,12 +130,24 @@ def build_supernet(s: Setup, variant: str, log: Path) -> tuple[Path, float]:
             extra, lr = ["--scratch"], s.lr_scratch
         else:
             model = Path(teacher)
-            extra = (["--reorder", "--reorder_importance", s.importance] if variant == "c"
-                     else [])
+            extra = (["--reorder", "--reorder_importance", s.importance]
+                     if variant in "ce" else [])
             lr = s.lr_grown
+        steps = s.steps
+        if variant == "e":
+            # The new recipe's steps reach their peak lr: a warm-up of a tenth of the run, not
+            # of the epoch (whose warm-up alone would outlast a short run).
+            steps, lr = s.steps_e, s.lr_e
+            extra += [*s.recipe_e, "--warmup_steps", str(max(1, steps // 10))]
+            if (s.out / "supernet_d.path").exists():
+                # (d) is this very reordering (same data, seed, measure): start from it rather
+                # than measure it again (minutes on 2 cores).
+                model = Path((s.out / "supernet_d.path").read_text().strip())
+                extra = [f for f in extra if f not in ("--reorder", "--reorder_importance",
+                                                       s.importance)]
         secs = run_script([sys.executable, "pre_training.py", "--student_model", str(model),
-                           "--cache_dir", str(cache), "--max_steps", str(s.steps),
-                           "--save_steps", str(s.steps), "--learning_rate", str(lr),
+                           "--cache_dir", str(cache), "--max_steps", str(steps),
+                           "--save_steps", str(steps), "--learning_rate", str(lr),
                            "--resume", "auto", *common, *extra], log)
         path = newest_checkpoint(cache)
     (s.out / f"supernet_{variant}.json").write_text(json.dumps({"seconds": secs}))
@@ -145,7 +162,7 @@ def evaluate(s: Setup, variant: str, supernet: Path, log: Path) -> dict[tuple[Ar
     write_arch_file(archs_file, s.archs)
     scores: dict[tuple[Arch, str], list[float]] = {}
     for seed in s.seeds:
-        out = s.out / f"eval_{variant}_seed{seed}"
+        out = s.out / f"eval_{variant}_{s.pooling}_seed{seed}"
         results = out / "subbert.results"
         if not results.exists() or len(read_results(str(results))) < 2 * len(s.archs):
             if results.exists():
@@ -167,22 +184,15 @@ def evaluate(s: Setup, variant: str, supernet: Path, log: Path) -> dict[tuple[Ar
 @torch.no_grad()
 def heldout_kd_loss(supernet: Path, data_dir: Path, archs: list[Arch], seq: int,
                     n_seqs: int) -> dict[Arch, float]:
-    """Each slice's KD loss (hidden MSE through dense_fit + attention-score MSE, the training
-    objective) against MiniLM on held-out sequences, computed by the trainer's own Objective."""
+    """Each slice's last-layer Q/K/V relation KD loss against MiniLM (KL, 12 relation heads,
+    the trainer's own Objective) on held-out sequences. The same measure for every variant,
+    whatever it was trained with: it needs no dense_fit, which (d) never had."""
     from superbert.arch import Scheme
+    from superbert.distill import KDObjective
     from superbert.pretraining.objective import Objective, StepCounts
 
     teacher = load_teacher(str(minilm_dir()))
     model = load_model(supernet, scheme="kd").eval()
-    if model.config.fit_size is None:
-        # (d) is a reordered copy of MiniLM without dense_fit: grow one as training would (the
-        # identity), mapping the permuted features back to the teacher's order.
-        model, _ = supernet_from_pretrained(supernet, "kd", fit_size=teacher.hidden_size)
-        perm = read_permutation(supernet)
-        if perm is not None:
-            eye = torch.eye(teacher.hidden_size)
-            model.bert.dense_fit.weight.data.copy_(eye[:, list(perm.hidden)])
-        model.eval()
     vocab = read_vocab(supernet / "vocab.txt")
     ids = {t: i for i, t in enumerate(vocab)}
     dataset = PretrainingDataset(str(data_dir), seq, vocab_file=str(supernet / "vocab.txt"))
@@ -192,17 +202,19 @@ def heldout_kd_loss(supernet: Path, data_dir: Path, archs: list[Arch], seq: int,
     n = min(len(dataset), n_seqs)
     batches = [collator([(i, dataset[i][1]) for i in range(b, min(n, b + 32))])
                for b in range(0, n, 32)]
-    objective = Objective(model, Scheme.KD, original_input_order=False, teacher=teacher)
+    objective = Objective(model, Scheme.KD, original_input_order=False, teacher=teacher,
+                          kd_objective=KDObjective.RELATION)
+    targets = [teacher(b["input_ids"], b["attention_mask"], None, return_qkv=True)
+               for b in batches]
     losses = {}
     for arch in archs:
         model.set_sample_config(arch)
         total, weight = 0.0, 0
-        for batch in batches:
-            t_out = teacher(batch["input_ids"], batch["attention_mask"], None)
-            counts = StepCounts(*objective.counts(batch, model.config.fit_size, arch.heads))
+        for batch, t_out in zip(batches, targets):
+            counts = StepCounts(*objective.counts(batch, teacher.hidden_size, arch.heads))
             loss, _, _ = objective(batch, counts, teacher_out=t_out)
-            total += float(loss) * int(batch["attention_mask"].sum())
-            weight += int(batch["attention_mask"].sum())
+            total += float(loss) * counts.relation
+            weight += counts.relation
         losses[arch] = total / weight
     return losses
 
@@ -218,7 +230,8 @@ def table(s: Setup, results: dict[str, dict], seconds: dict[str, float]) -> str:
              f"{s.ft_steps} steps at lr {s.ft_lr}, classifiers read {s.pooling}, "
              f"seeds {s.seeds})", "",
              "Scores: dev accuracy (%), mean over seeds +- half the range; chance: SST-2-style 50, "
-             "MNLI-style 33.3. KD loss: held-out, against MiniLM (lower is better).", ""]
+             "MNLI-style 33.3. KD loss: held-out last-layer Q/K/V relation KL against MiniLM (12 "
+             "relation heads; lower is better), the same measure for every variant.", ""]
     head = "| arch | FLOPs vs MiniLM |" + "".join(
         f" {k}: SST-2 | {k}: MNLI | {k}: KD loss |" for k in results)
     lines += [head, "|" + "---|" * (2 + 3 * len(results))]
@@ -235,8 +248,10 @@ def table(s: Setup, results: dict[str, dict], seconds: dict[str, float]) -> str:
     for k, r in results.items():
         sst = [statistics.fmean(r["scores"][(a, "sst-2")]) for a in s.archs]
         mnli = [statistics.fmean(r["scores"][(a, "mnli")]) for a in s.archs]
-        lines.append(f"- ({k}) {VARIANTS[k]}: mean SST-2 {statistics.fmean(sst):.1f}, mean MNLI "
-                     f"{statistics.fmean(mnli):.1f}, supernet stage {seconds[k]:.0f} s")
+        recipe = (f" ({s.steps_e} steps at lr {s.lr_e}, {' '.join(s.recipe_e)})"
+                  if k == "e" else "")
+        lines.append(f"- ({k}) {VARIANTS[k]}{recipe}: mean SST-2 {statistics.fmean(sst):.1f}, "
+                     f"mean MNLI {statistics.fmean(mnli):.1f}, supernet stage {seconds[k]:.0f} s")
     lines += ["", "Targets:"]
     lines += targets(s, results)
     return "\n".join(lines) + "\n"
@@ -264,6 +279,38 @@ def targets(s: Setup, results: dict[str, dict]) -> list[str]:
         avg_c = statistics.fmean(mean["c"].values())
         out.append(f"- (c) at least (b) on average over archs and tasks: "
                    f"{'MET' if avg_c >= avg_b else 'MISSED'} ({avg_c:.2f} vs {avg_b:.2f})")
+    if "d" in mean and "e" in mean:
+        out += recipe_targets(s, results)
+    return out
+
+
+def recipe_targets(s: Setup, results: dict[str, dict]) -> list[str]:
+    """Issue 23's targets for the new recipe (e) against the untrained reordering (d)."""
+    def per_seed_mean(k: str) -> list[float]:
+        # the mean over slices and tasks, per fine-tuning seed (its spread is the seed spread)
+        n = len(s.seeds)
+        return [statistics.fmean(v[i] for v in results[k]["scores"].values()) for i in range(n)]
+
+    d_seeds, e_seeds = per_seed_mean("d"), per_seed_mean("e")
+    (d_mean, d_spread), (e_mean, e_spread) = mean_spread(d_seeds), mean_spread(e_seeds)
+    gap = e_mean - d_mean
+    out = [f"- (e) above (d) by >= 2 points on the mean over slices and tasks, beyond the seed "
+           f"spread: {'MET' if gap >= 2 and gap > d_spread + e_spread else 'MISSED'} "
+           f"({e_mean:.1f} +- {e_spread:.1f} vs {d_mean:.1f} +- {d_spread:.1f}, gap {gap:+.1f})"]
+    narrow = [a for a in s.archs if a.hidden <= 256]
+    scores = {a: statistics.fmean(results["e"]["scores"][(a, "mnli")]) for a in narrow}
+    ok = sum(v >= 45 for v in scores.values())
+    out.append(f"- at least 3 of the {len(narrow)} narrow-hidden slices (hidden <= 256) of (e) at "
+               f">= 45% on the MNLI-style task: {'MET' if ok >= 3 else 'MISSED'} ("
+               + ", ".join(f"{a.short()} {v:.1f}" for a, v in scores.items()) + ")")
+    worse = []
+    for (a, t), e in results["e"]["scores"].items():
+        d = results["d"]["scores"][(a, t)]
+        (em, es), (dm, ds) = mean_spread(e), mean_spread(d)
+        if em < dm - max(es, ds):
+            worse.append(f"{a.short()} {t} {em:.1f} vs {dm:.1f}")
+    out.append("- no slice of (e) below (d) by more than its spread: "
+               + ("MET" if not worse else "MISSED: " + ", ".join(worse)))
     return out
 
 
@@ -275,22 +322,31 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None, help="supernet training steps")
     p.add_argument("--ft_steps", type=int, default=None, help="proxy fine-tuning steps")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="fine-tuning seeds (default: 1 2; --quick: 1)")
     p.add_argument("--importance", choices=("taylor", "magnitude"), default="magnitude",
                    help="--reorder_importance of (c) and (d) (default: the quickstart's)")
     p.add_argument("--lr_grown", type=float, default=2e-5,
                    help="supernet lr of (b) and (c) (default: the quickstart's)")
-    p.add_argument("--pooling", choices=("cls", "mean"), default="mean",
-                   help="what the classifiers read (default: the quickstart's)")
+    p.add_argument("--pooling", default="mean",
+                   help="what the classifiers read, the evaluator's --pooling (default: mean)")
+    p.add_argument("--steps_e", type=int, default=None,
+                   help="(e)'s supernet steps (default: --steps / 3, about (c)'s time: each "
+                        "step trains 3 archs)")
+    p.add_argument("--lr_e", type=float, default=1e-4, help="(e)'s supernet learning rate")
+    p.add_argument("--recipe_e", default=RECIPE_E,
+                   help=f"(e)'s pre_training.py flags (default: {RECIPE_E!r})")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     quick = args.quick
     s = Setup(out=Path(args.out).resolve(), steps=args.steps or (30 if quick else 300),
               batch=16 if quick else 32, seq=128, ft_steps=args.ft_steps or (40 if quick else 100),
-              ft_lr={"sst-2": 1e-4, "mnli": 5e-5}, seeds=[1] if quick else [1, 2],
+              ft_lr={"sst-2": 1e-4, "mnli": 5e-5}, seeds=args.seeds or ([1] if quick else [1, 2]),
               archs=QUICK_ARCHS if quick else ARCHS, lr_scratch=1e-3, lr_grown=args.lr_grown,
               heldout_seqs=128 if quick else 512, importance=args.importance,
-              pooling=args.pooling)
+              pooling=args.pooling, steps_e=0, lr_e=args.lr_e, recipe_e=args.recipe_e.split())
+    s.steps_e = args.steps_e or max(1, s.steps // 3)
     s.out.mkdir(parents=True, exist_ok=True)
     log = s.out / "bench_growth.log"
     print(f"outputs and logs: {s.out} (log: {log})", flush=True)
