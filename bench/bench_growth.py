@@ -322,6 +322,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None, help="supernet training steps")
     p.add_argument("--ft_steps", type=int, default=None, help="proxy fine-tuning steps")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--heldout_seqs", type=int, default=None,
+                   help="held-out sequences for the KD loss column (default 512; --quick 128)")
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="fine-tuning seeds (default: 1 2; --quick: 1)")
     p.add_argument("--importance", choices=("taylor", "magnitude"), default="magnitude",
@@ -344,7 +346,7 @@ def main() -> None:
               batch=16 if quick else 32, seq=128, ft_steps=args.ft_steps or (40 if quick else 100),
               ft_lr={"sst-2": 1e-4, "mnli": 5e-5}, seeds=args.seeds or ([1] if quick else [1, 2]),
               archs=QUICK_ARCHS if quick else ARCHS, lr_scratch=1e-3, lr_grown=args.lr_grown,
-              heldout_seqs=128 if quick else 512, importance=args.importance,
+              heldout_seqs=args.heldout_seqs or (128 if quick else 512), importance=args.importance,
               pooling=args.pooling, steps_e=0, lr_e=args.lr_e, recipe_e=args.recipe_e.split())
     s.steps_e = args.steps_e or max(1, s.steps // 3)
     s.out.mkdir(parents=True, exist_ok=True)
