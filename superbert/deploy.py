@@ -510,23 +510,31 @@ def time_onnx(path: "str | os.PathLike | OrtModel", protocol: TimingProtocol | N
 
 class OnnxTimingBackend:
     """The onnxruntime backends of the latency dataset: an arch's model (random weights:
-    latency depends on shapes only) is exported once, quantised for "onnxruntime-int8", and
-    timed with `time_onnx`. The graphs of the last `keep` archs stay in a temporary directory,
-    so a reference timed between every arch is not re-exported; `close()` removes them."""
+    latency depends on shapes only) is exported once, quantised once for "onnxruntime-int8",
+    and timed with `time_onnx`.
 
-    def __init__(self, backend: str = "onnxruntime", opset: int = DEFAULT_OPSET, keep: int = 2):
+    Exporting costs far more than timing (MiniLM-L6 on a loaded 2-core VM: ~1 s to export,
+    ~0.6 s to quantise, 0.1-0.5 s for the 11 forwards of a timing), so every graph stays in a
+    temporary directory until `close()`: the second pass of a latency dataset, a reference timed
+    between archs and the rounds of a speedup measurement reopen the file instead of exporting
+    again. Sessions of the last `keep` archs stay open; older graphs are removed only when the
+    directory would exceed `max_bytes`. `exports` counts the archs exported."""
+
+    def __init__(self, backend: str = "onnxruntime", opset: int = DEFAULT_OPSET, keep: int = 2,
+                 max_bytes: int = 4 << 30):
         if keep < 1:
             raise ValueError(f"keep must be at least 1, got {keep}")
         if backend not in BACKENDS[1:]:
             raise UserError(f"unknown ONNX backend {backend!r}: expected one of "
                             f"{', '.join(BACKENDS[1:])}")
         require_onnx()
-        self.backend, self.opset, self.keep = backend, opset, keep
+        self.backend, self.opset, self.keep, self.max_bytes = backend, opset, keep, max_bytes
         self.int8 = backend.endswith("int8")
         self._tmp = tempfile.TemporaryDirectory(prefix="superbert-onnx-")
-        # arch -> its graph and open session; insertion order = least recently used first
-        self._models: dict[Arch, OrtModel] = {}
-        self._count = 0
+        # insertion order = least recently used first
+        self._graphs: dict[Arch, Path] = {}  # arch -> its graph (with a sidecar beside it)
+        self._sessions: dict[Arch, OrtModel] = {}  # the last `keep` archs' open sessions
+        self.exports = 0
 
     def info(self) -> dict[str, Any]:
         """For the dataset sidecar: backend, precision, opset, runtime version and providers."""
@@ -535,18 +543,24 @@ class OnnxTimingBackend:
                 "session_providers": ["CPUExecutionProvider"]}  # what OrtModel runs on
 
     def session(self, arch: Arch, build: Callable[[], nn.Module], threads: int) -> OrtModel:
-        """The session of `arch`, exported from `build()` unless it is among the last kept."""
-        if arch in self._models and self._models[arch].threads == threads:
-            self._models[arch] = self._models.pop(arch)
-            return self._models[arch]
-        self._models.pop(arch, None)
-        while len(self._models) >= self.keep:
-            old = self._models.pop(next(iter(self._models))).path
-            for f in old.parent.glob(old.name.split(".")[0] + ".*"):
-                f.unlink()
-        model = build()
-        self._count += 1
-        path = Path(self._tmp.name) / f"arch{self._count}.onnx"
+        """The session of `arch`: an open one, else one on its graph, else exported from
+        `build()` first."""
+        if arch in self._sessions and self._sessions[arch].threads == threads:
+            self._sessions[arch] = self._sessions.pop(arch)
+            self._graphs[arch] = self._graphs.pop(arch)
+            return self._sessions[arch]
+        self._sessions.pop(arch, None)
+        path = self._graphs.pop(arch, None) or self._export(arch, build())
+        self._graphs[arch] = path
+        while len(self._sessions) >= self.keep:
+            del self._sessions[next(iter(self._sessions))]
+        self._sessions[arch] = OrtModel(path, threads)
+        self._trim()
+        return self._sessions[arch]
+
+    def _export(self, arch: Arch, model: nn.Module) -> Path:
+        self.exports += 1
+        path = Path(self._tmp.name) / f"arch{self.exports}.onnx"
         outputs = export_model(model, path, Head.ENCODER, self.opset)
         if self.int8:
             quantize_int8(path, int8_path(path))
@@ -556,8 +570,21 @@ class OnnxTimingBackend:
         meta = _sidecar(model, Path("<in memory>"), path.name, Head.ENCODER, outputs,
                         self.opset, "int8" if self.int8 else "fp32")
         sidecar_path(path).write_text(json.dumps(meta))
-        self._models[arch] = OrtModel(path, threads)
-        return self._models[arch]
+        return path
+
+    def _trim(self) -> None:
+        """Remove the least recently used graphs without an open session while the directory
+        holds more than `max_bytes`."""
+        sizes = {a: p.stat().st_size for a, p in self._graphs.items()}
+        total = sum(sizes.values())
+        for arch in list(self._graphs):
+            if total <= self.max_bytes:
+                break
+            if arch not in self._sessions:
+                path = self._graphs.pop(arch)
+                path.unlink()
+                sidecar_path(path).unlink()
+                total -= sizes[arch]
 
     def time(self, arch: Arch, build: Callable[[], nn.Module], protocol: Any = None,
              runs: int | None = None, warmup: int | None = None):
@@ -567,7 +594,8 @@ class OnnxTimingBackend:
         return time_onnx(session, protocol, arch, runs=runs, warmup=warmup)
 
     def close(self) -> None:
-        self._models.clear()
+        self._sessions.clear()
+        self._graphs.clear()
         self._tmp.cleanup()
 
     def __enter__(self) -> "OnnxTimingBackend":

@@ -368,6 +368,9 @@ def test_timed_models_hold_finite_weights_drawn_once():
             assert torch.equal(module.bias, torch.zeros_like(module.bias))
     matrices = [p for n, p in model.named_parameters() if "LayerNorm" not in n]
     assert all(torch.isfinite(p).all() for p in matrices)
+    # no two equal tensors (the ONNX exporter would merge them into one shared weight)
+    for i, p in enumerate(matrices):
+        assert not any(p.shape == q.shape and torch.equal(p, q) for q in matrices[:i])
     words = model.embeddings.word_embeddings.weight.detach()
     assert 0.015 < float(words.std()) < 0.025 and not torch.equal(words, torch.zeros_like(words))
     again = RandomWeights(std=0.02, seed=3).build(cfg)

@@ -170,3 +170,24 @@ def test_int8_backend_times_and_records_its_precision(ort, tmp_path):
     assert len(read_latency_dataset(q8)) == 2
     side = json.loads(Path(str(q8) + ".json").read_text())
     assert side["backend"] == "onnxruntime-int8" and side["runtime"]["precision"] == "int8"
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "onnxruntime-int8"])
+def test_dataset_exports_and_quantises_each_arch_once_over_passes(backend, ort, tmp_path,
+                                                                  monkeypatch):
+    d, model, _ = ort
+    counts = {"export_model": 0, "quantize_int8": 0}
+    for name in counts:
+        def counted(*args, _real=getattr(deploy, name), _name=name, **kwargs):
+            counts[_name] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(deploy, name, counted)
+    out = tmp_path / "lat.tmp"
+    inference_time_evaluation.main(timing_args(model, out, backend, num_archs=4)
+                                   + ["--passes", "2"])
+    records = read_latency_dataset(out)
+    assert len(records) == 8 and len({a for a, _ in records}) == 4
+    # 4 archs and the reference, each exported (and quantised) once for both passes
+    assert counts["export_model"] == 5
+    assert counts["quantize_int8"] == (5 if backend.endswith("int8") else 0)

@@ -252,13 +252,43 @@ def test_onnx_timing_backend_exports_each_arch_once(supernets, monkeypatch):
             for arch in (a, b, a, c, a, b):
                 t = timer.time(arch, lambda: build(arch), protocol)
                 assert t.arch == arch and t.runs == 2 and t.ms > 0
-            assert built == [a, b, c, b]  # a stays among the last two used; b was dropped
-            assert len(list(Path(timer._tmp.name).glob("*.onnx"))) == 2
+            # every graph kept: b, dropped from the open sessions, is reopened, not re-exported
+            assert built == [a, b, c] and timer.exports == 3
+            assert len(timer._sessions) == 2 and list(timer._sessions) == [a, b]
+            assert len(list(Path(timer._tmp.name).glob("*.onnx"))) == 3
             assert timer.info()["precision"] == ("int8" if backend.endswith("int8") else "fp32")
             tmp = Path(timer._tmp.name)
         assert not tmp.exists()
+    # over its byte budget the backend removes graphs without an open session (and re-exports
+    # them when asked again)
+    built.clear()
+    with deploy.OnnxTimingBackend("onnxruntime", keep=1, max_bytes=0) as timer:
+        for arch in (a, b, a):
+            timer.time(arch, lambda: build(arch), protocol)
+        assert built == [a, b, a]
+        assert len(list(Path(timer._tmp.name).glob("*.onnx"))) == 1
     with pytest.raises(UserError, match="unknown ONNX backend"):
         deploy.OnnxTimingBackend("tensorrt")
+
+
+def test_timed_int8_graph_quantises_every_linear(supernets):
+    # The timer's random weights are all different: the exporter merges equal initializers, and
+    # ORT's quantiser leaves a MatMul whose weight is shared in FP32.
+    from superbert.hf import load_config
+    from superbert.latency import Timer
+
+    config = load_config(supernets["kd"])
+    arch = Arch(2, 32, 4, 32, 64)
+    with Timer(config, "kd", TimingProtocol(infer_cnt=1, seq_len=8,
+                                            backend="onnxruntime-int8")) as timer:
+        model = timer.build(arch)
+        timer.time(arch)
+        graph = onnx.load(str(next(iter(timer.onnx._graphs.values()))))
+    linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    ops = [n.op_type for n in graph.graph.node]
+    assert linears == 2 * 6 + 1 and ops.count("MatMulInteger") == linears
+    # the timing export's small word-embedding table (every timed token is the same id)
+    assert model.embeddings.word_embeddings.num_embeddings == min(config.vocab_size, 1024)
 
 
 # ---- user errors -------------------------------------------------------------------------------

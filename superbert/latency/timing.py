@@ -47,6 +47,12 @@ logger = logging.getLogger(__name__)
 BERT_BASE = Arch(layers=12, hidden=768, heads=12, qkv=768, ffn=3072)
 # A reference timing whose mean exceeds its median by more than this is re-timed once.
 NOISY_REFERENCE = 1.1
+# The word-embedding rows of a graph exported for ONNX Runtime timing. Every timed token is the
+# same id, so the table's size should not change the latency (L1/d128, L3/d256 and MiniLM-L6,
+# 30522 vs 1024 rows, FP32 and INT8 alternating on a 2-core VM at load ~5: ratios 0.99-1.10,
+# within that run's noise; bench/bench_ort_timing.py --parts export), but it is most of a small
+# arch's graph (L3/d256: 37 MB vs 9 MB) and of its export and quantisation time (1.6 vs 0.7 s).
+ONNX_TIMING_VOCAB = 1024
 
 
 def set_threads(threads: int) -> None:
@@ -60,18 +66,31 @@ def set_threads(threads: int) -> None:
 class RandomWeights:
     """Builds models to time with random weights drawn once: latency depends on the shapes, not
     the values, and drawing every model's weights afresh cost ~0.25 s per MiniLM-size model (a
-    third of a 100-arch latency dataset). Matrices hold slices of one N(0, initializer_range)
-    draw; LayerNorms are ones and zeros, as a fresh model's."""
+    third of a 100-arch latency dataset). Matrices hold windows of one N(0, initializer_range)
+    draw; LayerNorms are ones and zeros, as a fresh model's.
+
+    Each tensor's window starts one value further than the last one's, so no two tensors are
+    equal: the ONNX exporter merges equal initializers, and a graph whose layers all share one
+    weight per shape is not the deployed graph. On MiniLM-L6 (L6/d384/f1536) such a graph held 12
+    initializers instead of 103, ORT FP32 ran it 16% faster (the weights stayed in cache), and
+    ORT's INT8 quantiser left every shared MatMul in FP32 (no MatMulInteger at all)."""
+
+    # values drawn beyond the largest tensor: that many distinct windows, far more than a model
+    # has tensors
+    SPARE = 4096
 
     def __init__(self, std: float, seed: int = 0):
         self.std = std
         self.generator = torch.Generator().manual_seed(seed)
         self.values = torch.empty(0)
+        self.drawn = 0  # tensors handed out: the next window's offset
 
     def _draw(self, n: int) -> torch.Tensor:
-        if n > self.values.numel():
-            self.values = torch.randn(n, generator=self.generator) * self.std
-        return self.values[:n]
+        if n + self.SPARE > self.values.numel():
+            self.values = torch.randn(n + self.SPARE, generator=self.generator) * self.std
+        start = self.drawn % (self.values.numel() - n + 1)
+        self.drawn += 1
+        return self.values[start:start + n]
 
     @torch.no_grad()
     def build(self, config: Any) -> AutoTinyBertModel:
@@ -140,6 +159,8 @@ class Timer:
             return model
         cfg = sub_config(self.config, arch)
         cfg.fit_size = None  # dense_fit is a training-time projection, not deployed
+        if self.onnx is not None:
+            cfg.vocab_size = min(int(cfg.vocab_size), ONNX_TIMING_VOCAB)
         return self._weights.build(cfg)
 
     def forward(self, model: nn.Module) -> None:
