@@ -412,3 +412,61 @@ def test_summary_links_the_latency_plot_and_holds_its_points(pipeline_files):
     assert [m["role"] for m in js["marked"]] == ["chosen", "default ratios"]
     assert js["marked"][1]["final_mean"] == pytest.approx(58.0)
     assert (out / "latency_vs_score.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_summary_times_in_the_searched_runtime_and_names_the_shipped_model(pipeline_files,
+                                                                            monkeypatch):
+    from dataclasses import replace
+
+    f = pipeline_files
+    timed = []
+
+    class RecordingTimer(FakeTimer):
+        def _t(self, arch):
+            timed.append((self.protocol.backend, arch))
+            return FakeTimer._t(self, arch)
+
+        time = time_reference = _t
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(timing, "Timer", RecordingTimer)
+    # a search for ONNX Runtime INT8: time.pt fitted on its timings
+    replace(_cost_predictor(base_ms=BASE.flops() / 1e6),
+            backend="onnxruntime-int8").save(f["tmp"] / "time.pt")
+    # the deploy stage's output: the chosen arch's ORT scores and its two exports
+    deployed = f["tmp"] / "deployed"
+    deployed.mkdir()
+    (deployed / "subbert.results").write_text("".join(format_results_block(
+        TaskResult("sst-2", CHOSEN, 1000, score, None, 1.0, 10, 42, runtime=runtime))
+        for runtime, score in (("onnxruntime-fp32", 0.6), ("onnxruntime-int8", 0.59))))
+    for name, precision in (("sst-2_seed42.onnx", "fp32"), ("sst-2_seed42.int8.onnx", "int8")):
+        (deployed / name).write_bytes(b"")
+        (deployed / f"{name}.json").write_text(json.dumps(
+            {"format": "superbert-onnx", "precision": precision}))
+    s = build_summary(f["search"], f["gens"], f["supernet"], f["tmp"] / "time.pt", BASE,
+                      infer_cnt=2, final_results=f["final"], task_data=f["task_data"],
+                      deployed_results=deployed / "subbert.results")
+    assert s.runtime == "onnxruntime-int8"
+    # the main table in the searched runtime; the deployment table adds the two others, the
+    # searched one not timed twice
+    main = [a for b, a in timed if b == "onnxruntime-int8"]
+    assert set(main) == {CHOSEN, BASE, BERT_BASE}
+    assert {b for b, _ in timed} == {"onnxruntime-int8", "torch", "onnxruntime"}
+    for backend in ("torch", "onnxruntime"):
+        assert {a for b, a in timed if b == backend} == {CHOSEN, BASE}
+    d = s.deployed
+    assert d.searched == "onnxruntime-int8" and d.shipped == str(deployed / "sst-2_seed42.int8.onnx")
+    assert d.latency_ms["onnxruntime-int8"] == pytest.approx(s.measured_ms)
+    assert d.speedup("onnxruntime-int8") == pytest.approx(s.measured_speedup)
+    assert d.predicted_speedup == pytest.approx(s.predicted_speedup)
+    md = format_summary(s)
+    assert "with ONNX Runtime INT8, the runtime the search targeted" in md
+    assert "| | torch (eager) | ONNX Runtime FP32 | ONNX Runtime INT8 (searched for, shipped) |" in md
+    assert f"| predicted speedup vs `{BASE.short()}` | - | - | {s.predicted_speedup:.2f}x |" in md
+    gap = s.measured_speedup / s.predicted_speedup - 1
+    assert (f"shipped: `{deployed / 'sst-2_seed42.int8.onnx'}`. Speedup in it: predicted "
+            f"{s.predicted_speedup:.2f}x, measured {s.measured_speedup:.2f}x "
+            f"({100 * gap:+.1f}%, {'within' if abs(gap) <= 0.1 else 'NOT within'} 10%)") in md
+    assert json.loads(json.dumps(s.to_json()))["runtime"] == "onnxruntime-int8"

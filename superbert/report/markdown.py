@@ -9,7 +9,7 @@ from ..arch import Arch
 from .chance import COLLAPSE_SHARE, TaskLevels
 from .models import DevPredictions
 from .stage_effect import stage_effect_lines
-from .timing import DEPLOY_BACKENDS, RUNTIME_OF_BACKEND
+from .timing import BACKEND_NAMES, DEPLOY_BACKENDS, RUNTIME_OF_BACKEND, SPEEDUP_MATCH
 
 if TYPE_CHECKING:  # summary.py imports this module
     from .summary import Summary
@@ -106,9 +106,11 @@ def format_summary(s: Summary, links_from: str | os.PathLike | None = None) -> s
         lines += [f"- {v}" for v in verdicts] + [""]
     lines += [f"Speedups are relative to the base arch `{base}`"
               + (" and to BERT-base" if bb is not None else "")
-              + ", timed here under the latency protocol (1 thread, batch 1 x 128 tokens, "
-              "median). Scores within 2 points of chance are flagged AT CHANCE (chance and "
-              "majority-class rates of each task are listed below).", "",
+              + f", timed here under the latency protocol (1 thread, batch 1 x 128 tokens, "
+              f"median) with {BACKEND_NAMES.get(s.runtime, s.runtime)}, the runtime the search "
+              f"targeted (its latency predictor's timings). Scores within 2 points of chance "
+              f"are flagged AT CHANCE (chance and majority-class rates of each task are listed "
+              f"below).", "",
               "| arch | params | predicted speedup | measured speedup | "
               + ("vs BERT-base | " if bb is not None else "")
               + " | ".join(tasks) + " | fitness |",
@@ -235,15 +237,44 @@ def _comparison_table(s: Summary) -> list[str]:
 def _deployment_table(s: Summary) -> list[str]:
     d = s.deployed
     torch_ms = d.latency_ms["torch"]
-    head = ["torch (eager)", "ONNX Runtime FP32", "ONNX Runtime INT8"]
+    head = [BACKEND_NAMES[b] + (" (searched for, shipped)" if b == d.searched else "")
+            for b in DEPLOY_BACKENDS]
     lat = [f"{d.latency_ms[b]:.2f} ms" + ("" if b == "torch" else
                                           f" ({d.latency_ms[b] / torch_ms:.2f}x torch's)")
            for b in DEPLOY_BACKENDS]
     level = s.levels.get(d.task)
     score = [_scored(d.scores[r], level.flags(d.scores[r]) if level else [])
              if r in d.scores else "-" for r in (RUNTIME_OF_BACKEND[b] for b in DEPLOY_BACKENDS)]
-    return [f"`{_short(s.chosen['arch'])}` as deployed (`submodel_extractor.py --onnx --int8`, "
-            f"scored by `superbert_run_en_classifier.py --onnx --int8`):", "",
-            "| | " + " | ".join(head) + " |", "|---|---|---|---|",
-            "| latency (1 thread, batch 1 x 128) | " + " | ".join(lat) + " |",
-            f"| {d.task} dev score | " + " | ".join(score) + " |"]
+    lines = [f"`{_short(s.chosen['arch'])}` as deployed (`submodel_extractor.py --onnx --int8`, "
+             f"scored by `superbert_run_en_classifier.py --onnx --int8`):", "",
+             "| | " + " | ".join(head) + " |", "|---|---|---|---|",
+             "| latency (1 thread, batch 1 x 128) | " + " | ".join(lat) + " |"]
+    if d.base_ms:
+        base = _short(s.base_arch)
+        lines.append(f"| measured speedup vs `{base}` | "
+                     + " | ".join(_fmt(d.speedup(b)) + "x" if d.speedup(b) else "-"
+                                  for b in DEPLOY_BACKENDS) + " |")
+        lines.append(f"| predicted speedup vs `{base}` | "
+                     + " | ".join(f"{d.predicted_speedup:.2f}x"
+                                  if b == d.searched and d.predicted_speedup else "-"
+                                  for b in DEPLOY_BACKENDS) + " |")
+    lines.append(f"| {d.task} dev score | " + " | ".join(score) + " |")
+    lines += ["", _shipped_line(s)]
+    return lines
+
+
+def _shipped_line(s: Summary) -> str:
+    """What was shipped, and whether its measured speedup kept the search's promise."""
+    d = s.deployed
+    name = BACKEND_NAMES.get(d.searched, d.searched)
+    where = (f"`{d.shipped}`" if d.shipped else
+             "the fine-tuned torch model" if d.searched == "torch" else "(no export found)")
+    text = (f"The search targeted {name} (its latency predictor was fitted on {name} timings); "
+            f"shipped: {where}.")
+    measured = d.speedup(d.searched)
+    if measured and d.predicted_speedup:
+        gap = measured / d.predicted_speedup - 1
+        text += (f" Speedup in it: predicted {d.predicted_speedup:.2f}x, measured {measured:.2f}x "
+                 f"({100 * gap:+.1f}%, {'within' if abs(gap) <= SPEEDUP_MATCH else 'NOT within'} "
+                 f"{100 * SPEEDUP_MATCH:.0f}%).")
+    return text

@@ -4,8 +4,9 @@ arch beside it, and the plots.
 
 Everything here reads the files the pipeline stages wrote (generation `.cands` files,
 `subbert.results`, `time.pt`, model directories, pre-training data); nothing is re-derived
-from a stage's internals. The measured speedup is timed here (`timing`); it is never the
-predictor's number.
+from a stage's internals. The measured speedup is timed here (`timing`), with the runtime the
+search targeted (the backend time.pt's latencies were timed with); it is never the predictor's
+number.
 """
 from __future__ import annotations
 
@@ -61,6 +62,7 @@ class Summary:
     latency_plot: str | None = None  # its figure
     supernet_stage: list[StageEffect] | None = None  # slices before -> after the stage
     supernet_stage_note: str | None = None  # what the stage was (steps, recipe)
+    runtime: str = "torch"  # the backend of time.pt's latencies: what the search targeted
 
     @property
     def predicted_speedup(self) -> float | None:
@@ -164,7 +166,9 @@ def build_summary(results_file: str | os.PathLike, generation_files: Sequence[st
     time_bert_base = base_arch != BERT_BASE
     if time_bert_base:
         archs.append(BERT_BASE)
-    timed = measure_latencies(config, scheme, archs, base_arch, threads, infer_cnt)
+    # in the runtime the search targeted: the predicted speedups are that runtime's
+    timed = measure_latencies(config, scheme, archs, base_arch, threads, infer_cnt,
+                              backend=predictor.backend)
     ms = dict(zip(range(len(archs)), timed.arch_ms))
     bert_base_ms = ms[len(archs) - 1] if time_bert_base else timed.reference_ms
 
@@ -209,7 +213,12 @@ def build_summary(results_file: str | os.PathLike, generation_files: Sequence[st
     deployed = None
     if deployed_results is not None:
         deployed = deployment(deployed_results, chosen.arch, final.scores if final else {},
-                              config, scheme, threads, infer_cnt)
+                              config, scheme, threads, infer_cnt, base=base_arch,
+                              searched=predictor.backend,
+                              measured=(timed.reference_ms, timed.arch_ms[0]),
+                              predicted_speedup=(None if predictor.base_latency_ms is None else
+                                                 predictor.base_latency_ms
+                                                 / predictor.predict_one(chosen.arch)))
     marked = {"chosen": (chosen.arch, final.scores if final else None)}
     if default_arch is not None and default_arch != chosen.arch:
         marked["default ratios"] = (default_arch, default["final_scores"])
@@ -249,7 +258,7 @@ def build_summary(results_file: str | os.PathLike, generation_files: Sequence[st
         final_flags=final.flags if final else None,
         final_predictions=final.predictions if final else None, default=default,
         deployed=deployed, latency_vs_score=scores, latency_plot=latency_plot,
-        supernet_stage=stage, supernet_stage_note=stage_note)
+        supernet_stage=stage, supernet_stage_note=stage_note, runtime=predictor.backend)
 
 
 def write_summary(summary: Summary, output_dir: str | os.PathLike) -> tuple[Path, Path]:
