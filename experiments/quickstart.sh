@@ -9,6 +9,12 @@
 #   bash experiments/quickstart.sh --scratch --kd   # from scratch, distilled from MiniLM
 #   bash experiments/quickstart.sh --smoke    # a much smaller run of the same (what CI runs)
 #   bash experiments/quickstart.sh --fresh    # forget finished stages and start over
+#   bash experiments/quickstart.sh --runtime onnxruntime-int8
+#                                             # search for the runtime you ship: latencies timed
+#                                             #   with torch (the default), onnxruntime (FP32) or
+#                                             #   onnxruntime-int8 (or QUICKSTART_RUNTIME=...)
+#   bash experiments/quickstart.sh --dry_run  # say what run this is and whether $OUT holds it;
+#                                             #   run nothing
 #
 # Every stage below is one call of a top-level script, so this file is also the pipeline's
 # documentation. A finished stage leaves a stamp in $OUT/.stamps; re-running skips it, so an
@@ -29,16 +35,32 @@ main() {
   KD_FLAG=0
   SIZE="${QUICKSTART_SIZE:-default}"
   FRESH=0
+  DRY_RUN=0
+  # The runtime the search targets: the latency dataset, and so the predictor, the window and
+  # the summary's measured speedups, are timed with it; the deploy stage exports and scores
+  # ONNX Runtime FP32 and INT8 either way, and the summary says which one is shipped.
+  RUNTIME="${QUICKSTART_RUNTIME:-torch}"
+  NEXT=""  # an option whose value is the next argument
   for arg in "$@"; do
+    if [[ -n "$NEXT" ]]; then RUNTIME="$arg"; NEXT=""; continue; fi
     case "$arg" in
+      --runtime) NEXT=runtime ;;
+      --runtime=*) RUNTIME="${arg#--runtime=}" ;;
+      --dry_run) DRY_RUN=1 ;;
       --scratch) START=scratch ;;
       --kd) KD_FLAG=1 ;;
       --smoke) SIZE=smoke ;;
       --fresh) FRESH=1 ;;
-      -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+      -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
       *) echo "error: unknown option $arg (try --help)" >&2; exit 2 ;;
     esac
   done
+  if [[ -n "$NEXT" ]]; then echo "error: --$NEXT needs a value" >&2; exit 2; fi
+  case "$RUNTIME" in
+    torch|onnxruntime|onnxruntime-int8) ;;
+    *) echo "error: --runtime (or QUICKSTART_RUNTIME) must be torch, onnxruntime or" \
+            "onnxruntime-int8, not '$RUNTIME'" >&2; exit 2 ;;
+  esac
   if [[ "$START" == grown ]]; then
     SCHEME=kd  # a grown supernet keeps MiniLM's 12 heads and distils from it
     OUT="${QUICKSTART_DIR:-experiments/grown}"
@@ -56,6 +78,11 @@ main() {
     echo "error: QUICKSTART_EVAL_PROCS must be a positive integer, not $EVAL_PROCS" >&2; exit 2
   fi
   ((EVAL_PROCS > 8)) && EVAL_PROCS=8
+  if [[ "$RUNTIME" != torch ]] && ! "$PY" -c 'import onnx, onnxruntime' 2>/dev/null; then
+    echo "error: --runtime $RUNTIME times with ONNX Runtime: pip install -e \".[onnx]\"" \
+         "(or: pip install onnx onnxruntime)" >&2
+    exit 2
+  fi
   export TOKENIZERS_PARALLELISM=false
 
   # arch_repr LAYERS HIDDEN HEADS QKV FFN: the original's arch dict line.
@@ -176,13 +203,25 @@ main() {
   SUMMARY="$OUT/summary"                      # summary.md / summary.json / plots
   STAMPS="$OUT/.stamps"
 
-  if [[ "$FRESH" == 1 ]]; then rm -rf "$STAMPS"; fi
-  mkdir -p "$STAMPS"
-  RUN_KIND="$START-$SCHEME-$SIZE"
-  if [[ -e "$STAMPS/size" && "$(cat "$STAMPS/size")" != "$RUN_KIND" ]]; then
-    echo "error: $OUT holds a $(cat "$STAMPS/size") run; pass --fresh or set QUICKSTART_DIR" >&2
+  # A directory holds one kind of run: its stages' outputs (the latency dataset's backend
+  # included) would not mix.
+  RUN_KIND="$START-$SCHEME-$SIZE-$RUNTIME"
+  HELD=""
+  if [[ "$FRESH" != 1 && -e "$STAMPS/size" ]]; then
+    HELD="$(cat "$STAMPS/size")"
+    if [[ "$HELD" == "$START-$SCHEME-$SIZE" ]]; then HELD+="-torch"; fi  # stamped before --runtime
+  fi
+  if [[ -n "$HELD" && "$HELD" != "$RUN_KIND" ]]; then
+    echo "error: $OUT holds a $HELD run (start-scheme-size-runtime), this is a $RUN_KIND run;" \
+         "pass --fresh or set QUICKSTART_DIR" >&2
     exit 2
   fi
+  if [[ "$DRY_RUN" == 1 ]]; then
+    echo "a $RUN_KIND run (start-scheme-size-runtime) in $OUT${HELD:+, resuming the one there}"
+    exit 0
+  fi
+  if [[ "$FRESH" == 1 ]]; then rm -rf "$STAMPS"; fi
+  mkdir -p "$STAMPS"
   echo "$RUN_KIND" > "$STAMPS/size"
 
   # stage NAME CMD...: run CMD unless NAME finished before; log its wall and CPU seconds.
@@ -302,10 +341,12 @@ main() {
       "${PRETRAIN_SPACE[@]}" --resume auto --no_progress "${OBJECTIVE[@]}"
   SUPERNET="$(newest_checkpoint "$CACHE")"
 
-  # 4. Latency: time sampled sub-archs and the base arch (the full supernet: MiniLM when grown),
-  #    fit Lat(*).
+  # 4. Latency: time sampled sub-archs and the base arch (the full supernet: MiniLM when grown)
+  #    with the runtime the search targets, fit Lat(*) (time.pt records the backend; the
+  #    searcher's window and --measure and the summary's speedups follow it).
   stage latency_dataset "$PY" inference_time_evaluation.py --bert_model "$SUPERNET" \
       "${SCHEME_FLAGS[@]}" "${SPACE[@]}" --num_archs "$LAT_ARCHS" --infer_cnt "$LAT_RUNS" \
+      --backend "$RUNTIME" \
       --passes "$LAT_PASSES" --base_arch "$BASE_ARCH" --output "$LATENCY/lat.tmp" --no_progress
   stage latency_predictor "$PY" latency_predictor.py --lat_dataset_path "$LATENCY/lat.tmp" \
       --ckpt_path "$LATENCY/time.pt" --predictor "$PREDICTOR" \
@@ -373,7 +414,9 @@ main() {
   FURTHER="$TRAINED"
 
   # 7. The chosen arch as shipped: its SST-2-style model exported to ONNX (FP32 and INT8) and
-  #    scored through ONNX Runtime on the dev set; the summary times it under all three backends.
+  #    scored through ONNX Runtime on the dev set; the summary times it against the base arch
+  #    under all three backends and names the one shipped, the runtime searched for ($RUNTIME),
+  #    with its predicted and measured speedup.
   DEPLOY_FLAGS=()
   if "$PY" -c 'import onnx, onnxruntime' 2>/dev/null; then
     stage deploy "$PY" superbert_run_en_classifier.py --onnx --int8 \

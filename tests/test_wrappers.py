@@ -300,3 +300,44 @@ def test_cluster_evaluation_wrappers(tmp_path, name):
         assert len(searches) == 4 and seen[-1][1] == "summarize.py"
         assert sorted(p.name for p in (tmp_path / "search").glob(".gen_*.evaluated")
                       if "node" not in p.name) == [f".gen_{g}.evaluated" for g in (1, 2, 3)]
+
+
+# ---- the quickstart's options: --dry_run runs no stage ------------------------------------------
+def _quickstart(tmp: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(ROOT / "experiments" / "quickstart.sh"), *args], cwd=ROOT,
+                          env={**os.environ, "QUICKSTART_DIR": str(tmp / "qs"),
+                               "PYTHON": sys.executable, **env},
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_quickstart_runtime_option_and_its_stamp(tmp_path):
+    r = _quickstart(tmp_path, "--smoke", "--runtime", "onnxruntime-int8", "--dry_run")
+    assert r.returncode == 0, r.stderr
+    assert "a grown-kd-smoke-onnxruntime-int8 run" in r.stdout
+    assert not (tmp_path / "qs").exists()  # a dry run writes nothing
+    r = _quickstart(tmp_path, "--smoke", "--dry_run", QUICKSTART_RUNTIME="onnxruntime")
+    assert "a grown-kd-smoke-onnxruntime run" in r.stdout
+    assert "a scratch-mlm-default-torch run" in _quickstart(tmp_path, "--scratch",
+                                                            "--dry_run").stdout  # the default
+    for bad in (["--runtime"], ["--runtime", "tensorrt"], ["--runtime=openvino"]):
+        r = _quickstart(tmp_path, *bad, "--dry_run")
+        assert r.returncode == 2 and r.stderr.startswith("error: --runtime"), r.stderr
+    # a directory holds one runtime's run: another is refused before any stage runs
+    stamps = tmp_path / "qs" / ".stamps"
+    stamps.mkdir(parents=True)
+    (stamps / "size").write_text("grown-kd-smoke-torch\n")
+    r = _quickstart(tmp_path, "--smoke", "--runtime", "onnxruntime")
+    assert r.returncode == 2 and "holds a grown-kd-smoke-torch run" in r.stderr
+    assert "--fresh" in r.stderr and [p.name for p in stamps.iterdir()] == ["size"]
+    # a stamp written before --runtime existed is a torch run's
+    (stamps / "size").write_text("grown-kd-smoke\n")
+    assert "resuming the one there" in _quickstart(tmp_path, "--smoke", "--dry_run").stdout
+    assert _quickstart(tmp_path, "--smoke", "--runtime=onnxruntime", "--dry_run").returncode == 2
+    r = _quickstart(tmp_path, "--smoke", "--runtime=onnxruntime", "--dry_run", "--fresh")
+    assert r.returncode == 0 and (stamps / "size").read_text() == "grown-kd-smoke\n"
+
+
+def test_quickstart_times_its_latency_dataset_with_the_runtime():
+    text = (ROOT / "experiments" / "quickstart.sh").read_text().replace("\\\n", " ")
+    [call] = [line for line in _logical_lines(text) if "inference_time_evaluation.py" in line]
+    assert '--backend "$RUNTIME"' in call
