@@ -111,11 +111,18 @@ main() {
     SPACE=(--layer_num_space 1 6 --hidden_size_space 128 384 --qkv_size_space 96 384
            --intermediate_size_space 256 1536)
     SEQ=64  # book sentences are short; half the cost of 128
-    # Reordered by activation magnitude, then a gentle lr. Measured on the MNLI-style task
-    # (mean pooling, 150 fine-tuning steps, one seed): L3/d384/q252/f832 scores 40.0% as a plain
-    # MiniLM slice, 63-65.5% reordered; 150 KD steps at lr 1e-4 then pull it back to ~40%
-    # (even MiniLM's full arch drops from 65% to 52.5%), at 2e-5 they keep it (63%).
-    PRETRAIN_STEPS=100; PRETRAIN_BATCH=16; PRETRAIN_LR=2e-5; PRETRAIN_RECIPE=()
+    # Reordered by activation magnitude (L3/d384/q252/f832 on the MNLI-style task: 40.0% as a
+    # plain MiniLM slice, 63-65.5% reordered), then distilled by last-layer Q/K/V relations
+    # (KL) with the sandwich rule: the largest, the smallest and one random arch every step, the
+    # teacher the target of all three. The original's one random arch per step with hidden +
+    # attention MSE lowered the slices' KD loss but not their scores (at lr 1e-4 it pulled the
+    # full arch from 65% to 52.5% on the pair task; at 2e-5 100 steps never left the epoch's
+    # warm-up). 120 steps of 16 x 64 tokens is the growth benchmark's (e) budget (30 steps of
+    # 32 x 128): there, +1.5 to +3.5 points on the MNLI-style task for the hidden-256 slices
+    # and -2 to -2.5 for the hidden-384 ones, level on average with the untrained reordering
+    # (docs/measured/bench_growth_2026-12-07.md). The warm-up is a tenth of these steps.
+    PRETRAIN_STEPS=120; PRETRAIN_BATCH=16; PRETRAIN_LR=1e-4
+    PRETRAIN_RECIPE=(--kd_objective relation --num_subnets 3 --sandwich --warmup_steps 12)
     GROW=(--reorder_importance magnitude)  # the reorder stage's measure
     SPEEDUP=3; LAT_WINDOW=(0.85 1.1); GEN_SIZE=6           # 3x MiniLM's speed
     LAT_ARCHS=100  # the per-layer cost model has few coefficients: 100 timed archs fit it
@@ -131,10 +138,14 @@ main() {
     # then 52.5 / 45.0%. SST-2-style is done by step 100.
     FINAL_LR="1e-4 1e-4"; FINAL_STEPS="100 300"
     FINAL_SEQ=(--max_seq_length 64)  # book sentences (and sentence pairs) fit in 64 tokens
-    # Classifiers read the mean of the last layer's tokens, what all-MiniLM-L6-v2 was trained
-    # for: its [CLS] vector is informative only at the last layer of the full model (MNLI-style,
-    # 150 steps: MiniLM's first 3 layers 33% reading [CLS], 66.5% reading the mean).
-    POOLING=(--pooling mean)
+    # Classifiers read the means of the last layer's tokens, what all-MiniLM-L6-v2 was trained
+    # for (its [CLS] vector is informative only at the last layer of the full model: MNLI-style,
+    # 150 steps, MiniLM's first 3 layers 33% reading [CLS], 66.5% reading the mean), per segment:
+    # [mean A, mean B, |A-B|, A*B]. A plain mean loses the pair in slices narrower than 384
+    # (their attention flattens; docs/measured/hidden_cuts_2026-12-07.md); per segment, the
+    # never-trained L4/d192 .. L6/d256 slices score 44.5-52.0% on the MNLI-style task where
+    # the mean left them at chance (docs/measured/bench_growth_2026-12-07.md).
+    POOLING=(--pooling pair)
     FURTHER_STEPS=100; FURTHER_LR=2e-5  # (the chosen L3/d384 arch: MNLI-style 53.5-57.5% after
                                         #  further training at 2e-5, 42.5-43% at 1e-4)
     BOOK_FLAGS=(--context_sentences 3)  # SQuAD-style contexts of ~70 tokens: 1-2 windows of 96
@@ -180,6 +191,7 @@ main() {
     if [[ "$START" == grown ]]; then
       # MiniLM-size models cost ~10x the scratch smoke's per step: fewer steps and archs
       PRETRAIN_STEPS=10; FURTHER_STEPS=10; LAT_ARCHS=20; GEN_SIZE=2
+      PRETRAIN_RECIPE=(--kd_objective relation --num_subnets 3 --sandwich --warmup_steps 1)
       GROW+=(--reorder_samples 16)
     fi
   elif [[ "$SIZE" != default ]]; then

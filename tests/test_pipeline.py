@@ -332,9 +332,9 @@ def test_grown_search_scores_its_tasks_and_compares_default_ratios(grown_smoke_r
     assert scored and all(set(s) == {"sst-2", "squad1"} for s in scored.values())
     final = parse_results(str(out / "final_eval/subbert.results"))
     assert all(set(s) == {"sst-2", "mnli"} for s in final.values())
-    for task in ("sst-2", "mnli"):  # classifiers read the mean of the tokens, saved so
+    for task in ("sst-2", "mnli"):  # classifiers read the segments' means, saved so
         saved = json.loads((out / f"final_eval/{task}_seed42/config.json").read_text())
-        assert saved["classifier_pooling"] == "mean"
+        assert saved["classifier_pooling"] == "pair"
     default = Arch.parse((out / "cands/default.arch").read_text())
     # BERT's ratios on the search grid: FFN = 4 x hidden, qkv the multiple of 12 heads nearest
     # to hidden
