@@ -275,7 +275,8 @@ def timed_default(s: Setup, predictor: LatencyPredictor, winner: Arch,
     lat = np.asarray(predictor.predict(defaults))
     near = [defaults[i] for i in np.argsort(np.abs(lat - target), kind="stable")[:candidates]]
     config = load_config(resolve_model_dir(str(s.supernet)))
-    timed = measure_latencies(config, s.scheme, [winner, *near], reference_arch(predictor))
+    timed = measure_latencies(config, s.scheme, [winner, *near], reference_arch(predictor),
+                              backend=predictor.backend)
     win_ms, ms = timed.arch_ms[0], timed.arch_ms[1:]
     best = int(np.argmin([abs(m / win_ms - 1) for m in ms]))
     return near[best], win_ms, ms[best]
