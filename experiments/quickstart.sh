@@ -117,8 +117,8 @@ main() {
     # beats the never-trained reordering on task scores at a CPU budget: at lr 1e-4 this
     # objective pulled the full arch from 65% to 52.5% on the pair task; relation KD with the
     # sandwich rule (--kd_objective relation --num_subnets 3 --sandwich, lr 1e-4, 30 steps of
-    # 32 x 128, ~4x this stage's compute) scored 72.3 on average over the growth benchmark's
-    # slices and tasks against 74.3 for the untrained reordering, 2 seeds
+    # 32 x 128, ~4x this stage's compute) scored 72.8 on average over the growth benchmark's
+    # slices and tasks against 74.2 for the untrained reordering, 2 seeds
     # (docs/measured/bench_growth_2026-12-07.md). The summary shows what this stage did.
     PRETRAIN_STEPS=100; PRETRAIN_BATCH=16; PRETRAIN_LR=2e-5; PRETRAIN_RECIPE=()
     GROW=(--reorder_importance magnitude)  # the reorder stage's measure
@@ -141,8 +141,8 @@ main() {
     # 150 steps, MiniLM's first 3 layers 33% reading [CLS], 66.5% reading the mean), per segment:
     # [mean A, mean B, |A-B|, A*B]. A plain mean loses the pair in slices narrower than 384
     # (their attention flattens; docs/measured/hidden_cuts_2026-12-07.md); per segment, the
-    # never-trained L4/d192 .. L6/d256 slices score 44.5-52.0% on the MNLI-style task where
-    # the mean left them at chance (docs/measured/bench_growth_2026-12-07.md).
+    # never-trained L4/d192 .. L6/d256 slices score 43-58% on the MNLI-style task (2 seeds)
+    # where the mean left them at chance (docs/measured/bench_growth_2026-12-07.md).
     POOLING=(--pooling pair)
     FURTHER_STEPS=100; FURTHER_LR=2e-5  # (the chosen L3/d384 arch: MNLI-style 53.5-57.5% after
                                         #  further training at 2e-5, 42.5-43% at 1e-4)
