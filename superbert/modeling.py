@@ -468,9 +468,10 @@ class AutoTinyBertForMaskedLM(AutoTinyBertPreTrainedModel):
         return F.cross_entropy(logits.float(), labels.view(-1)[where])
 
 
-CLASSIFIER_POOLINGS = ("cls", "mean", "pair")
-# How many hidden-wide blocks each pooling hands the classifier (its input is blocks x hidden).
+# What a sequence classifier can read, and how many hidden-wide blocks each hands it (its input
+# is blocks x hidden).
 POOLED_BLOCKS = {"cls": 1, "mean": 1, "pair": 4}
+CLASSIFIER_POOLINGS = tuple(POOLED_BLOCKS)
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
