@@ -162,6 +162,13 @@ def build_summary(results_file: str | os.PathLike, generation_files: Sequence[st
         if got != default_arch:
             raise UserError(f"{default_further} holds the arch {got.short()}, not the default-"
                             f"ratio arch {default_arch.short()} of --default_arch_file")
+    # Read before anything is timed or drawn: mismatched files fail fast.
+    stage = None
+    if stage_results is not None:
+        roles = {chosen.arch.short(): "chosen"}
+        if default_arch is not None and default_arch != chosen.arch:
+            roles[default_arch.short()] = f"default ratios, hidden {default_arch.hidden}"
+        stage = stage_effect(*stage_results, roles)
     archs = [chosen.arch] + ([default_arch] if default_arch is not None else [])
     time_bert_base = base_arch != BERT_BASE
     if time_bert_base:
@@ -233,12 +240,6 @@ def build_summary(results_file: str | os.PathLike, generation_files: Sequence[st
     if latency_plot is not None:
         latency_plot = str(plot_latency_vs_score(latency_plot, scores))
         plots.append(latency_plot)
-    stage = None
-    if stage_results is not None:
-        roles = {chosen.arch.short(): "chosen"}
-        if default_arch is not None and default_arch != chosen.arch:
-            roles[default_arch.short()] = f"default ratios, hidden {default_arch.hidden}"
-        stage = stage_effect(*stage_results, roles)
     return Summary(
         chosen={"arch": str(chosen.arch), "generation": chosen.generation,
                 "scores": chosen.scores, "fitness": chosen.fitness,
