@@ -339,6 +339,10 @@ def main() -> None:
     p.add_argument("--recipe_e", default=RECIPE_E,
                    help=f"(e)'s pre_training.py flags (default: {RECIPE_E!r})")
     args = p.parse_args()
+    unknown = [k for k in args.variants if k not in VARIANTS]
+    if unknown:  # before any data is made
+        p.error(f"--variants: unknown {', '.join(map(repr, unknown))}: pick from "
+                f"{''.join(VARIANTS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     quick = args.quick
@@ -355,8 +359,6 @@ def main() -> None:
     prepare_data(s, log)
     results, seconds = {}, {}
     for k in args.variants:
-        if k not in VARIANTS:
-            sys.exit(f"error: unknown variant {k!r}: pick from {''.join(VARIANTS)}")
         t0 = time.perf_counter()
         supernet, seconds[k] = build_supernet(s, k, log)
         print(f"({k}) {VARIANTS[k]}: supernet {supernet} ({seconds[k]:.0f} s)", flush=True)
