@@ -16,8 +16,9 @@ from superbert.arch import Arch, SearchSpace
 from superbert.cli import config_from_args, run_main
 from superbert.errors import UserError
 from superbert.latency import predictors
-from superbert.latency import (COST_TERMS, CostModel, LatencyConfig, LatencyMLP, LatencyPredictor,
-                               PredictorConfig, Timer, TrainConfig, dataset_arrays,
+from superbert.latency import (COST_TERMS, CostModel, FlopsBaseline, LatencyConfig, LatencyMLP,
+                               LatencyPredictor, PredictorConfig, Timer, TrainConfig,
+                               dataset_arrays, format_latency_line,
                                read_latency_dataset, regression_metrics, sample_archs,
                                split_indices, time_against_reference, train_predictor)
 from superbert.search import LatencyWindow, SearchConfig
@@ -167,18 +168,23 @@ def test_cost_model_recovers_a_known_cost_law():
     assert pred.flops_per_prediction() < 100
 
 
+def at_or_below(ours: float, baseline: float) -> bool:
+    """A FLOPs fit chosen predicts what the baseline does, to float32 rounding: a tie."""
+    return ours <= baseline * (1 + 1e-5)
+
+
 def test_default_predictor_fits_in_seconds_and_beats_the_flops_baseline():
     """The default (the cost model) on datasets of 30 and 200 archs with 3% timing noise: at
     or below the FLOPs baseline's test MAPE with the script's seed, in well under a second.
     A 3-arch test split (30 archs) is a small sample: over 20 datasets and splits the cost
     model wins at least 18 and halves the baseline's error on average (measured: 18/20,
-    3.0% vs 7.6%; the two losses are splits where the baseline's 3 errors happen to be small)."""
+    2.9% vs 7.6%; the two losses are splits where the baseline's 3 errors happen to be small)."""
     assert TrainConfig().predictor == "cost" and PredictorConfig().predictor == "cost"
     for n in (30, 200):
         archs = sample_archs(SearchSpace(scheme="kd"), n, seed=0)
         pred, rep = train_predictor(archs, law_ms(archs, 0.03), progress=False)
         assert pred.kind == "cost" and rep.seconds < 5
-        assert rep.test.mape <= rep.flops_test.mape, (n, rep.test, rep.flops_test)
+        assert at_or_below(rep.test.mape, rep.flops_test.mape), (n, rep.test, rep.flops_test)
     ours, flops = [], []
     for seed in range(20):
         archs = sample_archs(SearchSpace(scheme="kd"), 30, seed=seed)
@@ -186,8 +192,97 @@ def test_default_predictor_fits_in_seconds_and_beats_the_flops_baseline():
                                  progress=False)
         ours.append(rep.test.mape)
         flops.append(rep.flops_test.mape)
-    assert sum(o <= f for o, f in zip(ours, flops)) >= 18, list(zip(ours, flops))
+    assert sum(at_or_below(o, f) for o, f in zip(ours, flops)) >= 18, list(zip(ours, flops))
     assert np.mean(ours) < 0.5 * np.mean(flops)
+
+
+def flops_ms(archs, seed=0, noise_ms=0.2):
+    """Latency exactly proportional to FLOPs (plus 2 ms), with timing noise of constant size:
+    the FLOPs least-squares fit is then the right model."""
+    flops = np.array([a.flops(128) for a in archs], dtype=np.float64)
+    return 2e-8 * flops + 2.0 + noise_ms * np.random.default_rng(seed).standard_normal(len(archs))
+
+
+def test_selection_keeps_the_flops_fit_where_the_cost_terms_do_not_pay():
+    """Cross-validation on the training + validation archs chooses the FLOPs fit on latencies
+    that are FLOPs-proportional plus noise (then the default is the baseline itself: a tie),
+    and the cost model on the per-layer law; the choice and its CV MAPEs are recorded."""
+    picks = {}
+    for n in (30, 200):
+        for seed in range(5):
+            archs = sample_archs(SearchSpace(scheme="kd"), n, seed=seed)
+            for law, ms in (("flops", flops_ms(archs, seed)), ("cost", law_ms(archs, 0.03, seed))):
+                pred, rep = train_predictor(archs, ms, TrainConfig(seed=seed), progress=False)
+                sel = rep.selection
+                picks.setdefault((law, n), []).append(sel.chosen)
+                assert sel.n == len(split_indices(n, seed)[0]) + len(split_indices(n, seed)[1])
+                assert sel.method == ("leave-one-out" if n <= 60 else "10-fold")
+                assert len(sel.cv_mape) == len(sel.penalties) and sel.flops_cv_mape > 0
+                record = pred.meta["selection"]
+                assert record["chosen"] == sel.chosen and record["reason"] == sel.reason()
+                assert record["cv_mape"] == sel.cv_mape
+                if sel.chosen == "FLOPs fit":  # exactly the baseline's predictions
+                    assert rep.test_pred == pytest.approx(rep.test_flops_pred, rel=1e-5)
+                    assert at_or_below(rep.test.mape, rep.flops_test.mape)
+                    assert sel.penalty is None and "the baseline itself" in sel.reason()
+                    assert pred.describe().startswith("FLOPs fit (ms = ")
+                else:
+                    assert sel.penalty in sel.penalties and "more than" in sel.reason()
+                    assert bool((pred.model.coef >= 0).all())
+    assert picks[("cost", 30)] == ["cost model"] * 5 and picks[("cost", 200)] == ["cost model"] * 5
+    for n in (30, 200):  # measured: 5/5 (12/12 and 11/12 over seeds 0-11)
+        assert picks[("flops", n)].count("FLOPs fit") >= 4, picks[("flops", n)]
+
+
+def test_flops_fit_is_a_cost_model():
+    """Encoder FLOPs are a sum of cost terms: the FLOPs baseline's fit, negative constant and
+    all, as CostModel coefficients predicts exactly what FlopsBaseline does."""
+    archs = sample_archs(SearchSpace(scheme="kd"), 50, seed=4)
+    for seq_len in (32, 128):
+        base = FlopsBaseline(3e-8, -0.25, seq_len)
+        coef = base.coef((512.0, 6.0, 2048.0, 512.0), 50.0)
+        pred = LatencyPredictor(CostModel().set_coef(coef), (512.0, 6.0, 2048.0, 512.0), 50.0)
+        assert pred.predict(archs) == pytest.approx(base.predict(archs), rel=1e-6)
+    assert "- 0.25" in pred.describe()
+
+
+def test_selected_predictor_round_trips_and_drives_the_search(tmp_path, capsys):
+    """latency_predictor.py with its defaults on a FLOPs-proportional dataset: it prints the CV
+    MAPEs and the choice, time.pt records them, and the reloaded predictor is the one fitted
+    (same predictions) and enumerates candidates exactly as before."""
+    archs = sample_archs(SearchSpace(scheme="kd"), 40, seed=3)
+    data = tmp_path / "lat.tmp"
+    data.write_text("".join(format_latency_line(a, round(float(m), 4))
+                            for a, m in zip(archs, flops_ms(archs, 3))))
+    ckpt = tmp_path / "time.pt"
+    latency_predictor.main(["--lat_dataset_path", str(data), "--ckpt_path", str(ckpt),
+                            "--base_latency", "40", "--model", "KD", "--no_progress"])
+    printed = capsys.readouterr().out
+    assert "selection: leave-one-out CV MAPE on the 36 training + validation archs" in printed
+    assert "selection: chose FLOPs fit: " in printed and "predictor: FLOPs fit (ms = " in printed
+    assert "valid " not in printed  # the validation archs are in the fit (and the CV)
+    blob = torch.load(ckpt, weights_only=True)
+    assert blob["kind"] == "cost" and blob["meta"]["selection"]["chosen"] == "FLOPs fit"
+    assert set(blob["meta"]["selection"]) >= {"method", "n", "penalties", "cv_mape",
+                                              "flops_cv_mape", "se", "chosen", "reason"}
+    pred = LatencyPredictor.load(ckpt)
+    archs, ms = dataset_arrays(read_latency_dataset(data))
+    again, _ = train_predictor(archs, ms, progress=False)
+    assert np.array_equal(pred.predict(archs), again.predict(archs))
+    fitted = np.concatenate(split_indices(40, 0)[:2])
+    base = FlopsBaseline.fit([archs[i] for i in fitted], ms[fitted])
+    assert pred.predict(archs) == pytest.approx(base.predict(archs), rel=1e-5)
+    cands = tmp_path / "cands"
+    searcher.main(["--ckpt_path", str(ckpt), "--latency_constraint", "4", "--method",
+                   "Candidate", "--candidate_file", str(cands), "--layer_num_space", "1", "4",
+                   "--hidden_size_space", "128", "384", "--intermediate_size_space", "128",
+                   "1024", "--qkv_size_space", "180", "384", "--no_progress"])
+    space = SearchSpace(scheme="kd", layers=(1, 4), hidden=(128, 384), ffn=(128, 1024),
+                        qkv=(180, 384), hidden_step=16, ffn_step=32, qkv_step=12)
+    every = list(space.iter_grid())
+    window = LatencyWindow(40.0, 4)
+    want = [str(a) for a, ok in zip(every, window.contains(pred.predict(every))) if ok]
+    assert want and sorted(cands.read_text().splitlines()) == sorted(want)
 
 
 def test_cost_fit_survives_an_ill_scaled_system(monkeypatch):
@@ -516,4 +611,5 @@ def test_defaults_bench_runs_on_a_synthetic_dataset(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "default (cost model)" in printed and "FLOPs baseline" in printed
     assert "over 3 split seeds" in printed and "load average" in printed
+    assert "(the FLOPs fit chosen on 0)" in printed
     assert LatencyPredictor.load(tmp_path / "archs30" / "time.pt").kind == "cost"

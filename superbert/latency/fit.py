@@ -1,11 +1,18 @@
 """Fitting a latency predictor: the recipes, the split, the metrics, the plot.
 
-The default predictor is the cost model (`CostModel`), fitted in closed form on the training
-split in milliseconds. The original's MLP (`--predictor mlp`) is trained with the original's
+The default predictor is the cost model (`CostModel`), fitted in closed form in milliseconds
+and chosen by cross-validation on the training and validation archs (`select_cost_model`):
+the per-layer cost terms shrunk toward the FLOPs fit by one of a few ridge penalties, or the
+FLOPs fit itself unless the cost terms beat it in cross-validation by more than half a standard
+error, so that a small or noisy dataset falls back to the baseline rather than losing to it;
+the choice and the cross-validated MAPEs behind it go into time.pt (`meta["selection"]`).
+The original's MLP (`--predictor mlp`) is trained with the original's
 recipe: Adam 1e-5, up to 5000 steps of 128 random training examples, MSE on ms / 200; seeded
 here, and stopped early on the validation split (its loss is checked every 100 steps, the best
 checkpoint kept, training stopped after `patience` checks without a better one). Both are scored
-on a seeded 80/10/10 split beside a FLOPs-proportional baseline fitted on the same training split.
+on a seeded 80/10/10 split beside a FLOPs-proportional baseline fitted on the same archs as the
+predictor (the cost model: training and validation; the MLP: training, the validation split
+being its early-stopping check).
 
 Several datasets can be fitted on together (`--lat_dataset_path A B`, e.g. two sweeps of one
 machine): they must agree on the backend, protocol, scheme and reference, else one error says
@@ -36,7 +43,7 @@ from .checks import check_output, check_positive
 from .dataset import (dataset_arrays, read_latency_dataset, read_sidecar, sidecar_backend,
                       sidecar_path)
 from .predictors import (ORIGINAL_BASE_LATENCY_MS, PREDICTOR_KINDS, CostModel, FlopsBaseline,
-                         LatencyMLP, LatencyPredictor)
+                         LatencyMLP, LatencyPredictor, fit_cost_terms)
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +140,7 @@ class TrainReport:
     test_flops_pred: np.ndarray
     seconds: float
     early_stop: EarlyStop | None = None  # the MLP's
+    selection: "Selection | None" = None  # the cost model's
 
 
 def split_indices(n: int, seed: int, fractions: tuple[float, float] = (0.8, 0.1)) -> tuple[np.ndarray, ...]:
@@ -144,6 +152,106 @@ def split_indices(n: int, seed: int, fractions: tuple[float, float] = (0.8, 0.1)
         n_train = min(n_train, n - 2)
         n_valid = max(1, min(n_valid, n - n_train - 1))
     return order[:n_train], order[n_train:n_train + n_valid], order[n_train + n_valid:]
+
+
+# ---- the cost model's selection -----------------------------------------------------------------
+# Ridge penalties toward the FLOPs fit (on unit-norm columns of the relative-error system): 0 is
+# the plain non-negative fit, 0.1 close to the FLOPs fit; the FLOPs fit itself is the last
+# candidate. Chosen on synthetic datasets of 30 and 200 archs with 3-10% timing noise drawn from
+# a per-layer law, a misspecified one and an exactly FLOPs-proportional one
+# (bench/bench_latency_predictor.py --defaults).
+PENALTIES = (0.0, 1e-4, 3.16e-4, 1e-3, 3.16e-3, 1e-2, 3.16e-2, 1e-1)
+FLOPS_FIT = "FLOPs fit"
+SE_MARGIN = 0.5  # the cost model must beat the FLOPs fit's CV MAPE by this many standard errors
+MAX_LOO = 60  # leave-one-out up to this many archs, else 10 folds
+
+
+@dataclass(frozen=True)
+class Selection:
+    """How the default predictor was chosen: cross-validated MAPE (%) of each candidate on the
+    archs it was fitted on, the chosen one and why."""
+
+    method: str  # "leave-one-out" or "10-fold"
+    n: int
+    penalties: list[float]
+    cv_mape: list[float]  # per penalty
+    flops_cv_mape: float
+    best_penalty: float  # the best cost model's
+    se: float  # standard error of (best cost model - FLOPs fit), per-arch paired, in points
+    chosen: str  # "cost model" or FLOPS_FIT
+    penalty: float | None  # the chosen cost model's, None for the FLOPs fit
+
+    @property
+    def best_cv_mape(self) -> float:
+        return self.cv_mape[self.penalties.index(self.best_penalty)]
+
+    def reason(self) -> str:
+        gain = self.flops_cv_mape - self.best_cv_mape
+        how = (f"beats the FLOPs fit by {gain:.2f} points" if gain > 0
+               else f"does not beat the FLOPs fit ({-gain:.2f} points worse)")
+        need = f"{SE_MARGIN:g} standard error = {SE_MARGIN * self.se:.2f} points"
+        if self.chosen == FLOPS_FIT:
+            return (f"the best cost model (penalty {self.best_penalty:g}) {how}, not more than "
+                    f"{need}: the FLOPs fit, the baseline itself, is kept")
+        return f"the best cost model (penalty {self.best_penalty:g}) {how}, more than {need}"
+
+    def lines(self) -> list[str]:
+        curve = ", ".join(f"{p:g}: {m:.2f}%" for p, m in zip(self.penalties, self.cv_mape))
+        picked = (FLOPS_FIT if self.chosen == FLOPS_FIT
+                  else f"cost model, penalty {self.penalty:g}")
+        return [f"{self.method} CV MAPE on the {self.n} training + validation archs: FLOPs fit "
+                f"{self.flops_cv_mape:.2f}%; cost model by penalty toward it {curve}",
+                f"chose {picked}: {self.reason()}"]
+
+    def record(self) -> dict[str, Any]:
+        return {**asdict(self), "reason": self.reason()}
+
+
+def cv_folds(n: int, seed: int) -> list[np.ndarray]:
+    """Leave-one-out up to MAX_LOO archs, else 10 seeded folds."""
+    if n <= MAX_LOO:
+        return [np.array([i]) for i in range(n)]
+    return np.array_split(np.random.default_rng(seed).permutation(n), 10)
+
+
+def select_cost_model(X: torch.Tensor, Y: torch.Tensor, flops: np.ndarray, cfg: TrainConfig,
+                      seq_len: int = 128) -> tuple[CostModel, FlopsBaseline, Selection]:
+    """The default predictor on normalised features X, targets Y (ms / lat_norm) and the archs'
+    FLOPs: every candidate (the cost model at each of PENALTIES toward the FLOPs fit, and the
+    FLOPs fit) scored by cross-validated MAPE; the best cost model unless it beats the FLOPs fit
+    by no more than SE_MARGIN paired standard errors; refitted on all the archs given. Returns
+    it, the FLOPs fit on those archs and the selection record."""
+    A = CostModel.terms(X.double()).numpy()
+    t = Y.double().numpy()
+    ms = t * cfg.lat_norm
+    n = len(t)
+    folds = cv_folds(n, cfg.seed)
+
+    def fits(idx: np.ndarray) -> tuple[FlopsBaseline, np.ndarray, list[np.ndarray]]:
+        flops_fit = FlopsBaseline.fit_flops(flops[idx], ms[idx], seq_len)
+        anchor = flops_fit.coef(cfg.feature_norm, cfg.lat_norm)
+        return flops_fit, anchor, [fit_cost_terms(A[idx], t[idx], anchor, lam)
+                                   for lam in PENALTIES]
+
+    pred = np.zeros((len(PENALTIES) + 1, n))  # the candidates' out-of-fold predictions
+    for held in folds:
+        keep = np.setdiff1d(np.arange(n), held)
+        _, anchor, coefs = fits(keep)
+        for j, c in enumerate([*coefs, anchor]):
+            pred[j, held] = A[held] @ c
+    err = 100.0 * np.abs(pred - t) / t  # per candidate and arch, percent
+    cv = err.mean(axis=1)
+    best = int(np.argmin(cv[:-1]))
+    diff = err[best] - err[-1]
+    se = float(diff.std(ddof=1) / np.sqrt(n)) if n > 1 else float("inf")
+    use_cost = cv[best] < cv[-1] - SE_MARGIN * se
+    flops_fit, anchor, coefs = fits(np.arange(n))
+    model = CostModel().set_coef(coefs[best] if use_cost else anchor)
+    sel = Selection("leave-one-out" if n <= MAX_LOO else f"{len(folds)}-fold", n,
+                    list(PENALTIES), [float(v) for v in cv[:-1]], float(cv[-1]),
+                    PENALTIES[best], se, "cost model" if use_cost else FLOPS_FIT,
+                    PENALTIES[best] if use_cost else None)
+    return model, flops_fit, sel
 
 
 def _train_mlp(X: torch.Tensor, Y: torch.Tensor, tr: np.ndarray, va: np.ndarray, cfg: TrainConfig,
@@ -205,26 +313,33 @@ def train_predictor(archs: Sequence[Arch], ms: np.ndarray, cfg: TrainConfig = Tr
     tr, va, te = split_indices(len(archs), cfg.seed)
     X = torch.tensor([a.features() for a in archs], dtype=torch.float32) / torch.tensor(cfg.feature_norm)
     Y = torch.tensor(ms / cfg.lat_norm, dtype=torch.float32)
-    stop = None
-    if cfg.predictor == "cost":
-        model = CostModel().fit(X[tr], Y[tr])
+    stop = selection = None
+    if cfg.predictor == "cost":  # chosen and fitted on the training and validation archs
+        fit_idx = np.concatenate([tr, va])
+        arch_flops = np.asarray([archs[i].flops(seq_len) for i in fit_idx], dtype=np.float64)
+        model, flops, selection = select_cost_model(X[fit_idx], Y[fit_idx], arch_flops, cfg,
+                                                    seq_len)
+        for line in selection.lines():
+            logger.debug("%s", line)
     else:
         model, stop = _train_mlp(X, Y, tr, va, cfg, rng, progress)
+        flops = FlopsBaseline.fit([archs[i] for i in tr], ms[tr], seq_len)
     meta = dict(meta or {})
     meta.update(train_config=asdict(cfg))
     if stop is not None:
         meta["early_stop"] = asdict(stop)
+    if selection is not None:
+        meta["selection"] = selection.record()
     pred = LatencyPredictor(model, tuple(cfg.feature_norm), cfg.lat_norm, base_latency_ms,
                             scheme, meta)
     all_pred = pred.predict(archs)
-    flops = FlopsBaseline.fit([archs[i] for i in tr], ms[tr], seq_len)
     test_archs = [archs[i] for i in te]
     flops_pred = flops.predict(test_archs)
     report = TrainReport(regression_metrics(all_pred[tr], ms[tr]),
                          regression_metrics(all_pred[va], ms[va]),
                          regression_metrics(all_pred[te], ms[te]),
                          regression_metrics(flops_pred, ms[te]), flops, test_archs, ms[te],
-                         all_pred[te], flops_pred, time.perf_counter() - start, stop)
+                         all_pred[te], flops_pred, time.perf_counter() - start, stop, selection)
     pred.meta["metrics"] = {"test": asdict(report.test), "valid": asdict(report.valid),
                             "flops_baseline_test": asdict(report.flops_test),
                             "split": [len(tr), len(va), len(te)]}
@@ -374,7 +489,9 @@ class PredictorConfig(SpaceFlags):
                                   help=f"latency divisor in ms (default {LATENCY_NORM:g})")
     predictor: str = flag("cost", choices=list(PREDICTOR_KINDS),
                           help="cost: non-negative least squares on per-layer cost terms (L*d*f, "
-                               "L*d*q, L*d, L*f, L*q, L, d, 1), fitted in milliseconds, exact "
+                               "L*d*q, L*d, L*f, L*q, L, d, 1), shrunk toward the FLOPs fit (or "
+                               "that fit itself) as cross-validation on the training + "
+                               "validation archs chooses, fitted in milliseconds, exact "
                                "enumeration on any grid; mlp: the original's MLP (4-2000x4-1, "
                                "minutes, a 48 MB time.pt), stopped early on the validation split")
     feature_dim: int | None = flag(None, type=int, help="default 4")

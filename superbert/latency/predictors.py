@@ -1,9 +1,12 @@
 """The latency predictors and `time.pt`.
 
 The default (`--predictor cost`): latency as a non-negative sum of per-layer cost terms (L*d*f,
-L*d*q, L*d, L*f, L*q, L, d, 1; see `CostModel`), fitted by least squares on the relative error;
-it fits from a few dozen archs in milliseconds, its coefficients read as ms per unit of work,
-and it costs a few flops per arch, so candidate enumeration is exact on any grid. The original's
+L*d*q, L*d, L*f, L*q, L, d, 1; see `CostModel`), fitted by least squares on the relative error,
+shrunk toward the FLOPs baseline's fit (which is a point of the same family: FLOPs are a sum of
+three of the terms) by a penalty chosen by cross-validation, or the FLOPs fit itself where the
+cost terms do not earn their keep (`fit.select_cost_model`); it fits from a few dozen archs in
+milliseconds, its coefficients read as ms per unit of work, and it costs a few flops per arch,
+so candidate enumeration is exact on any grid. The original's
 predictor (from HAT, `--predictor mlp`): an MLP 4 -> 2000 -> 2000 x 3 -> 1 with ReLU on the
 features [d, L, mean f, mean q] / [768, 12, 3072, 768], target ms / 200. `FlopsBaseline` is what
 both must beat.
@@ -25,7 +28,7 @@ import torch
 from scipy.optimize import lsq_linear, nnls
 from torch import nn
 
-from ..arch import FEATURE_NORM, LATENCY_NORM, Arch, Scheme
+from ..arch import FEATURE_NORM, LATENCY_NORM, Arch, Scheme, encoder_flops
 from ..errors import UserError
 from ..io import atomic_path
 from ..timing_protocol import TimingProtocol, check_backend
@@ -67,7 +70,12 @@ class CostModel(nn.Module):
     FFN (L*d*f) and attention projections (L*d*q) matmuls, per-layer elementwise work over the
     hidden, FFN and attention widths (LayerNorm, GELU, softmax, bias adds), per-layer overhead
     (L), the embeddings (d) and a constant. Coefficients are non-negative (work never saves
-    time), which keeps extrapolation to the grid's corners sane.
+    time), which keeps extrapolation to the grid's corners sane; the one exception is the
+    constant of a FLOPs fit (`FlopsBaseline.coef`), which least squares may make negative.
+
+    `fit(..., anchor=c0, penalty=lam)` adds lam * ||s * (coef - c0)||^2 to the relative error
+    (s: the columns' norms, so one penalty suits every term): lam = 0 is the plain fit, a large
+    lam the anchor (clipped at 0).
     """
 
     def __init__(self):
@@ -82,20 +90,15 @@ class CostModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (self.terms(x.double()) @ self.coef).unsqueeze(-1).to(x.dtype)
 
-    def fit(self, x: torch.Tensor, y: torch.Tensor) -> "CostModel":
-        """Non-negative least squares on the relative error (every arch counts alike, as in MAPE)."""
-        A = self.terms(x.double()).numpy()
-        t = y.double().numpy()
-        M = A / t[:, None]
-        # Unit columns: the terms span orders of magnitude, and scipy's active-set NNLS (1.12+)
-        # can stop at its iteration cap on the raw matrix (seen on 1 of 60 synthetic datasets)
-        scale = np.linalg.norm(M, axis=0)
-        scale[scale == 0] = 1.0
-        try:
-            coef, _ = nnls(M / scale, np.ones_like(t), maxiter=100 * M.shape[1])
-        except RuntimeError:  # the cap again: a bounded least-squares solver always returns
-            coef = lsq_linear(M / scale, np.ones_like(t), bounds=(0.0, np.inf)).x
-        self.coef.copy_(torch.from_numpy(coef / scale))
+    def fit(self, x: torch.Tensor, y: torch.Tensor, anchor: np.ndarray | None = None,
+            penalty: float = 0.0) -> "CostModel":
+        """Non-negative least squares on the relative error (every arch counts alike, as in
+        MAPE), with an optional ridge penalty toward the coefficients `anchor`."""
+        coef = fit_cost_terms(self.terms(x.double()).numpy(), y.double().numpy(), anchor, penalty)
+        return self.set_coef(coef)
+
+    def set_coef(self, coef: np.ndarray | Sequence[float]) -> "CostModel":
+        self.coef.copy_(torch.as_tensor(np.asarray(coef, dtype=np.float64)))
         return self
 
     def formula(self, feature_norm: Sequence[float], lat_norm: float) -> str:
@@ -104,8 +107,32 @@ class CostModel(nn.Module):
         scale = {"L*d*f": Ln * dn * fn, "L*d*q": Ln * dn * qn, "L*d": Ln * dn, "L*f": Ln * fn,
                  "L*q": Ln * qn, "L": Ln, "d": dn, "1": 1.0}
         parts = [f"{float(c) * lat_norm / scale[t]:.4g}" + ("" if t == "1" else f"*{t}")
-                 for c, t in zip(self.coef, COST_TERMS) if float(c) > 0]
-        return "ms = " + (" + ".join(parts) if parts else "0")
+                 for c, t in zip(self.coef, COST_TERMS) if float(c) != 0]
+        return "ms = " + (" + ".join(parts).replace("+ -", "- ") if parts else "0")
+
+
+def fit_cost_terms(A: np.ndarray, t: np.ndarray, anchor: np.ndarray | None = None,
+                   penalty: float = 0.0) -> np.ndarray:
+    """Coefficients c >= 0 minimising ||(A c - t) / t||^2 + penalty * ||s * (c - anchor)||^2,
+    s the norms of the columns of A / t (the cost terms of the archs, their latencies)."""
+    M = A / t[:, None]
+    # Unit columns: the terms span orders of magnitude, and scipy's active-set NNLS (1.12+)
+    # can stop at its iteration cap on the raw matrix (seen on 1 of 60 synthetic datasets)
+    scale = np.linalg.norm(M, axis=0)
+    scale[scale == 0] = 1.0
+    M = M / scale
+    rhs = np.ones_like(t)
+    if penalty > 0:
+        if anchor is None:
+            raise ValueError("a penalty needs an anchor")
+        root = np.sqrt(penalty)
+        M = np.vstack([M, root * np.eye(M.shape[1])])
+        rhs = np.concatenate([rhs, root * np.asarray(anchor, dtype=np.float64) * scale])
+    try:
+        coef, _ = nnls(M, rhs, maxiter=100 * M.shape[1])
+    except RuntimeError:  # the cap again: a bounded least-squares solver always returns
+        coef = lsq_linear(M, rhs, bounds=(0.0, np.inf)).x
+    return coef / scale
 
 
 def mlp_shape(state: dict[str, torch.Tensor]) -> tuple[int, int, int]:
@@ -159,7 +186,10 @@ class LatencyPredictor:
 
     def describe(self) -> str:
         if self.kind == "cost":
-            return f"cost model ({self.model.formula(self.feature_norm, self.lat_norm)})"
+            selection = self.meta.get("selection")
+            chosen = selection.get("chosen") if isinstance(selection, dict) else None
+            what = "FLOPs fit" if chosen == "FLOPs fit" else "cost model"
+            return f"{what} ({self.model.formula(self.feature_norm, self.lat_norm)})"
         return f"MLP {self.feature_dim}-{self.hidden_dim}x{self.hidden_layer_num + 1}-1"
 
     def flops_per_prediction(self) -> float:
@@ -326,7 +356,11 @@ def _filled(model: nn.Module, state: dict[str, torch.Tensor], path, what: str) -
 
 @dataclass(frozen=True)
 class FlopsBaseline:
-    """ms ~ a * FLOPs + b, least squares on the training split: what a predictor must beat."""
+    """ms ~ a * FLOPs + b, least squares on the training split: what a predictor must beat.
+
+    Encoder FLOPs are L * (4T*d*f + 8T*d*q + 4T^2*q) at sequence length T, a sum of three cost
+    terms, so the fit is also a `CostModel` (`coef`): the default predictor can fall back to it.
+    """
 
     a: float
     b: float
@@ -335,9 +369,46 @@ class FlopsBaseline:
     @classmethod
     def fit(cls, archs: Sequence[Arch], ms: np.ndarray, seq_len: int = 128) -> "FlopsBaseline":
         flops = np.asarray([a.flops(seq_len) for a in archs], dtype=np.float64)
+        return cls.fit_flops(flops, ms, seq_len)
+
+    @classmethod
+    def fit_flops(cls, flops: np.ndarray, ms: np.ndarray, seq_len: int = 128) -> "FlopsBaseline":
+        """The fit on the archs' FLOPs (`Arch.flops(seq_len)`) and latencies."""
+        flops = np.asarray(flops, dtype=np.float64)
         A = np.stack([flops, np.ones_like(flops)], axis=1)
         (a, b), *_ = np.linalg.lstsq(A, np.asarray(ms, dtype=np.float64), rcond=None)
         return cls(float(a), float(b), seq_len)
 
     def predict(self, archs: Sequence[Arch]) -> np.ndarray:
         return np.asarray([self.a * a.flops(self.seq_len) + self.b for a in archs])
+
+    def coef(self, feature_norm: Sequence[float] = FEATURE_NORM,
+             lat_norm: float = LATENCY_NORM) -> np.ndarray:
+        """The `CostModel` coefficients (on features / feature_norm, ms / lat_norm) that
+        predict exactly a * FLOPs + b."""
+        return self.b / lat_norm * _unit(COST_TERMS.index("1")) + self.a / lat_norm * flops_terms(
+            feature_norm, self.seq_len)
+
+
+def _unit(i: int) -> np.ndarray:
+    e = np.zeros(len(COST_TERMS))
+    e[i] = 1.0
+    return e
+
+
+def flops_terms(feature_norm: Sequence[float] = FEATURE_NORM, seq_len: int = 128) -> np.ndarray:
+    """u with Arch.flops(seq_len) == CostModel.terms(features / feature_norm) @ u, checked on
+    probe shapes against `encoder_flops` (so a change there cannot go unnoticed)."""
+    dn, Ln, fn, qn = (float(v) for v in feature_norm)
+    T = float(seq_len)
+    u = np.zeros(len(COST_TERMS))
+    u[COST_TERMS.index("L*d*f")] = 4 * T * Ln * dn * fn
+    u[COST_TERMS.index("L*d*q")] = 8 * T * Ln * dn * qn
+    u[COST_TERMS.index("L*q")] = 4 * T * T * Ln * qn
+    probe = np.array([[768, 12, 3072, 768], [128, 1, 256, 64], [512, 5, 1024, 300]], np.float64)
+    want = [encoder_flops(int(L), int(d), int(q), int(f), seq_len) for d, L, f, q in probe]
+    got = CostModel.terms(torch.from_numpy(probe / np.asarray([dn, Ln, fn, qn]))).numpy() @ u
+    if not np.allclose(got, want, rtol=1e-9):
+        raise RuntimeError("encoder_flops is no longer a sum of the cost terms L*d*f, L*d*q, "
+                           "L*q: update flops_terms")
+    return u
