@@ -71,6 +71,9 @@ TASK_DIRS = {"sst-2": "SST-2", "mnli": "MNLI", "squad1": "SQuAD"}
 # The quickstart's proxy fine-tuning per task (experiments/quickstart.sh, grown supernet).
 FT_LR = {"sst-2": 1e-4, "mnli": 1e-4, "squad1": 1e-4}
 EVAL_SEQ = {"sst-2": 64, "mnli": 64, "squad1": 96}
+# Stand-alone fine-tuning steps: the quickstart's final fine-tuning (40 proxy steps leave a pair
+# task at chance; a chosen L3/d320 needed ~300 on the MNLI-style task).
+STANDALONE_STEPS = {"sst-2": 100, "mnli": 300, "squad1": 100}
 SEARCH_TASKS = ["sst-2", "squad1"]  # the quickstart's search fitness (grown supernet)
 LATENCY_MATCH = 0.05                # the default-ratio arch's measured latency within 5%
 TAU_TARGET = 0.6                    # across latencies
@@ -109,7 +112,8 @@ class Setup:
     further_steps: int
     further_lr: float
     further_batch: int
-    ft_steps: int
+    ft_steps: int             # proxy fine-tuning, every task
+    standalone_steps: dict[str, int]  # stand-alone fine-tuning, per task
     ft_lr: dict[str, float]   # per task
     eval_seq: dict[str, int]  # per task
     tasks: list[str]          # stand-alone scores and the fidelity's fitness
@@ -148,20 +152,20 @@ def mean_spread(xs: list[float]) -> tuple[float, float]:
 
 # ---- the pipeline's stages ----------------------------------------------------------------------
 def evaluate(s: Setup, model: Path, out: Path, seeds: list[int], archs_file: Path | None = None,
-             tasks: list[str] | None = None, steps: int | None = None
+             tasks: list[str] | None = None, steps: dict[str, int] | None = None
              ) -> dict[Arch, dict[str, float]]:
     """{arch: {task: score}} (mean over `seeds`) of `model` fine-tuned on `tasks` (default
-    --tasks) with the search's proxy settings; the evaluator skips jobs that already have a
-    block. The seconds of a first run are kept in out/seconds.txt (a resumed run costs none)."""
+    --tasks) with the search's proxy settings (`steps` per task, default --ft_steps); the
+    evaluator skips jobs that already have a block. The seconds of a first run are kept in
+    out/seconds.txt (a resumed run costs none)."""
     tasks = tasks or s.tasks
-    steps = steps or s.ft_steps
+    per_task = " ".join(str((steps or {}).get(t, s.ft_steps)) for t in tasks)
     cmd = [sys.executable, "superbert_run_en_classifier.py", "--model", str(model),
            "--data_dir", " ".join(str(s.books / TASK_DIRS[t]) for t in tasks),
            "--task_name", " ".join(tasks), "--output_dir", str(out), "--do_lower_case",
            "--max_seq_length", " ".join(str(s.eval_seq[t]) for t in tasks),
            "--max_query_length", "32", "--doc_stride", "32",
-           "--seed", " ".join(map(str, seeds)), "--max_steps", str(steps),
-           "--eval_step", str(steps),
+           "--seed", " ".join(map(str, seeds)), "--max_steps", per_task, "--eval_step", per_task,
            "--learning_rate", " ".join(str(s.ft_lr[t]) for t in tasks),
            "--train_batch_size", str(s.ft_batch),
            "--max_train_examples", str(s.ft_train), "--cache_dir", str(s.out / "task_cache"),
@@ -227,7 +231,7 @@ def standalone(s: Setup, arch: Arch) -> Path:
 def standalone_scores(s: Setup, arch: Arch, seeds: list[int]) -> dict[int, dict[str, float]]:
     """{seed: {task: score}} of the stand-alone arch fine-tuned on --tasks with each seed."""
     out = s.out / "standalone" / tag(arch) / "finetune"
-    evaluate(s, standalone(s, arch), out, seeds)
+    evaluate(s, standalone(s, arch), out, seeds, steps=s.standalone_steps)
     scores = seed_scores(out, s.tasks)
     return {seed: scores[seed] for seed in seeds}
 
@@ -381,7 +385,7 @@ def pair_proxy(s: Setup, eq: dict) -> tuple[list[str], dict]:
     archs, alone_mean = eq["archs"], eq["alone_mean"]
     out = s.out / "equal_latency" / f"pair_proxy_{s.pair_steps}"
     scores = evaluate(s, s.supernet, out, s.seeds[:1], eq["archs_file"], tasks=["mnli"],
-                      steps=s.pair_steps)
+                      steps={"mnli": s.pair_steps})
     target = [alone_mean(a, "mnli") for a in archs]
     pair_scores = [scores[a]["mnli"] for a in archs]
     tau, lo, hi = kendall_with_interval(pair_scores, target)
@@ -473,11 +477,17 @@ def search_winner(s: Setup, speedup: float) -> tuple[Arch, dict[Arch, dict[str, 
     return best, scored
 
 
-def timed_default(s: Setup, predictor: LatencyPredictor, winner: Arch,
+def timed_default(s: Setup, predictor: LatencyPredictor, winner: Arch, speedup: float,
                   candidates: int = 5) -> tuple[Arch, float, float]:
     """The default-ratio arch matching `winner` in measured latency: the `candidates` closest in
     predicted latency (`matching_default_arch`'s ranking), timed with the winner; returns the
-    closest in measured latency with (winner ms, its ms)."""
+    closest in measured latency with (winner ms, its ms). Timed once per winner (a resumed
+    run reads default.json, so timing noise cannot swap the arch)."""
+    record = s.out / f"search_x{speedup:g}" / "default.json"
+    if record.exists():
+        kept = json.loads(record.read_text())
+        if kept["winner"] == str(winner):
+            return Arch.parse(kept["default"]), kept["winner_ms"], kept["default_ms"]
     defaults = default_ratio_archs(s.space)
     target = predictor.predict_one(winner)
     lat = np.asarray(predictor.predict(defaults))
@@ -487,6 +497,8 @@ def timed_default(s: Setup, predictor: LatencyPredictor, winner: Arch,
                               backend=predictor.backend)
     win_ms, ms = timed.arch_ms[0], timed.arch_ms[1:]
     best = int(np.argmin([abs(m / win_ms - 1) for m in ms]))
+    atomic_write_text(record, json.dumps({"winner": str(winner), "default": str(near[best]),
+                                          "winner_ms": win_ms, "default_ms": ms[best]}) + "\n")
     return near[best], win_ms, ms[best]
 
 
@@ -515,7 +527,7 @@ def search_vs_default(s: Setup, predictor: LatencyPredictor) -> tuple[list[str],
     verdicts, records = [], []
     for speedup in s.speedups:
         winner, scored = search_winner(s, speedup)
-        default, win_ms, def_ms = timed_default(s, predictor, winner)
+        default, win_ms, def_ms = timed_default(s, predictor, winner, speedup)
         print(f"x{speedup:g}: winner {winner.short()} ({win_ms:.2f} ms), default ratios "
               f"{default.short()} ({def_ms:.2f} ms)", flush=True)
         ours = standalone_fitness(s, winner, s.seeds)
@@ -604,25 +616,25 @@ def estimate_seconds(s: Setup, predictor: LatencyPredictor) -> float:
     at = {x: base / x for x in {*s.speedups, s.target_speedup}}
     dev = {t: task_levels(t, s.books / TASK_DIRS[t]).dev_examples or 0 for t in s.proxy_tasks}
 
-    def ft(ms: float, runs: int, tasks: list[str], steps: int | None = None) -> float:
+    def ft(ms: float, runs: int, tasks: list[str], steps: dict[str, int] | None = None) -> float:
         """`runs` fine-tunings of each of `tasks`, a dev pass at the end."""
         total = 0.0
         for t in tasks:
             seq = s.eval_seq[t]
             step = TRAIN_FACTOR * s.ft_batch * seq / 128 * ms / 1000
-            total += (steps or s.ft_steps) * step + dev[t] * seq / 128 * ms / 1000
+            total += (steps or {}).get(t, s.ft_steps) * step + dev[t] * seq / 128 * ms / 1000
         return runs * total
 
     def alone(ms: float, seeds: int) -> float:  # extracted, further-trained, fine-tuned
         step = TRAIN_FACTOR * s.further_batch * s.seq / 128 * ms / 1000
-        return (s.further_steps * step + ft(ms, seeds, s.tasks)
+        return (s.further_steps * step + ft(ms, seeds, s.tasks, s.standalone_steps)
                 + 3 * SECONDS_FIXED_PER_RUN)
 
     total = sum(ft(ms, 1, s.tasks) + alone(ms, 1) for ms in fid)
     eq = at[s.target_speedup]
     total += s.equal_archs * (ft(eq, 1, s.proxy_tasks) + alone(eq, len(s.seeds)))
     if "mnli" in s.tasks and s.pair_steps:
-        total += s.equal_archs * ft(eq, 1, ["mnli"], s.pair_steps)
+        total += s.equal_archs * ft(eq, 1, ["mnli"], {"mnli": s.pair_steps})
     per_search = s.gen_size * (s.evolved_gens + 1)
     for x in s.speedups:  # the search, then the winner and its default-ratio twin stand-alone
         total += ft(at[x], per_search, s.search_tasks) + 2 * alone(at[x], len(s.seeds))
@@ -634,12 +646,12 @@ def estimate_seconds(s: Setup, predictor: LatencyPredictor) -> float:
 
 
 def fit_budget(s: Setup, predictor: LatencyPredictor, budget_s: float) -> float:
-    """Shrink the further-training and fine-tuning steps (alike, to at least 20 and 10) until
-    the estimate fits `budget_s`; the estimate."""
+    """Shrink the further-training and stand-alone fine-tuning steps (alike, to at least 20 and
+    40; the proxy's stay the search's) until the estimate fits `budget_s`; the estimate."""
     est = estimate_seconds(s, predictor)
-    while est > budget_s and (s.further_steps > 20 or s.ft_steps > 10):
+    while est > budget_s and (s.further_steps > 20 or max(s.standalone_steps.values()) > 40):
         s.further_steps = max(20, int(s.further_steps * 0.8))
-        s.ft_steps = max(10, int(s.ft_steps * 0.8))
+        s.standalone_steps = {t: max(40, int(v * 0.8)) for t, v in s.standalone_steps.items()}
         est = estimate_seconds(s, predictor)
     return est
 
@@ -734,8 +746,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what sentence(-pair) classifiers read (default: pair, the quickstart's "
                         "for a grown supernet)")
     p.add_argument("--ft_steps", type=int, default=None,
-                   help="fine-tuning steps per task (default: 40, fewer to fit --budget_min; "
-                        "quick 10)")
+                   help="proxy fine-tuning steps per task (default: 40, the quickstart's; quick "
+                        "10)")
+    p.add_argument("--standalone_steps", type=int, nargs="+", default=None,
+                   help="stand-alone fine-tuning steps, one per --tasks or one for all (default: "
+                        "the quickstart's final fine-tuning, %s, fewer to fit --budget_min; "
+                        "quick: --ft_steps)" % ", ".join(f"{t} {v}"
+                                                         for t, v in STANDALONE_STEPS.items()))
     p.add_argument("--ft_lr", type=float, default=None,
                    help="fine-tuning lr of every task (default: the quickstart's per task for a "
                         "grown supernet, %s; 3e-4 suits one from scratch)" % (
@@ -771,12 +788,16 @@ def build_parser() -> argparse.ArgumentParser:
 def check_args(args: argparse.Namespace) -> None:
     """Bad values, before anything runs (`fail`: one error line, exit 2)."""
     positive = {"equal_latency_archs": 3, "seeds": 1, "further_steps": 1, "ft_steps": 1,
+                "standalone_steps": 1,
                 "ft_train": 1, "gen_size": 1, "evolved_gens": 0, "pair_steps": 0,
                 "timing_pool": 1, "archs": 0}
     for name, least in positive.items():
         v = getattr(args, name)
-        if v is not None and v < least:
+        if v is not None and min(v if isinstance(v, list) else [v]) < least:
             fail(f"--{name} must be at least {least}, got {v}")
+    if args.standalone_steps and len(args.standalone_steps) not in (1, len(args.tasks)):
+        fail(f"--standalone_steps takes one number or one per --tasks ({len(args.tasks)}), got "
+             f"{len(args.standalone_steps)}")
     if args.archs in (1, 2):
         fail("--archs must be 0 (none) or at least 3 (a rank correlation needs them)")
     if not 0 < args.band < 0.5:
@@ -823,6 +844,11 @@ def make_setup(args: argparse.Namespace) -> Setup:
     q = args.quick
     equal = args.equal_latency_archs or (4 if q else 10)
     every = list(dict.fromkeys(args.tasks + args.search_tasks))
+    tasks = list(dict.fromkeys(args.tasks))
+    ft_steps = args.ft_steps or (10 if q else 40)
+    given = args.standalone_steps
+    standalone_steps = ({t: given[min(i, len(given) - 1)] for i, t in enumerate(tasks)} if given
+                        else {t: ft_steps if q else STANDALONE_STEPS[t] for t in tasks})
     return Setup(out=args.out.resolve(), supernet=Path(supernet).resolve(),
                  books=args.books.resolve(), pretrain_data=args.pretrain_data.resolve(),
                  time_pt=args.time_pt.resolve(), teacher=teacher, scheme=scheme, space=space,
@@ -833,10 +859,11 @@ def make_setup(args: argparse.Namespace) -> Setup:
                  target_speedup=args.target_speedup,
                  further_steps=args.further_steps or (20 if q else 150),
                  further_lr=args.further_lr, further_batch=16,
-                 ft_steps=args.ft_steps or (10 if q else 40),
+                 ft_steps=ft_steps,
+                 standalone_steps=standalone_steps,
                  ft_lr={t: args.ft_lr or FT_LR[t] for t in every},
                  eval_seq={t: args.eval_seq or EVAL_SEQ[t] for t in every},
-                 tasks=list(dict.fromkeys(args.tasks)),
+                 tasks=tasks,
                  search_tasks=list(dict.fromkeys(args.search_tasks)),
                  ft_batch=12, ft_train=args.ft_train, pooling=args.pooling,
                  seeds=list(range(1, 1 + (args.seeds or (1 if q else 3)))),
@@ -870,19 +897,20 @@ def main(argv: list[str] | None = None) -> None:
     s.out.mkdir(parents=True, exist_ok=True)
     s.log.touch()  # marks the folder as this bench's
     predictor = LatencyPredictor.load(s.time_pt)
-    if q or (args.further_steps and args.ft_steps):
+    if q or (args.further_steps and args.standalone_steps):
         est = estimate_seconds(s, predictor)
     else:
         est = fit_budget(s, predictor, 60 * args.budget_min)
         if est > 60 * args.budget_min:
-            print(f"warning: even at {s.further_steps} further-training and {s.ft_steps} "
-                  f"fine-tuning steps the estimate exceeds --budget_min {args.budget_min:g}; "
+            print(f"warning: even at {s.further_steps} further-training and "
+                  f"{s.standalone_steps} stand-alone fine-tuning steps the estimate exceeds "
+                  f"--budget_min {args.budget_min:g}; "
                   f"lower --equal_latency_archs / --archs / --seeds", flush=True)
     print(f"supernet {s.supernet} ({s.scheme.name}); outputs and log under {s.out}", flush=True)
     print(f"estimate: about {est / 60:.0f} min on 2 cores ({s.equal_archs} equal-latency archs, "
           f"{s.n_archs} across latencies, speedups {s.speedups}, further training "
-          f"{s.further_steps} steps, fine-tuning {s.ft_steps} steps per task, seeds {s.seeds})",
-          flush=True)
+          f"{s.further_steps} steps, fine-tuning {s.ft_steps} (proxy) and {s.standalone_steps} "
+          f"(stand-alone) steps, seeds {s.seeds})", flush=True)
     t0 = time.perf_counter()
     eq_lines, eq = equal_latency(s, predictor)
     pair_lines, pair = pair_proxy(s, eq)
@@ -893,7 +921,8 @@ def main(argv: list[str] | None = None) -> None:
     head = [f"# Fidelity benchmark ({'quick' if q else 'full'}; {time.perf_counter() - t0:.0f} s)",
             "", f"Supernet `{s.supernet}` ({s.scheme.name}); further training {s.further_steps} "
             f"steps x batch {s.further_batch}, lr {s.further_lr}; fine-tuning {s.ft_steps} steps "
-            f"per task at lr {s.ft_lr} and length {s.eval_seq}, batch {s.ft_batch}, "
+            f"per task (proxy) and {s.standalone_steps} (stand-alone) at lr {s.ft_lr} and "
+            f"length {s.eval_seq}, batch {s.ft_batch}, "
             f"{s.ft_train} training examples, classifiers read {s.pooling}; stand-alone tasks "
             f"{', '.join(s.tasks)}, the search's {', '.join(s.search_tasks)}; seeds {s.seeds}.",
             ""]

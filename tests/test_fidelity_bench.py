@@ -134,6 +134,7 @@ def test_median_arch_is_the_lower_middle():
     (["--archs", "2"], "--archs"),
     (["--seeds", "0"], "--seeds"),
     (["--speedups", "2", "-1"], "--speedups"),
+    (["--standalone_steps", "100", "300", "100"], "--standalone_steps"),
     (["--books", "/no/such/books", "--pretrain_data", "/no", "--time_pt", "/no"], "not found"),
 ])
 def test_bad_input_is_one_error_line_exit_2(tmp_path, capsys, args, message):
@@ -237,7 +238,7 @@ def tiny_bench(tmp_path_factory):
              "--out", str(out), "--equal_latency_archs", str(EQUAL), "--timing_pool", "8",
              "--band", "0.2", "--archs", "3", "--seeds", str(SEEDS), "--target_speedup",
              str(SPEEDUP), "--speedups", str(SPEEDUP), "--gen_size", str(GEN),
-             "--evolved_gens", str(EVOLVED), "--further_steps", "2", "--ft_steps", "2",
+             "--evolved_gens", str(EVOLVED), "--further_steps", "2", "--ft_steps", "2", "--standalone_steps", "3", "2",
              "--pair_steps", "3", "--ft_train", "24", "--eval_seq", "32",
              "--search_tasks", "sst-2", "--ft_lr", "3e-4", *SPACE]
     spec = {"prepare": prepare, "log": str(d / "prepare.log"), "bench": bench}
