@@ -3,8 +3,8 @@
 Training (default): a non-negative per-layer cost model on [hidden, layers, mean FFN, mean qkv],
 fitted in milliseconds into a 4 KB time.pt, shrunk toward the FLOPs-proportional fit by a penalty
 chosen by cross-validation on the training + validation archs, or that FLOPs fit itself when
-the cost terms do not beat it there by more than half a standard error (the CV MAPEs and the
-choice are printed and recorded in time.pt; `--predictor mlp`: the original's MLP on the same
+its cross-validated MAPE is lower (the CV MAPEs and the choice are printed and recorded in
+time.pt; `--predictor mlp`: the original's MLP on the same
 features, 4-2000x4-1, minutes on 2 cores and a 48 MB time.pt, stopped early on the validation
 split); seeded 80/10/10 split; prints RMSE (ms), MAPE and Kendall tau on the test split beside a
 FLOPs-proportional baseline fitted on the training split. Several datasets of one backend and protocol can be given (`--lat_dataset_path A B`);

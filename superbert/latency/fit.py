@@ -3,9 +3,10 @@
 The default predictor is the cost model (`CostModel`), fitted in closed form in milliseconds
 and chosen by cross-validation on the training and validation archs (`select_cost_model`):
 the per-layer cost terms shrunk toward the FLOPs fit by one of a few ridge penalties, or the
-FLOPs fit itself unless the cost terms beat it in cross-validation by more than half a standard
-error, so that a small or noisy dataset falls back to the baseline rather than losing to it;
-the choice and the cross-validated MAPEs behind it go into time.pt (`meta["selection"]`).
+FLOPs fit itself, whichever has the lowest cross-validated MAPE (a tie goes to the FLOPs fit),
+so that a dataset too small or noisy for the cost terms falls back to the baseline rather than
+losing to it; the choice and the cross-validated MAPEs behind it go into time.pt
+(`meta["selection"]`).
 The original's MLP (`--predictor mlp`) is trained with the original's
 recipe: Adam 1e-5, up to 5000 steps of 128 random training examples, MSE on ms / 200; seeded
 here, and stopped early on the validation split (its loss is checked every 100 steps, the best
@@ -157,12 +158,12 @@ def split_indices(n: int, seed: int, fractions: tuple[float, float] = (0.8, 0.1)
 # ---- the cost model's selection -----------------------------------------------------------------
 # Ridge penalties toward the FLOPs fit (on unit-norm columns of the relative-error system): 0 is
 # the plain non-negative fit, 0.1 close to the FLOPs fit; the FLOPs fit itself is the last
-# candidate. Chosen on synthetic datasets of 30 and 200 archs with 3-10% timing noise drawn from
-# a per-layer law, a misspecified one and an exactly FLOPs-proportional one
-# (bench/bench_latency_predictor.py --defaults).
+# candidate. The grid and the rule (the lowest CV MAPE) were compared with plain NNLS and with
+# one-standard-error rules on synthetic datasets of 30 and 200 archs with 3-10% timing noise (a
+# per-layer law, a misspecified one, FLOPs-proportional ones; 20-60 datasets each): as good or
+# better on mean test MAPE, and at or below the baseline on more 3-arch test splits.
 PENALTIES = (0.0, 1e-4, 3.16e-4, 1e-3, 3.16e-3, 1e-2, 3.16e-2, 1e-1)
 FLOPS_FIT = "FLOPs fit"
-SE_MARGIN = 0.5  # the cost model must beat the FLOPs fit's CV MAPE by this many standard errors
 MAX_LOO = 60  # leave-one-out up to this many archs, else 10 folds
 
 
@@ -177,7 +178,7 @@ class Selection:
     cv_mape: list[float]  # per penalty
     flops_cv_mape: float
     best_penalty: float  # the best cost model's
-    se: float  # standard error of (best cost model - FLOPs fit), per-arch paired, in points
+    se: float  # standard error of (best cost model - FLOPs fit), paired per arch, in points
     chosen: str  # "cost model" or FLOPS_FIT
     penalty: float | None  # the chosen cost model's, None for the FLOPs fit
 
@@ -186,14 +187,11 @@ class Selection:
         return self.cv_mape[self.penalties.index(self.best_penalty)]
 
     def reason(self) -> str:
-        gain = self.flops_cv_mape - self.best_cv_mape
-        how = (f"beats the FLOPs fit by {gain:.2f} points" if gain > 0
-               else f"does not beat the FLOPs fit ({-gain:.2f} points worse)")
-        need = f"{SE_MARGIN:g} standard error = {SE_MARGIN * self.se:.2f} points"
+        gap = (f"{abs(self.flops_cv_mape - self.best_cv_mape):.2f} +- {self.se:.2f} points")
         if self.chosen == FLOPS_FIT:
-            return (f"the best cost model (penalty {self.best_penalty:g}) {how}, not more than "
-                    f"{need}: the FLOPs fit, the baseline itself, is kept")
-        return f"the best cost model (penalty {self.best_penalty:g}) {how}, more than {need}"
+            return (f"the lowest CV MAPE, {gap} below the best cost model's (penalty "
+                    f"{self.best_penalty:g}); the default is the baseline itself")
+        return f"the lowest CV MAPE, {gap} below the FLOPs fit's"
 
     def lines(self) -> list[str]:
         curve = ", ".join(f"{p:g}: {m:.2f}%" for p, m in zip(self.penalties, self.cv_mape))
@@ -218,9 +216,9 @@ def select_cost_model(X: torch.Tensor, Y: torch.Tensor, flops: np.ndarray, cfg: 
                       seq_len: int = 128) -> tuple[CostModel, FlopsBaseline, Selection]:
     """The default predictor on normalised features X, targets Y (ms / lat_norm) and the archs'
     FLOPs: every candidate (the cost model at each of PENALTIES toward the FLOPs fit, and the
-    FLOPs fit) scored by cross-validated MAPE; the best cost model unless it beats the FLOPs fit
-    by no more than SE_MARGIN paired standard errors; refitted on all the archs given. Returns
-    it, the FLOPs fit on those archs and the selection record."""
+    FLOPs fit) scored by cross-validated MAPE, the lowest chosen (the FLOPs fit on a tie) and
+    refitted on all the archs given. Returns it, the FLOPs fit on those archs and the
+    selection record."""
     A = CostModel.terms(X.double()).numpy()
     t = Y.double().numpy()
     ms = t * cfg.lat_norm
@@ -244,7 +242,7 @@ def select_cost_model(X: torch.Tensor, Y: torch.Tensor, flops: np.ndarray, cfg: 
     best = int(np.argmin(cv[:-1]))
     diff = err[best] - err[-1]
     se = float(diff.std(ddof=1) / np.sqrt(n)) if n > 1 else float("inf")
-    use_cost = cv[best] < cv[-1] - SE_MARGIN * se
+    use_cost = cv[best] < cv[-1]
     flops_fit, anchor, coefs = fits(np.arange(n))
     model = CostModel().set_coef(coefs[best] if use_cost else anchor)
     sel = Selection("leave-one-out" if n <= MAX_LOO else f"{len(folds)}-fold", n,
