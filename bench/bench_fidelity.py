@@ -729,7 +729,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--band", type=float, default=0.05,
                    help="their measured latencies within +- this share of the band's centre")
     p.add_argument("--timing_pool", type=int, default=None,
-                   help="candidates timed to find them (default 3 x --equal_latency_archs)")
+                   help="candidates timed to find them (default 4 x --equal_latency_archs)")
     p.add_argument("--target_speedup", type=float, default=3.0,
                    help="the equal-latency and evolved-vs-random target (default: 3x the base "
                         "arch, the quickstart's)")
@@ -855,7 +855,7 @@ def make_setup(args: argparse.Namespace) -> Setup:
                  space_flags=space_flags, seq=int(meta.get("max_seq_len", 128)),
                  n_archs=args.archs if args.archs is not None else (0 if q else 8),
                  equal_archs=equal, band=args.band,
-                 timing_pool=args.timing_pool or 3 * equal,
+                 timing_pool=args.timing_pool or 4 * equal,
                  target_speedup=args.target_speedup,
                  further_steps=args.further_steps or (20 if q else 150),
                  further_lr=args.further_lr, further_batch=16,
