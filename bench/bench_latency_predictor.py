@@ -135,6 +135,9 @@ def main(argv=None):
                         "to FLOPs (plus a constant)")
     p.add_argument("--noise", type=float, default=0.03,
                    help="--synthetic: multiplicative Gaussian timing noise (default 3%%)")
+    p.add_argument("--data_seeds", type=int, default=1,
+                   help="--synthetic: also pool the split seeds over this many datasets (seeds "
+                        "n, n+1, ...): one dataset's 20 splits share its draw of noise")
     p.add_argument("--from_dataset", nargs="+", default=None, metavar="LAT_TMP",
                    help="--defaults: instead of timing, the first N archs (a seeded sample "
                         "itself) of an existing dataset, for each of --sizes")
@@ -389,23 +392,49 @@ def defaults_bench(args) -> None:
         archs, ms = dataset_arrays(read_latency_dataset(data))
         side = read_sidecar(data)
         seq_len = int(((side or {}).get("protocol") or {}).get("seq_len") or 128)
-        ours, base, chosen = [], [], []
-        for seed in range(args.split_seeds):
-            _, rep = train_predictor(archs, ms, TrainConfig(seed=seed), progress=False,
-                                     seq_len=seq_len)
-            ours.append(rep.test.mape)
-            base.append(rep.flops_test.mape)
-            chosen.append(rep.selection.chosen if rep.selection else "cost model")
-        # a FLOPs fit chosen predicts what the baseline does (to float32 rounding): a tie
-        wins = sum(o <= b * (1 + 1e-5) for o, b in zip(ours, base))
-        fell_back = sum(c != "cost model" for c in chosen)
         how = ("written" if args.synthetic else "taken" if args.from_dataset else "timed")
-        print(f"{'':>5}  {len(archs)} archs ({how} in {made:.0f} s); over {args.split_seeds} "
-              f"split seeds the default's test MAPE is at or below the baseline's on {wins} "
-              f"(the FLOPs fit chosen on {fell_back}): mean {np.mean(ours):.2f}% vs "
-              f"{np.mean(base):.2f}%, worst {np.max(ours):.2f}% vs {np.max(base):.2f}%")
+        print(f"{'':>5}  {len(archs)} archs ({how} in {made:.0f} s); "
+              + split_seed_line(archs, ms, seq_len, args.split_seeds))
+        if args.synthetic and args.data_seeds > 1:
+            ours, base, chosen = [], [], []
+            for k in range(1, args.data_seeds):  # dataset seed n is the one above
+                extra = out / f"archs{n}" / f"lat_{k}.tmp"
+                synthetic_dataset(extra, n, seed=n + k, noise=args.noise, law=args.law)
+                more = split_seed_runs(*dataset_arrays(read_latency_dataset(extra)), seq_len,
+                                       args.split_seeds)
+                for acc, new in zip((ours, base, chosen), more):
+                    acc += new
+            print(f"{'':>5}  {args.data_seeds} such datasets (seeds {n}..{n + args.data_seeds - 1})"
+                  f"; " + summary_line(*(a + b for a, b in zip(
+                      split_seed_runs(archs, ms, seq_len, args.split_seeds),
+                      (ours, base, chosen)))))
     load = os.getloadavg()
     print(f"load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+
+
+def split_seed_runs(archs, ms, seq_len: int, split_seeds: int) -> tuple[list, list, list]:
+    """The default's and the baseline's test MAPE, and the default's choice, per split seed."""
+    ours, base, chosen = [], [], []
+    for seed in range(split_seeds):
+        _, rep = train_predictor(archs, ms, TrainConfig(seed=seed), progress=False,
+                                 seq_len=seq_len)
+        ours.append(rep.test.mape)
+        base.append(rep.flops_test.mape)
+        chosen.append(rep.selection.chosen if rep.selection else "cost model")
+    return ours, base, chosen
+
+
+def summary_line(ours: list, base: list, chosen: list) -> str:
+    # a FLOPs fit chosen predicts what the baseline does (to float32 rounding): a tie
+    wins = sum(o <= b * (1 + 1e-5) for o, b in zip(ours, base))
+    fell_back = sum(c != "cost model" for c in chosen)
+    return (f"over {len(ours)} splits the default's test MAPE is at or below the baseline's on "
+            f"{wins} (the FLOPs fit chosen on {fell_back}): mean {np.mean(ours):.2f}% vs "
+            f"{np.mean(base):.2f}%, worst {np.max(ours):.2f}% vs {np.max(base):.2f}%")
+
+
+def split_seed_line(archs, ms, seq_len: int, split_seeds: int) -> str:
+    return summary_line(*split_seed_runs(archs, ms, seq_len, split_seeds))
 
 
 def runtime_note(side: dict) -> str:

@@ -609,9 +609,10 @@ def test_defaults_bench_runs_on_a_synthetic_dataset(tmp_path, capsys):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     bench.main(["--defaults", "--synthetic", "--no_mlp", "--sizes", "30", "--split_seeds", "3",
-                "--out_dir", str(tmp_path)])
+                "--data_seeds", "2", "--out_dir", str(tmp_path)])
     printed = capsys.readouterr().out
     assert "default (cost model)" in printed and "FLOPs baseline" in printed
-    assert "over 3 split seeds" in printed and "load average" in printed
+    assert "over 3 splits" in printed and "load average" in printed
     assert "(the FLOPs fit chosen on 0)" in printed
+    assert "2 such datasets (seeds 30..31); over 6 splits" in printed
     assert LatencyPredictor.load(tmp_path / "archs30" / "time.pt").kind == "cost"

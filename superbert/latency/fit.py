@@ -198,7 +198,7 @@ class Selection:
         picked = (FLOPS_FIT if self.chosen == FLOPS_FIT
                   else f"cost model, penalty {self.penalty:g}")
         return [f"{self.method} CV MAPE on the {self.n} training + validation archs: FLOPs fit "
-                f"{self.flops_cv_mape:.2f}%; cost model by penalty toward it {curve}",
+                f"{self.flops_cv_mape:.2f}%; cost model at ridge penalty {curve}",
                 f"chose {picked}: {self.reason()}"]
 
     def record(self) -> dict[str, Any]:
