@@ -246,6 +246,13 @@ def test_flops_fit_is_a_cost_model():
         pred = LatencyPredictor(CostModel().set_coef(coef), (512.0, 6.0, 2048.0, 512.0), 50.0)
         assert pred.predict(archs) == pytest.approx(base.predict(archs), rel=1e-6)
     assert "- 0.25" in pred.describe()
+    # as a candidate of the default, the fit is held at a, b >= 0: no arch predicted <= 0 ms
+    flops = np.array([a.flops(128) for a in archs], dtype=np.float64)
+    ms = 2e-8 * flops - 1.0  # least squares gives a negative intercept
+    assert FlopsBaseline.fit_flops(flops, ms).b == pytest.approx(-1.0)
+    held = FlopsBaseline.fit_flops(flops, ms, nonnegative=True)
+    assert held.b == 0.0 and held.a > 0
+    assert FlopsBaseline.fit_flops(flops, ms + 2, nonnegative=True).b == pytest.approx(1.0)
 
 
 def test_selected_predictor_round_trips_and_drives_the_search(tmp_path, capsys):

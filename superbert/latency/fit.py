@@ -131,7 +131,7 @@ class EarlyStop:
 @dataclass
 class TrainReport:
     train: Metrics
-    valid: Metrics
+    valid: Metrics  # the cost model's validation archs are in its fit: see `selection` for CV
     test: Metrics
     flops_test: Metrics
     flops: FlopsBaseline
@@ -181,6 +181,7 @@ class Selection:
     se: float  # standard error of (best cost model - FLOPs fit), paired per arch, in points
     chosen: str  # "cost model" or FLOPS_FIT
     penalty: float | None  # the chosen cost model's, None for the FLOPs fit
+    clipped: bool = False  # the FLOPs fit held at a, b >= 0 (the baseline's were not)
 
     @property
     def best_cv_mape(self) -> float:
@@ -189,8 +190,10 @@ class Selection:
     def reason(self) -> str:
         gap = (f"{abs(self.flops_cv_mape - self.best_cv_mape):.2f} +- {self.se:.2f} points")
         if self.chosen == FLOPS_FIT:
+            what = ("the baseline with its negative intercept held at 0" if self.clipped
+                    else "the baseline itself")
             return (f"the lowest CV MAPE, {gap} below the best cost model's (penalty "
-                    f"{self.best_penalty:g}); the default is the baseline itself")
+                    f"{self.best_penalty:g}); the default is {what}")
         return f"the lowest CV MAPE, {gap} below the FLOPs fit's"
 
     def lines(self) -> list[str]:
@@ -217,24 +220,26 @@ def select_cost_model(X: torch.Tensor, Y: torch.Tensor, flops: np.ndarray, cfg: 
     """The default predictor on normalised features X, targets Y (ms / lat_norm) and the archs'
     FLOPs: every candidate (the cost model at each of PENALTIES toward the FLOPs fit, and the
     FLOPs fit) scored by cross-validated MAPE, the lowest chosen (the FLOPs fit on a tie) and
-    refitted on all the archs given. Returns it, the FLOPs fit on those archs and the
-    selection record."""
+    refitted on all the archs given. The FLOPs fit is the baseline's, a and b held >= 0 (the
+    baseline itself unless its intercept is negative). Returns the model, the baseline fitted
+    on those archs and the selection record."""
     A = CostModel.terms(X.double()).numpy()
     t = Y.double().numpy()
     ms = t * cfg.lat_norm
     n = len(t)
     folds = cv_folds(n, cfg.seed)
 
-    def fits(idx: np.ndarray) -> tuple[FlopsBaseline, np.ndarray, list[np.ndarray]]:
-        flops_fit = FlopsBaseline.fit_flops(flops[idx], ms[idx], seq_len)
-        anchor = flops_fit.coef(cfg.feature_norm, cfg.lat_norm)
-        return flops_fit, anchor, [fit_cost_terms(A[idx], t[idx], anchor, lam)
-                                   for lam in PENALTIES]
+    def fits(idx: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        # the FLOPs fit as a cost model: the baseline's, with a, b >= 0 (the baseline itself
+        # unless its intercept is negative, which would predict <= 0 ms for small archs)
+        anchor = FlopsBaseline.fit_flops(flops[idx], ms[idx], seq_len, nonnegative=True).coef(
+            cfg.feature_norm, cfg.lat_norm)
+        return anchor, [fit_cost_terms(A[idx], t[idx], anchor, lam) for lam in PENALTIES]
 
     pred = np.zeros((len(PENALTIES) + 1, n))  # the candidates' out-of-fold predictions
     for held in folds:
         keep = np.setdiff1d(np.arange(n), held)
-        _, anchor, coefs = fits(keep)
+        anchor, coefs = fits(keep)
         for j, c in enumerate([*coefs, anchor]):
             pred[j, held] = A[held] @ c
     err = 100.0 * np.abs(pred - t) / t  # per candidate and arch, percent
@@ -243,12 +248,13 @@ def select_cost_model(X: torch.Tensor, Y: torch.Tensor, flops: np.ndarray, cfg: 
     diff = err[best] - err[-1]
     se = float(diff.std(ddof=1) / np.sqrt(n)) if n > 1 else float("inf")
     use_cost = cv[best] < cv[-1]
-    flops_fit, anchor, coefs = fits(np.arange(n))
+    anchor, coefs = fits(np.arange(n))
+    flops_fit = FlopsBaseline.fit_flops(flops, ms, seq_len)  # the baseline, as it is
     model = CostModel().set_coef(coefs[best] if use_cost else anchor)
     sel = Selection("leave-one-out" if n <= MAX_LOO else f"{len(folds)}-fold", n,
                     list(PENALTIES), [float(v) for v in cv[:-1]], float(cv[-1]),
                     PENALTIES[best], se, "cost model" if use_cost else FLOPS_FIT,
-                    PENALTIES[best] if use_cost else None)
+                    PENALTIES[best] if use_cost else None, flops_fit.a < 0 or flops_fit.b < 0)
     return model, flops_fit, sel
 
 

@@ -70,8 +70,7 @@ class CostModel(nn.Module):
     FFN (L*d*f) and attention projections (L*d*q) matmuls, per-layer elementwise work over the
     hidden, FFN and attention widths (LayerNorm, GELU, softmax, bias adds), per-layer overhead
     (L), the embeddings (d) and a constant. Coefficients are non-negative (work never saves
-    time), which keeps extrapolation to the grid's corners sane; the one exception is the
-    constant of a FLOPs fit (`FlopsBaseline.coef`), which least squares may make negative.
+    time), which keeps extrapolation to the grid's corners sane.
 
     `fit(..., anchor=c0, penalty=lam)` adds lam * ||s * (coef - c0)||^2 to the relative error
     (s: the columns' norms, so one penalty suits every term): lam = 0 is the plain fit, a large
@@ -372,11 +371,19 @@ class FlopsBaseline:
         return cls.fit_flops(flops, ms, seq_len)
 
     @classmethod
-    def fit_flops(cls, flops: np.ndarray, ms: np.ndarray, seq_len: int = 128) -> "FlopsBaseline":
-        """The fit on the archs' FLOPs (`Arch.flops(seq_len)`) and latencies."""
+    def fit_flops(cls, flops: np.ndarray, ms: np.ndarray, seq_len: int = 128,
+                  nonnegative: bool = False) -> "FlopsBaseline":
+        """The fit on the archs' FLOPs (`Arch.flops(seq_len)`) and latencies; `nonnegative`:
+        with a, b >= 0 (the same fit unless least squares makes one negative), so that no
+        arch, however small, is predicted at or below 0 ms."""
         flops = np.asarray(flops, dtype=np.float64)
+        ms = np.asarray(ms, dtype=np.float64)
         A = np.stack([flops, np.ones_like(flops)], axis=1)
-        (a, b), *_ = np.linalg.lstsq(A, np.asarray(ms, dtype=np.float64), rcond=None)
+        (a, b), *_ = np.linalg.lstsq(A, ms, rcond=None)
+        if nonnegative and (a < 0 or b < 0):
+            scale = np.linalg.norm(A, axis=0)
+            (a, b), _ = nnls(A / scale, ms)
+            a, b = a / scale[0], b / scale[1]
         return cls(float(a), float(b), seq_len)
 
     def predict(self, archs: Sequence[Arch]) -> np.ndarray:
