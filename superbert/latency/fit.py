@@ -215,17 +215,16 @@ def cv_folds(n: int, seed: int) -> list[np.ndarray]:
     return np.array_split(np.random.default_rng(seed).permutation(n), 10)
 
 
-def select_cost_model(X: torch.Tensor, Y: torch.Tensor, flops: np.ndarray, cfg: TrainConfig,
+def select_cost_model(X: torch.Tensor, ms: np.ndarray, flops: np.ndarray, cfg: TrainConfig,
                       seq_len: int = 128) -> tuple[CostModel, FlopsBaseline, Selection]:
-    """The default predictor on normalised features X, targets Y (ms / lat_norm) and the archs'
-    FLOPs: every candidate (the cost model at each of PENALTIES toward the FLOPs fit, and the
+    """The default predictor on normalised features X, the archs' latencies (ms) and FLOPs: every candidate (the cost model at each of PENALTIES toward the FLOPs fit, and the
     FLOPs fit) scored by cross-validated MAPE, the lowest chosen (the FLOPs fit on a tie) and
     refitted on all the archs given. The FLOPs fit is the baseline's, a and b held >= 0 (the
     baseline itself unless its intercept is negative). Returns the model, the baseline fitted
     on those archs and the selection record."""
     A = CostModel.terms(X.double()).numpy()
-    t = Y.double().numpy()
-    ms = t * cfg.lat_norm
+    ms = np.asarray(ms, dtype=np.float64)
+    t = ms / cfg.lat_norm
     n = len(t)
     folds = cv_folds(n, cfg.seed)
 
@@ -321,7 +320,7 @@ def train_predictor(archs: Sequence[Arch], ms: np.ndarray, cfg: TrainConfig = Tr
     if cfg.predictor == "cost":  # chosen and fitted on the training and validation archs
         fit_idx = np.concatenate([tr, va])
         arch_flops = np.asarray([archs[i].flops(seq_len) for i in fit_idx], dtype=np.float64)
-        model, flops, selection = select_cost_model(X[fit_idx], Y[fit_idx], arch_flops, cfg,
+        model, flops, selection = select_cost_model(X[fit_idx], ms[fit_idx], arch_flops, cfg,
                                                     seq_len)
         for line in selection.lines():
             logger.debug("%s", line)
