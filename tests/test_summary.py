@@ -308,6 +308,18 @@ def test_summary_without_task_data_or_default_still_flags_by_label_count(pipelin
     assert "no --task_data for it" in md and "default ratios" not in md
 
 
+def test_summary_names_a_missing_supernet_stage(pipeline_files):
+    """Without before/after results (no supernet stage ran), the note alone says what the
+    search sliced; with none of either, nothing is said."""
+    f = pipeline_files
+    s = build_summary(f["search"], f["gens"], f["supernet"], f["tmp"] / "time.pt", BASE,
+                      infer_cnt=2, stage_note="none: the reordered copy, never trained")
+    assert "The supernet stage: none: the reordered copy, never trained." in format_summary(s)
+    s = build_summary(f["search"], f["gens"], f["supernet"], f["tmp"] / "time.pt", BASE,
+                      infer_cnt=2)
+    assert "supernet stage" not in format_summary(s)
+
+
 def test_default_further_must_hold_the_default_arch(pipeline_files):
     f = pipeline_files
     with pytest.raises(UserError, match="not the default-ratio arch"):

@@ -313,10 +313,10 @@ def _quickstart(tmp: Path, *args: str, **env: str) -> subprocess.CompletedProces
 def test_quickstart_runtime_option_and_its_stamp(tmp_path):
     r = _quickstart(tmp_path, "--smoke", "--runtime", "onnxruntime-int8", "--dry_run")
     assert r.returncode == 0, r.stderr
-    assert "a grown-kd-smoke-onnxruntime-int8 run" in r.stdout
+    assert "a grown-kd-smoke-onnxruntime-int8-supernet0 run" in r.stdout
     assert not (tmp_path / "qs").exists()  # a dry run writes nothing
     r = _quickstart(tmp_path, "--smoke", "--dry_run", QUICKSTART_RUNTIME="onnxruntime")
-    assert "a grown-kd-smoke-onnxruntime run" in r.stdout
+    assert "a grown-kd-smoke-onnxruntime-supernet0 run" in r.stdout
     assert "a scratch-mlm-default-torch run" in _quickstart(tmp_path, "--scratch",
                                                             "--dry_run").stdout  # the default
     for bad in (["--runtime"], ["--runtime", "tensorrt"], ["--runtime=openvino"]):
@@ -325,16 +325,33 @@ def test_quickstart_runtime_option_and_its_stamp(tmp_path):
     # a directory holds one runtime's run: another is refused before any stage runs
     stamps = tmp_path / "qs" / ".stamps"
     stamps.mkdir(parents=True)
-    (stamps / "size").write_text("grown-kd-smoke-torch\n")
+    (stamps / "size").write_text("grown-kd-smoke-torch-supernet0\n")
     r = _quickstart(tmp_path, "--smoke", "--runtime", "onnxruntime")
-    assert r.returncode == 2 and "holds a grown-kd-smoke-torch run" in r.stderr
+    assert r.returncode == 2 and "holds a grown-kd-smoke-torch-supernet0 run" in r.stderr
     assert "--fresh" in r.stderr and [p.name for p in stamps.iterdir()] == ["size"]
-    # a stamp written before --runtime existed is a torch run's
+    # a stamp written before --runtime and --supernet_steps existed is a torch run's whose
+    # grown supernet had its light stage (smoke: 10 steps)
     (stamps / "size").write_text("grown-kd-smoke\n")
-    assert "resuming the one there" in _quickstart(tmp_path, "--smoke", "--dry_run").stdout
-    assert _quickstart(tmp_path, "--smoke", "--runtime=onnxruntime", "--dry_run").returncode == 2
+    r = _quickstart(tmp_path, "--smoke", "--supernet_steps", "10", "--dry_run")
+    assert "resuming the one there" in r.stdout, r.stderr
+    assert _quickstart(tmp_path, "--smoke", "--dry_run").returncode == 2  # default: no stage
+    assert _quickstart(tmp_path, "--smoke", "--supernet_steps=10", "--runtime=onnxruntime",
+                       "--dry_run").returncode == 2
     r = _quickstart(tmp_path, "--smoke", "--runtime=onnxruntime", "--dry_run", "--fresh")
     assert r.returncode == 0 and (stamps / "size").read_text() == "grown-kd-smoke\n"
+
+
+def test_quickstart_supernet_steps_option(tmp_path):
+    r = _quickstart(tmp_path, "--smoke", "--dry_run", QUICKSTART_SUPERNET_STEPS="25")
+    assert "a grown-kd-smoke-torch-supernet25 run" in r.stdout, r.stderr
+    assert "a scratch-mlm-smoke-torch run" in _quickstart(
+        tmp_path, "--scratch", "--smoke", "--supernet_steps=40", "--dry_run").stdout
+    for bad in (["--supernet_steps"], ["--supernet_steps", "ten"], ["--supernet_steps=-5"],
+                ["--scratch", "--supernet_steps", "0"]):
+        r = _quickstart(tmp_path, *bad, "--dry_run")
+        assert r.returncode == 2 and r.stderr.startswith("error: ")
+        assert "--supernet_steps" in r.stderr and "Traceback" not in r.stderr, (bad, r.stderr)
+    assert not (tmp_path / "qs").exists()
 
 
 def test_quickstart_times_its_latency_dataset_with_the_runtime():

@@ -126,6 +126,8 @@ def format_summary(s: Summary, links_from: str | os.PathLike | None = None) -> s
         lines += _levels_table(s.levels) + [""]
     if s.supernet_stage:
         lines += stage_effect_lines(s.supernet_stage, s.supernet_stage_note or "", s.levels) + [""]
+    elif s.supernet_stage_note:  # no stage ran: what the search sliced instead
+        lines += [f"The supernet stage: {s.supernet_stage_note}.", ""]
     if s.params_transformers is not None:
         lines += [f"Loaded with transformers as `{s.transformers_class}` "
                   f"(`trust_remote_code=True`): {s.params_transformers:,} encoder parameters.", ""]
