@@ -395,7 +395,8 @@ def defaults_bench(args) -> None:
     kind = (f"synthetic datasets ({law}, {100 * args.noise:g}% noise)" if args.synthetic
             else f"subsets of {' '.join(args.from_dataset)}" if args.from_dataset
             else "timed datasets")
-    print(f"{kind}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs; "
+    print(f"{kind}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on "
+          f"{os.cpu_count()} CPUs; "
           f"log {log}")
     print(f"{'archs':>5}  {'predictor':<26} {'script s':>8} {'fit s':>8} {'test MAPE':>9} "
           f"{'tau':>6} {'time.pt':>9}")
