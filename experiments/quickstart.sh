@@ -65,7 +65,7 @@ main() {
       --kd) KD_FLAG=1 ;;
       --smoke) SIZE=smoke ;;
       --fresh) FRESH=1 ;;
-      -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
+      -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
       *) echo "error: unknown option $arg (try --help)" >&2; exit 2 ;;
     esac
   done
