@@ -217,7 +217,8 @@ def cv_folds(n: int, seed: int) -> list[np.ndarray]:
 
 def select_cost_model(X: torch.Tensor, ms: np.ndarray, flops: np.ndarray, cfg: TrainConfig,
                       seq_len: int = 128) -> tuple[CostModel, FlopsBaseline, Selection]:
-    """The default predictor on normalised features X, the archs' latencies (ms) and FLOPs: every candidate (the cost model at each of PENALTIES toward the FLOPs fit, and the
+    """The default predictor on normalised features X, the archs' latencies (ms) and FLOPs:
+    every candidate (the cost model at each of PENALTIES toward the FLOPs fit, and the
     FLOPs fit) scored by cross-validated MAPE, the lowest chosen (the FLOPs fit on a tie) and
     refitted on all the archs given. The FLOPs fit is the baseline's, a and b held >= 0 (the
     baseline itself unless its intercept is negative). Returns the model, the baseline fitted
